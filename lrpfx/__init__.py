@@ -1,0 +1,12 @@
+"""lrpfx: Layer-wise Relevance Propagation for PyTorch models, as an explicit relevance program."""
+from . import composites, rules
+from .api import Explainer, Explanation, RelevanceProgram, explain, export
+from .composites import Composite
+from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
+                     UnsupportedOpError)
+
+__version__ = "0.1.0"
+
+__all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules",
+           "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
+           "OutputError", "__version__"]

@@ -1,0 +1,299 @@
+"""Public entry points: :func:`explain`, :class:`Explainer`, :func:`export`.
+
+An Explainer turns (model, rule) into a function of the input: on the first call for an input signature it
+traces, classifies, canonizes, assigns rules and builds the relevance program (:mod:`lrpfx.program`), then
+caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import canonize, ops
+from .composites import FIRST_KINDS, Composite, as_composite
+from .errors import InputError, RuleError, TargetError, UnsupportedOpError
+from .program import ProgramBuilder
+from .rules import Rule, applies_to
+from .trace import record_values, source_line, trace
+
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+@dataclass
+class Explanation:
+    """Result of an explanation: ``relevance`` shaped like the input (a tuple for several inputs), the model
+    ``output``, and with ``intermediate=True`` the relevance at every node output keyed by module or node name,
+    in execution order."""
+
+    relevance: Any
+    output: torch.Tensor
+    intermediate: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleRow:
+    """One row of :meth:`RelevanceProgram.rule_table`."""
+
+    node: str
+    module: str
+    op: str
+    kind: str
+    rule: str
+    chosen_by: str
+    shape: Tuple[int, ...]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class RuleTable(list):
+    """A list of :class:`RuleRow` that prints as an aligned text table."""
+
+    def __str__(self) -> str:
+        header = ("node", "module", "op", "kind", "rule", "chosen by", "shape")
+        rows = [header] + [(r.node, r.module, r.op, r.kind, r.rule, r.chosen_by, str(tuple(r.shape))) for r in self]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+    def as_dicts(self) -> List[Dict[str, Any]]:
+        return [r.as_dict() for r in self]
+
+
+@dataclass
+class RelevanceProgram:
+    """The rewritten graph: forward pass, then one relevance step per node. Call it like the model plus
+    ``target``; it returns ``(output, input_relevances[, intermediate])``."""
+
+    graph_module: fx.GraphModule
+    rows: RuleTable
+    composite: Composite
+
+    @property
+    def code(self) -> str:
+        return self.graph_module.code
+
+    def rule_table(self) -> RuleTable:
+        return self.rows
+
+    def __call__(self, *inputs, target=None):
+        with torch.no_grad():
+            return self.graph_module(*inputs, target)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run ``model`` in eval semantics and hand it back with every module's ``training`` flag as it was."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _as_tuple(x: Inputs) -> Tuple[torch.Tensor, ...]:
+    if isinstance(x, torch.Tensor):
+        return (x,)
+    if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+        return tuple(x)
+    raise InputError(f"expected a tensor or a tuple of tensors as input, got {type(x).__name__}")
+
+
+def _signature(inputs: Tuple[torch.Tensor, ...]) -> tuple:
+    # the batch size is free: programs are traced shape-generically
+    return tuple((tuple(t.shape[1:]), t.dtype, t.device.type) for t in inputs)
+
+
+def assign_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], RuleTable]:
+    """One rule per activation node, validated against the node's kind; and the rule table."""
+    affine = [n for n, i in infos.items() if i.kind in FIRST_KINDS]
+    first = affine[0] if affine else None
+    rules: Dict[fx.Node, Rule] = {}
+    table = RuleTable()
+    for n, info in infos.items():
+        if info.kind == "input":
+            continue
+        rule, reason = composite.rule_for(info, is_first=(n is first))
+        if _routes_tuple_piece(n):
+            rule, reason = rule or ops_structural(), reason
+        if rule is None:
+            raise UnsupportedOpError(_unsupported_message(info))
+        kind = info.kind
+        if not applies_to(rule, kind):
+            raise RuleError(
+                f"rule {rule.describe()} cannot apply to node '{n.name}' ({info.op}, kind '{kind}'){source_line(n)}; "
+                f"assign a rule that fits this kind with Composite(by_name={{'{info.name}': ...}})")
+        rules[n] = rule
+        label = rule.describe()
+        if info.folded_into is not None:
+            label += f" (BatchNorm '{infos[info.folded_into].name}' folded in)"
+        if info.fold_from is not None:
+            label = f"folded into the rule of '{info.fold_from.name}'"
+        table.append(RuleRow(n.name, info.name if info.module is not None else "", info.op, kind, label, reason,
+                             info.shape))
+    return rules, table
+
+
+def ops_structural():
+    from .rules import Structural
+    return Structural()
+
+
+def _routes_tuple_piece(n: fx.Node) -> bool:
+    import operator
+    return n.op == "call_function" and n.target is operator.getitem
+
+
+def _unsupported_message(info: ops.NodeInfo) -> str:
+    n = info.node
+    return (
+        f"no relevance rule for node '{n.name}' ({info.op}){source_line(n)}. lrpfx does not know how relevance "
+        f"flows through this op. Assign a rule with Composite(by_name={{'{info.name}': Pass()}}) if it is "
+        f"elementwise, Structural() if it only moves values, or Gradient() for its plain gradient; or keep a "
+        f"module whole with leaf_modules=[...] and assign its rule by name."
+    )
+
+
+class Explainer:
+    """A reusable explanation function for one model and one rule/composite.
+
+    ``Explainer(model, rule="epsilon-plus-flat", compile=False)`` builds a relevance program per input signature
+    (dtype, device, shape past the batch axis) on first use and caches it. The model is never modified; it is run
+    in eval semantics and handed back with its ``training`` flags as they were.
+    """
+
+    def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
+                 compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
+                 output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False):
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        composite = as_composite(rule)
+        if start is not None:
+            composite = Composite(**{**composite.__dict__, "start": start})
+        self.composite = composite
+        self.compile, self.mode = compile, mode
+        self.leaf_modules, self.output = tuple(leaf_modules), output
+        self.allow_nonfinite = allow_nonfinite
+        self._cache: Dict[tuple, Tuple[RelevanceProgram, Callable, tuple]] = {}
+        self._lock = threading.Lock()
+
+    # ---- building -------------------------------------------------------------------------------------------
+    def program(self, x: Inputs, intermediate: bool = False) -> RelevanceProgram:
+        """The relevance program for inputs like ``x`` (built and cached on first use)."""
+        inputs = _as_tuple(x)
+        return self._entry(inputs, intermediate)[0]
+
+    def _entry(self, inputs, intermediate):
+        key = (_signature(inputs), intermediate)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._build(inputs, intermediate)
+            return self._cache[key]
+
+    def _build(self, inputs, intermediate):
+        with eval_mode(self.model):
+            gm = trace(self.model, len(inputs), self.leaf_modules, self.output)
+            record_values(gm, inputs)
+        out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
+        if not out_info.is_float_tensor:
+            raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
+        infos = ops.classify(gm)
+        canonize.fold_batchnorms(infos)
+        canonize.mark_nonnegative(infos)
+        rules, table = assign_rules(infos, self.composite)
+        builder = ProgramBuilder(gm, infos, rules, start=self.composite.start,
+                                 times_input=self.composite.times_input, intermediate=intermediate)
+        program = RelevanceProgram(builder.build(), table, self.composite)
+        run = program.graph_module
+        if self.compile:
+            run = torch.compile(run, mode=self.mode, dynamic=None)
+        return program, run, out_info.shape
+
+    # ---- running --------------------------------------------------------------------------------------------
+    def __call__(self, x: Inputs, target=None, intermediate: bool = False) -> Explanation:
+        inputs = _as_tuple(x)
+        self._check_inputs(inputs)
+        program, run, out_shape = self._entry(inputs, intermediate)
+        target = _check_target(target, out_shape, inputs[0].shape[0], inputs[0].device)
+        with eval_mode(self.model), torch.no_grad():
+            result = run(*inputs, target)
+        output, relevances = result[0], result[1]
+        relevance = relevances[0] if len(inputs) == 1 else tuple(relevances)
+        return Explanation(relevance, output, dict(result[2]) if intermediate else {})
+
+    def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
+        param = next(iter(self.model.parameters()), None)
+        for i, t in enumerate(inputs):
+            if t.dim() == 0 or t.shape[0] == 0:
+                raise InputError(f"input {i} has an empty batch (shape {tuple(t.shape)}): pass at least one sample")
+            if param is not None and param.is_meta:
+                raise InputError("the model's parameters are on the meta device: load real weights first "
+                                 "(model.to_empty(device=...) and load_state_dict)")
+            if param is not None and t.is_floating_point() and t.dtype != param.dtype:
+                raise InputError(f"input {i} has dtype {t.dtype} but the model's parameters are {param.dtype}: "
+                                 f"convert one of them, e.g. x.to({param.dtype}) or model.to({t.dtype})")
+            if param is not None and t.device != param.device:
+                raise InputError(f"input {i} is on {t.device} but the model is on {param.device}: "
+                                 f"move it with x.to('{param.device}')")
+            if t.is_floating_point() and not self.allow_nonfinite and not bool(torch.isfinite(t).all()):
+                raise InputError(f"input {i} contains NaN or Inf: clean it, or pass allow_nonfinite=True")
+
+
+def _check_target(target, out_shape, batch: int, device) -> Optional[torch.Tensor]:
+    num_classes = out_shape[-1] if out_shape else 0
+    if target is None:
+        if len(out_shape) != 2:
+            raise TargetError(f"the output has shape {tuple(out_shape)}, not [batch, classes]: pass target= as a "
+                              "tensor shaped like the output (the initial relevance)")
+        return None
+    if isinstance(target, bool):
+        raise TargetError("target must be an int, a LongTensor[B] or a tensor shaped like the output, not a bool")
+    if isinstance(target, int):
+        target = torch.full((batch,), target, dtype=torch.long, device=device)
+    if not isinstance(target, torch.Tensor):
+        try:
+            target = torch.as_tensor(target, device=device)
+        except Exception:
+            raise TargetError(f"target must be an int, a LongTensor[B] or a tensor, got {type(target).__name__}")
+    target = target.to(device)
+    if target.is_floating_point():
+        expected = (batch, *out_shape[1:])
+        if tuple(target.shape) != expected:
+            raise TargetError(f"a float target is the initial relevance and must be shaped like the output "
+                              f"{expected}, got {tuple(target.shape)}")
+        return target
+    if len(out_shape) != 2:
+        raise TargetError(f"class-index targets need a [batch, classes] output; the output has shape "
+                          f"{tuple(out_shape)}: pass the initial relevance as a tensor shaped like the output")
+    if target.dim() == 0:
+        target = target.expand(batch)
+    if target.shape != (batch,):
+        raise TargetError(f"target must hold one class index per sample, shape ({batch},), got "
+                          f"{tuple(target.shape)}")
+    if bool(((target < 0) | (target >= num_classes)).any()):
+        raise TargetError(f"target class out of range: the model has {num_classes} outputs (0..{num_classes - 1}), "
+                          f"got {target.tolist()}")
+    return target.long()
+
+
+def explain(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", target=None,
+            **options) -> Any:
+    """Relevance of ``x`` for ``model``'s prediction (or ``target``), shaped like ``x``."""
+    return Explainer(model, rule, **options)(x, target=target).relevance
+
+
+def export(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "epsilon-plus-flat",
+           intermediate: bool = False, **options) -> RelevanceProgram:
+    """The relevance program for ``model`` and inputs like ``x``: readable code, rule table, GraphModule."""
+    explainer = Explainer(model, rule, **options)
+    inputs = _as_tuple(x)
+    explainer._check_inputs(inputs)
+    return explainer.program(inputs, intermediate=intermediate)

@@ -1,0 +1,204 @@
+"""Composites: which rule each node gets (reference §5), and the rule-string parser.
+
+A :class:`Composite` is immutable and hashable. Resolution for one node, most specific first:
+``by_name`` (qualified-name glob) > ``predicates`` > ``first`` (first affine node in execution order) >
+``by_type`` (module class, function, or kind string) > ``conv`` / ``linear`` > the §2 default of the kind.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+from torch import nn
+
+from .errors import RuleError
+from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, MulUniform, Norm, NormIdentity, Pass, Rule,
+                    Structural, WinnerTakesAll, WSquare, ZBox, ZPlus)
+
+_CONV_KINDS = {"conv", "conv_transpose"}
+FIRST_KINDS = {"linear", "conv", "conv_transpose"}
+
+# §2 defaults: the rule a node kind gets when nothing else matched
+DEFAULTS: Dict[str, Rule] = {
+    "linear": Epsilon(), "conv": Epsilon(), "conv_transpose": Epsilon(),
+    "activation": Pass(), "identity": Pass(), "scale": Pass(), "batchnorm": Pass(),
+    "max_pool": WinnerTakesAll(), "avg_pool": Norm(), "reduce": Norm(), "add": Norm(),
+    "structural": Structural(), "mul": MulUniform(), "layer_norm": NormIdentity(),
+}
+
+
+def _pairs(mapping) -> Tuple[Tuple[Any, Rule], ...]:
+    if mapping is None:
+        return ()
+    items = mapping.items() if isinstance(mapping, Mapping) else mapping
+    pairs = tuple((k, parse_rule(v)) for k, v in items)
+    return pairs
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A mapping from nodes to rules.
+
+    ``conv`` and ``linear`` are the rules of convolution and linear nodes; ``first`` overrides them for the first
+    affine node in execution order; ``by_type`` maps module classes (``nn.Conv2d``), functions (``F.conv2d``) or
+    kind strings (``"avg_pool"``, ``"add"``) to rules; ``by_name`` maps qualified-name globs (``"features.0"``,
+    ``"layer4.*.conv2"``) to rules; ``predicates`` is a sequence of ``(fn(node_info) -> bool, rule)``.
+    ``start`` is the initial relevance: ``"logit"`` (target logit, reference §6) or ``"one"`` (one-hot).
+    ``times_input`` multiplies the input relevance by the input (``gradient*input``).
+    """
+
+    conv: Optional[Rule] = None
+    linear: Optional[Rule] = None
+    first: Optional[Rule] = None
+    by_type: Any = ()
+    by_name: Any = ()
+    predicates: Any = ()
+    default: Optional[Rule] = None
+    start: str = "logit"
+    times_input: bool = False
+    label: str = "custom"
+
+    def __post_init__(self):
+        for attr in ("conv", "linear", "first", "default"):
+            value = getattr(self, attr)
+            if value is not None:
+                object.__setattr__(self, attr, parse_rule(value))
+        object.__setattr__(self, "by_type", _pairs(self.by_type))
+        object.__setattr__(self, "by_name", _pairs(self.by_name))
+        object.__setattr__(self, "predicates", _pairs(self.predicates))
+        if self.start not in ("logit", "one"):
+            raise RuleError(f"start must be 'logit' or 'one', got {self.start!r}")
+
+    def rule_for(self, info, is_first: bool) -> Tuple[Rule, str]:
+        """The rule for one classified node and the mapping that chose it (for the rule table)."""
+        for pattern, rule in self.by_name:
+            if fnmatch.fnmatchcase(info.name, pattern) or fnmatch.fnmatchcase(info.node.name, pattern):
+                return rule, f"by_name[{pattern!r}]"
+        for predicate, rule in self.predicates:
+            if predicate(info):
+                return rule, f"predicate {getattr(predicate, '__name__', 'fn')}"
+        if is_first and self.first is not None:
+            return self.first, "first"
+        for key, rule in self.by_type:
+            if _type_matches(key, info):
+                return rule, f"by_type[{getattr(key, '__name__', key)}]"
+        if info.kind in _CONV_KINDS and self.conv is not None:
+            return self.conv, "conv"
+        if info.kind == "linear" and self.linear is not None:
+            return self.linear, "linear"
+        if self.default is not None and info.kind in self.default.kinds:
+            return self.default, "default"
+        if info.kind in DEFAULTS:
+            return DEFAULTS[info.kind], f"{info.kind} default"
+        return None, "none"
+
+
+def _type_matches(key, info) -> bool:
+    if isinstance(key, str):
+        return key == info.kind
+    if isinstance(key, type):
+        return info.module is not None and isinstance(info.module, key)
+    return info.node.op == "call_function" and info.node.target is key
+
+
+# ---- presets ----------------------------------------------------------------------------------------------
+def EpsilonPlus(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    return Composite(conv=ZPlus(zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias), label="epsilon-plus")
+
+
+def EpsilonPlusFlat(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    return Composite(conv=ZPlus(zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias), first=Flat(),
+                     label="epsilon-plus-flat")
+
+
+def EpsilonGammaBox(low=-3.0, high=3.0, epsilon: float = 1e-6, gamma: float = 0.25,
+                    zero_bias: bool = False) -> Composite:
+    return Composite(conv=Gamma(gamma, zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias),
+                     first=ZBox(low, high), label="epsilon-gamma-box")
+
+
+def EpsilonAlpha2Beta1(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    return Composite(conv=AlphaBeta(2, 1, zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias),
+                     label="epsilon-alpha2beta1")
+
+
+def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    return Composite(conv=AlphaBeta(2, 1, zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias), first=Flat(),
+                     label="epsilon-alpha2beta1-flat")
+
+
+def single(rule: Rule, label: Optional[str] = None) -> Composite:
+    """One rule on every conv and linear node, §2 defaults elsewhere."""
+    return Composite(conv=rule, linear=rule, label=label or rule.describe())
+
+
+def gradient(times_input: bool = False) -> Composite:
+    """The plain gradient of the target logit (``times_input``: gradient × input)."""
+    return Composite(default=Gradient(), by_type=tuple((k, Gradient()) for k in DEFAULTS) + (("unknown", Gradient()),),
+                     start="one", times_input=times_input,
+                     label="gradient*input" if times_input else "gradient")
+
+
+PRESETS: Dict[str, Callable[[], Composite]] = {
+    "epsilon-plus": EpsilonPlus,
+    "epsilon-plus-flat": EpsilonPlusFlat,
+    "epsilon-gamma-box": EpsilonGammaBox,
+    "epsilon-alpha2beta1": EpsilonAlpha2Beta1,
+    "epsilon-alpha2beta1-flat": EpsilonAlpha2Beta1Flat,
+    "gradient": gradient,
+    "gradient*input": lambda: gradient(times_input=True),
+}
+
+# rule names usable in strings: name -> (constructor, number of parameters allowed)
+_RULE_NAMES: Dict[str, Callable[..., Rule]] = {
+    "epsilon": Epsilon, "gamma": Gamma, "zplus": ZPlus, "alphabeta": AlphaBeta, "zbox": ZBox, "flat": Flat,
+    "wsquare": WSquare, "pass": Pass, "norm": Norm, "wta": WinnerTakesAll, "structural": Structural,
+    "zero": lambda: Epsilon(0.0), "alpha1beta0": lambda: AlphaBeta(1, 0), "alpha2beta1": lambda: AlphaBeta(2, 1),
+    # the seed's (TorchLRP) "gamma+epsilon": gamma and epsilon both 0.1 unless given
+    "gamma+epsilon": lambda gamma=0.1, eps=0.1: Gamma(gamma, eps),
+}
+_CALL = re.compile(r"^\s*([a-z0-9+*\-]+)\s*(?:\((.*)\))?\s*$")
+
+
+def _parse_number(text: str, whole: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise RuleError(f"rule string {whole!r}: {text.strip()!r} is not a number") from None
+
+
+def known_rule_strings() -> str:
+    return ", ".join(sorted(set(PRESETS) | set(_RULE_NAMES)))
+
+
+def parse_rule(rule: Union[str, Rule]) -> Rule:
+    """A rule object from a rule object or a rule string such as ``"epsilon(0.1)"`` or ``"zbox(-3,3)"``."""
+    if isinstance(rule, Rule):
+        return rule
+    if not isinstance(rule, str):
+        raise RuleError(f"expected a rule string or a lrpfx.rules object, got {type(rule).__name__}")
+    match = _CALL.match(rule.lower())
+    if not match or match.group(1) not in _RULE_NAMES:
+        raise RuleError(f"unknown rule {rule!r}; known rules: {known_rule_strings()}")
+    name, params = match.group(1), match.group(2)
+    values = [] if not params or not params.strip() else [_parse_number(p, rule) for p in params.split(",")]
+    try:
+        return _RULE_NAMES[name](*values)
+    except TypeError:
+        raise RuleError(f"rule string {rule!r}: wrong number of parameters for {name!r}") from None
+
+
+def as_composite(rule: Union[str, Rule, Composite]) -> Composite:
+    """Anything the public API accepts as ``rule=`` turned into a Composite."""
+    if isinstance(rule, Composite):
+        return rule
+    if isinstance(rule, str) and rule.strip().lower() in PRESETS:
+        return PRESETS[rule.strip().lower()]()
+    parsed = parse_rule(rule)
+    return single(parsed, label=rule if isinstance(rule, str) else None)
+
+
+__all__ = ["Composite", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
+           "EpsilonAlpha2Beta1Flat", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS"]

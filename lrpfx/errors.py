@@ -1,0 +1,29 @@
+"""The lrpfx error hierarchy: every failure a user can cause is one of these, with the fix in the message."""
+
+
+class LrpfxError(Exception):
+    """Base class of every error lrpfx raises on purpose."""
+
+
+class TraceError(LrpfxError):
+    """The model could not be traced into a graph (data-dependent control flow, untraceable code)."""
+
+
+class UnsupportedOpError(LrpfxError):
+    """A node of the traced graph has no relevance rule and none was assigned."""
+
+
+class RuleError(LrpfxError, ValueError):
+    """A rule string or rule parameter is invalid, or a rule cannot apply to the node it was assigned to."""
+
+
+class TargetError(LrpfxError, ValueError):
+    """The target (class index, index tensor or initial relevance) does not fit the model's output."""
+
+
+class InputError(LrpfxError, ValueError):
+    """The input does not fit the model: wrong shape, dtype, device, count, or non-finite values."""
+
+
+class OutputError(LrpfxError, ValueError):
+    """The model's output is not a single tensor and no ``output=`` selector says which tensor to explain."""

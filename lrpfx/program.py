@@ -1,0 +1,357 @@
+"""Build the relevance program: the forward graph followed by one relevance step per node, in reverse.
+
+Input: the traced GraphModule, the classified nodes (:mod:`lrpfx.ops`, annotated by :mod:`lrpfx.canonize`) and
+one rule per node (:mod:`lrpfx.composites`). Output: a new ``fx.GraphModule`` with inputs ``(*inputs, target)``
+that returns ``(output, input_relevances)`` — plus a dict of intermediate relevances when asked. Each relevance
+step is a call of a pure rule function (or, for ops replayed by their VJP, of a :class:`Replay` module), so the
+program's code reads as the algorithm. Parameters are shared with the user's model, never copied or modified.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from . import rules as R
+from .errors import RuleError
+from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, out_of_place_method
+from .rules import affine, elementwise, structural
+from .rules.layers import ChannelAffine
+from .targets import initial_relevance
+from .trace import source_line
+
+_AFFINE_FUNCTIONS = {R.Epsilon: affine.epsilon, R.Gamma: affine.gamma, R.ZPlus: affine.zplus,
+                     R.AlphaBeta: affine.alpha_beta, R.Flat: affine.flat, R.WSquare: affine.wsquare,
+                     R.Gradient: affine.gradient}
+_AVG_POOL_BY_DIM = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+class MethodCall:
+    """``MethodCall("view")(x, 2, -1)`` is ``x.view(2, -1)``: a Tensor method as a plain function."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, self_, *args, **kwargs):
+        return getattr(self_, self.name)(*args, **kwargs)
+
+    def __repr__(self):
+        return f"Tensor.{self.name}"
+
+
+def fill_tuple(values, *relevances, present: tuple):
+    """Relevance of a tuple-valued node: given pieces at ``present`` indices, zeros elsewhere."""
+    pieces = dict(zip(present, relevances))
+    return tuple(pieces[i] if i in pieces else torch.zeros_like(v) for i, v in enumerate(values))
+
+
+def rule_kwargs(rule: R.Rule) -> Dict[str, Any]:
+    """The hyper-parameters of an affine rule as keyword arguments of its rule function."""
+    if isinstance(rule, R.AlphaBeta):
+        return {"alpha": float(rule.alpha), "beta": float(rule.beta), "eps": rule.eps, "zero_bias": rule.zero_bias}
+    if isinstance(rule, R.Gamma):
+        return {"gamma": float(rule.gamma), "eps": rule.eps, "zero_bias": rule.zero_bias}
+    if isinstance(rule, (R.Epsilon, R.ZPlus, R.WSquare)):
+        return {"eps": float(rule.eps), "zero_bias": rule.zero_bias}
+    if isinstance(rule, (R.Flat, R.ZBox)):
+        return {"eps": float(rule.eps)}
+    return {}
+
+
+class ProgramBuilder:
+    """Writes one relevance program. Used once: ``ProgramBuilder(...).build()``."""
+
+    def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule], *,
+                 start: str, times_input: bool, intermediate: bool):
+        self.gm, self.infos, self.rules = gm, infos, rules
+        self.start, self.times_input, self.intermediate = start, times_input, intermediate
+        self.graph = fx.Graph()
+        self.env: Dict[fx.Node, fx.Node] = {}
+        self.attrs: Dict[str, Any] = {}
+        self.attr_nodes: Dict[str, fx.Node] = {}
+        self.contrib: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
+        self.tuple_contrib: Dict[fx.Node, Dict[int, List[fx.Node]]] = defaultdict(lambda: defaultdict(list))
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    def call(self, fn, args, kwargs=None, name=None) -> fx.Node:
+        return self.graph.create_node("call_function", fn, tuple(args), kwargs or {}, name=name)
+
+    def attr(self, path: str, value: Any) -> fx.Node:
+        if path not in self.attr_nodes:
+            self.attrs[path] = value
+            self.attr_nodes[path] = self.graph.get_attr(path)
+        return self.attr_nodes[path]
+
+    def value(self, source) -> Optional[fx.Node]:
+        """A graph value for a parameter path (``"features.0.weight"``), an original node, or None."""
+        if source is None:
+            return None
+        if isinstance(source, fx.Node):
+            return self.env[source]
+        if isinstance(source, str):
+            return self.attr("params." + source, _fetch(self.gm, source))
+        raise TypeError(f"unexpected parameter source {source!r}")
+
+    def contribute(self, node: fx.Node, relevance: fx.Node) -> None:
+        self.contrib[node].append(relevance)
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def copy_forward(self):
+        inputs: List[fx.Node] = []
+        target = None
+        output = None
+        for n in self.gm.graph.nodes:
+            if n.op != "placeholder" and target is None:
+                target = self.graph.placeholder("target", default_value=None)
+            if n.op == "placeholder":
+                new = self.graph.node_copy(n, lambda a: self.env[a])
+                inputs.append(n)
+            elif n.op == "get_attr":
+                new = self.attr("params." + n.target, _fetch(self.gm, n.target))
+            elif n.op == "output":
+                output = n.args[0]
+                continue
+            else:
+                new = self.graph.node_copy(n, lambda a: self.env[a])
+                self._make_out_of_place(new)
+            self.env[n] = new
+        if target is None:
+            target = self.graph.placeholder("target", default_value=None)
+        return inputs, target, output
+
+    def _make_out_of_place(self, new: fx.Node) -> None:
+        """In-place ops would overwrite values the relevance steps still read; run them out of place."""
+        if new.op == "call_module":
+            module = self.gm.get_submodule(new.target)
+            if getattr(module, "inplace", False):
+                module = copy.copy(module)  # shallow: shares parameters, only the flag differs
+                module.inplace = False
+            self.attrs[new.target] = module
+        elif new.op == "call_function":
+            new.target = OUT_OF_PLACE_FUNCTIONS.get(new.target, new.target)
+            if new.kwargs.get("inplace"):
+                new.kwargs = {**new.kwargs, "inplace": False}
+        elif new.op == "call_method":
+            new.target = out_of_place_method(new.target)
+
+    # ---- relevance ---------------------------------------------------------------------------------------
+    def collect(self, n: fx.Node) -> Optional[fx.Node]:
+        """The total relevance of node ``n``'s value: the sum over its consumers' contributions."""
+        if n in self.tuple_contrib:
+            pieces = self.tuple_contrib[n]
+            present = tuple(sorted(pieces))
+            summed = [self._sum(pieces[i]) for i in present]
+            return self.call(fill_tuple, [self.env[n], *summed], {"present": present}, name=f"r_{n.name}")
+        parts = self.contrib.get(n)
+        if not parts:
+            return None
+        return self._sum(parts)
+
+    def _sum(self, parts: List[fx.Node]) -> fx.Node:
+        total = parts[0]
+        for p in parts[1:]:
+            total = self.call(operator.add, [total, p])
+        return total
+
+    def build(self) -> fx.GraphModule:
+        inputs, target, output = self.copy_forward()
+        r_out = self.call(initial_relevance, [self.env[output], target], {"start": self.start}, name="r_output")
+        self.contribute(output, r_out)
+        recorded: Dict[fx.Node, fx.Node] = {}
+        input_relevance: Dict[fx.Node, fx.Node] = {}
+        for n in reversed(list(self.gm.graph.nodes)):
+            info = self.infos.get(n)
+            if info is None:
+                continue
+            r = self.collect(n)
+            if n.op == "placeholder":
+                if r is None:
+                    r = self.call(torch.zeros_like, [self.env[n]], name=f"r_{n.name}")
+                if self.times_input:
+                    r = self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
+                input_relevance[n] = r
+            if r is None:
+                continue
+            recorded[n] = r
+            if n.op != "placeholder":
+                self.emit(info, r)
+        outputs = (self.env[output], tuple(input_relevance.get(n) for n in inputs))
+        if self.intermediate:
+            keys = intermediate_keys(self.infos)
+            ordered = {keys[n]: recorded[n] for n in self.gm.graph.nodes if n in recorded and n in keys}
+            outputs = outputs + (ordered,)
+        self.graph.output(outputs)
+        self.graph.lint()
+        return fx.GraphModule(self.attrs, self.graph, class_name="RelevanceProgram")
+
+    # ---- one relevance step per kind ------------------------------------------------------------------------
+    def emit(self, info: NodeInfo, r: fx.Node) -> None:
+        rule = self.rules[info.node]
+        kind = info.kind
+        n = info.node
+        if n.op == "call_function" and n.target is operator.getitem and _is_tuple_node(n.args[0]):
+            self.tuple_contrib[n.args[0]][n.args[1]].append(r)
+            return
+        if kind == "batchnorm" and info.fold_from is not None:
+            self.emit_folded(info, r)
+        elif kind in ("linear", "conv", "conv_transpose") and not isinstance(rule, (R.Pass, R.Structural)):
+            self.emit_affine(info, rule, self.value(info.weight), self.value(info.bias), info.layer, info.x, r)
+        elif kind == "batchnorm" and isinstance(rule, tuple(_AFFINE_FUNCTIONS) + (R.ZBox,)) \
+                and not isinstance(rule, R.Gradient):
+            self.emit_channel_affine(info, rule, r)
+        elif isinstance(rule, R.Pass):
+            self.contribute(info.x, self.call(elementwise.pass_to, [r, self.env[info.x]], name=f"r_{n.name}_in"))
+        elif kind == "add" and isinstance(rule, (R.Norm, R.Epsilon)):
+            self.emit_sum(info, rule, r)
+        elif kind == "mul" and isinstance(rule, R.MulUniform):
+            operands = list(n.args[:2])
+            shares = self.call(elementwise.mul_uniform, [r, *[self.env[o] for o in operands]], name=f"r_{n.name}_in")
+            for i, operand in enumerate(operands):
+                self.contribute(operand, self.call(operator.getitem, [shares, i]))
+        elif kind == "layer_norm" and isinstance(rule, R.NormIdentity):
+            self.contribute(info.x, self.call(
+                elementwise.layer_norm,
+                [self.env[info.x], self.value(info.weight), self.value(info.bias), self.env[n], r],
+                {"normalized_ndim": info.extra["normalized_ndim"], "ln_eps": float(info.extra["ln_eps"]),
+                 "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in"))
+        elif kind == "structural" and info.extra.get("reshape") and isinstance(rule, (R.Structural, R.Gradient)):
+            self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r], name=f"r_{n.name}_in"))
+        elif kind == "max_pool" and isinstance(rule, R.Norm):
+            self.emit_replay(info, r, norm_eps=rule.eps, fn=_max_pool_as_avg(info))
+        elif kind in ("avg_pool", "reduce") and isinstance(rule, (R.Norm, R.Epsilon)):
+            self.emit_replay(info, r, norm_eps=rule.eps)
+        elif isinstance(rule, (R.Structural, R.Gradient, R.WinnerTakesAll)):
+            self.emit_replay(info, r)
+        else:  # assignment validation should have caught this
+            raise RuleError(f"rule {rule.describe()} cannot apply to node '{n.name}' of kind '{kind}'"
+                            f"{source_line(n)}")
+
+    def emit_affine(self, info: NodeInfo, rule: R.Rule, w, b, layer, x: fx.Node, r: fx.Node,
+                    z: Optional[fx.Node] = None) -> None:
+        n = info.node
+        z = self.env[n] if z is None else z
+        args = [self.env[x], w, b, z, r]
+        kwargs = {"layer": layer, **rule_kwargs(rule)}
+        if isinstance(rule, (R.Gamma, R.ZPlus, R.AlphaBeta)):
+            kwargs["x_nonneg"] = self.infos[x].nonneg
+        if isinstance(rule, R.ZBox):
+            args += [self._bound(n, "low", rule.low), self._bound(n, "high", rule.high)]
+            fn = affine.zbox
+        else:
+            fn = _AFFINE_FUNCTIONS[type(rule)]
+        self.contribute(x, self.call(fn, args, kwargs, name=f"r_{n.name}_in"))
+
+    def _bound(self, n: fx.Node, which: str, bound):
+        if isinstance(bound, torch.Tensor):
+            return self.attr(f"constants.{n.name}_{which}", bound)
+        return float(bound)
+
+    def emit_folded(self, bn: NodeInfo, r: fx.Node) -> None:
+        """Conv/Linear followed by BatchNorm: one affine step with weights folded in the graph on every call."""
+        producer = bn.fold_from
+        rule = self.rules[producer.node]
+        e = bn.extra
+        folded = self.call(
+            affine.fold_batchnorm,
+            [self.value(producer.weight), self.value(producer.bias), self.value(e["mean"]), self.value(e["var"]),
+             self.value(e["bn_weight"]), self.value(e["bn_bias"])],
+            {"eps": float(e["eps"]), "channel_axis": 1 if producer.kind == "conv_transpose" else 0},
+            name=f"{producer.node.name}_folded")
+        w = self.call(operator.getitem, [folded, 0], name=f"{producer.node.name}_folded_weight")
+        b = self.call(operator.getitem, [folded, 1], name=f"{producer.node.name}_folded_bias")
+        if isinstance(rule, (R.Pass, R.Structural)):
+            raise RuleError(f"rule {rule.describe()} cannot apply to affine node '{producer.name}'")
+        self.emit_affine(bn, rule, w, b, producer.layer, producer.x, r, z=self.env[bn.node])
+
+    def emit_channel_affine(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        e = info.extra
+        scale_shift = self.call(affine.batchnorm_scale_shift,
+                                [self.value(e["mean"]), self.value(e["var"]), self.value(e["bn_weight"]),
+                                 self.value(e["bn_bias"])], {"eps": float(e["eps"])}, name=f"{info.node.name}_affine")
+        w = self.call(operator.getitem, [scale_shift, 0])
+        b = self.call(operator.getitem, [scale_shift, 1])
+        self.emit_affine(info, rule, w, b, ChannelAffine(len(info.shape)), info.x, r)
+
+    def emit_sum(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        n = info.node
+        terms, signs = info.extra["terms"], info.extra["signs"]
+        shares = self.call(elementwise.split_sum, [self.env[n], r, *[self.env[t] for t in terms]],
+                           {"signs": signs, "eps": rule.eps}, name=f"r_{n.name}_in")
+        for i, term in enumerate(terms):
+            self.contribute(term, self.call(operator.getitem, [shares, i]))
+
+    def emit_replay(self, info: NodeInfo, r: fx.Node, norm_eps: Optional[float] = None, fn=None) -> None:
+        """Relevance by the node's own VJP (gradient mode) or as ``x · Jᵀ(r / stab(z))`` (norm mode)."""
+        n = info.node
+        graph_values: List[fx.Node] = []
+
+        def slot(a: fx.Node):
+            graph_values.append(a)
+            return structural.Slot(len(graph_values) - 1)
+
+        if fn is None:
+            args, kwargs = fx.node.map_arg(n.args, slot), fx.node.map_arg(n.kwargs, slot)
+            fn = _node_function(self.gm, n, self.attrs)
+        else:
+            args, kwargs = (slot(info.x),), {}
+        active = [i for i, v in enumerate(graph_values) if v in self.infos]
+        replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps)
+        path = f"steps.{n.name}"
+        self.attrs[path] = replay
+        pulled = self.graph.call_module(path, (r, self.env[n], *[self.env[v] for v in graph_values]))
+        pulled.name = f"r_{n.name}_in"
+        for j, i in enumerate(active):
+            self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))
+
+
+def _max_pool_as_avg(info: NodeInfo):
+    m = info.module
+    if m is None or not isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) or m.dilation not in (1, (1,) * 3,
+                                                                                                      (1, 1)):
+        raise RuleError(f"Norm() on max pooling needs a MaxPool module without dilation; node '{info.name}' is "
+                        f"{info.op}: use WinnerTakesAll() there")
+    dim = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
+    stride = m.stride if m.stride is not None else m.kernel_size
+    pool = _AVG_POOL_BY_DIM[dim]
+
+    def avg_pool(x):
+        return pool(x, m.kernel_size, stride, m.padding, m.ceil_mode)
+
+    return avg_pool
+
+
+def _is_tuple_node(node) -> bool:
+    return isinstance(node, fx.Node) and node.meta.get("lrpfx_value") is not None \
+        and node.meta["lrpfx_value"].tuple_len is not None
+
+
+def _node_function(gm: fx.GraphModule, n: fx.Node, attrs: Dict[str, Any]):
+    if n.op == "call_function":
+        return OUT_OF_PLACE_FUNCTIONS.get(n.target, n.target)
+    if n.op == "call_method":
+        return MethodCall(out_of_place_method(n.target))
+    if n.op == "call_module":
+        return attrs.get(n.target) or gm.get_submodule(n.target)
+    raise RuleError(f"node '{n.name}' ({n.op}) cannot be replayed")
+
+
+def _fetch(gm: fx.GraphModule, path: str):
+    obj = gm
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def intermediate_keys(infos: Dict[fx.Node, NodeInfo]) -> Dict[fx.Node, str]:
+    """Key of each node in ``Explanation.intermediate``: the module's qualified name if it is called once."""
+    counts: Dict[str, int] = defaultdict(int)
+    for info in infos.values():
+        counts[info.name] += 1
+    return {n: (info.name if counts[info.name] == 1 else n.name) for n, info in infos.items()
+            if info.folded_into is None}

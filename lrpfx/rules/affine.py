@@ -1,0 +1,159 @@
+"""Affine relevance rules as pure functions (reference §1).
+
+Every function takes the layer input ``x``, the weight ``w`` and bias ``b`` the layer used (after BatchNorm
+folding), the forward output ``z`` (bias included) and the incoming relevance ``r`` (shaped like ``z``), and
+returns the relevance of ``x``. ``layer`` is a spec from :mod:`lrpfx.rules.layers`. Nothing is mutated and no
+autograd graph is needed. ``x_nonneg=True`` is a promise from the graph analysis that ``x >= 0``
+everywhere (a ReLU output, say); the rules then skip the products with ``x⁻`` that are known to be zero.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .stabilize import divide
+
+
+def _pos(t):
+    return t.clamp(min=0)
+
+
+def _neg(t):
+    return t.clamp(max=0)
+
+
+def _unbiased(layer, z, b):
+    """The layer output without its bias, ``x·W``, taken from the forward's ``z`` (no extra product)."""
+    return z if b is None else z - layer.bias_view(b)
+
+
+def _add_bias(layer, t, b):
+    return t if b is None else t + layer.bias_view(b)
+
+
+def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
+    """LRP-epsilon: ``x * Wᵀ (r / stab(z))``; with ``zero_bias`` the bias is left out of ``z``."""
+    if zero_bias:
+        z = _unbiased(layer, z, b)
+    return x * layer.transpose(divide(r, z, eps), w, x.shape)
+
+
+def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg):
+    """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms."""
+    if x_nonneg:
+        z = _add_bias(layer, layer.forward(x, w_for_pos_x), bias)
+        return x * layer.transpose(divide(r, z, eps), w_for_pos_x, x.shape)
+    xp, xn = _pos(x), _neg(x)
+    z = _add_bias(layer, layer.forward(xp, w_for_pos_x) + layer.forward(xn, w_for_neg_x), bias)
+    s = divide(r, z, eps)
+    return xp * layer.transpose(s, w_for_pos_x, x.shape) + xn * layer.transpose(s, w_for_neg_x, x.shape)
+
+
+def zplus(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, x_nonneg: bool = False):
+    """LRP-z+: ``z⁺ = x⁺W⁺ + x⁻W⁻ + b⁺``, relevance along the positive contributions only."""
+    bias = None if (b is None or zero_bias) else _pos(b)
+    return _split_terms(layer, x, _pos(w), _neg(w), bias, r, eps, x_nonneg)
+
+
+def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, zero_bias: bool = False,
+               x_nonneg: bool = False):
+    """LRP-alpha-beta with the bias split by sign and counted once on each side (reference §1)."""
+    wp, wn = _pos(w), _neg(w)
+    keep_bias = b is not None and not zero_bias
+    r_pos = _split_terms(layer, x, wp, wn, _pos(b) if keep_bias else None, r, eps, x_nonneg)
+    if beta == 0:
+        return alpha * r_pos if alpha != 1 else r_pos
+    r_neg = _split_terms(layer, x, wn, wp, _neg(b) if keep_bias else None, r, eps, x_nonneg)
+    return alpha * r_pos - beta * r_neg
+
+
+def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = False, x_nonneg: bool = False):
+    """Generalized LRP-gamma (reference §1), sign-aware; positions with ``z == 0`` pass no relevance.
+
+    With ``x >= 0`` the products collapse: ``x·(W + γW⁺) = xW + γ·xW⁺`` and ``x·(W + γW⁻) = xW + γ(xW - xW⁺)``,
+    where ``xW`` comes from the forward's ``z``. That is one extra forward product and two transposed products.
+    """
+    w_up, w_down = w + gamma * _pos(w), w + gamma * _neg(w)
+    if b is None or zero_bias:
+        b_up = b_down = None
+    else:
+        b_up, b_down = b + gamma * _pos(b), b + gamma * _neg(b)
+    positive, negative = z > 0, z < 0
+    if x_nonneg:
+        xw = _unbiased(layer, z, b)
+        xw_pos = layer.forward(x, _pos(w))
+        z_up = _add_bias(layer, xw + gamma * xw_pos, b_up)
+        z_down = _add_bias(layer, xw + gamma * (xw - xw_pos), b_down)
+        s_up = torch.where(positive, divide(r, z_up, eps), 0.0)
+        s_down = torch.where(negative, divide(r, z_down, eps), 0.0)
+        return x * (layer.transpose(s_up, w_up, x.shape) + layer.transpose(s_down, w_down, x.shape))
+    xp, xn = _pos(x), _neg(x)
+    z_up = _add_bias(layer, layer.forward(xp, w_up) + layer.forward(xn, w_down), b_up)
+    z_down = _add_bias(layer, layer.forward(xp, w_down) + layer.forward(xn, w_up), b_down)
+    s_up = torch.where(positive, divide(r, z_up, eps), 0.0)
+    s_down = torch.where(negative, divide(r, z_down, eps), 0.0)
+    to_pos_x = layer.transpose(s_up, w_up, x.shape) + layer.transpose(s_down, w_down, x.shape)
+    to_neg_x = layer.transpose(s_up, w_down, x.shape) + layer.transpose(s_down, w_up, x.shape)
+    return xp * to_pos_x + xn * to_neg_x
+
+
+def zbox(x, w, b, z, r, low, high, *, layer, eps: float):
+    """LRP-z^B: ``z = xW - lW⁺ - hW⁻`` (the bias cancels), for inputs bounded by ``low <= x <= high``."""
+    low = torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(x)
+    high = torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(x)
+    wp, wn = _pos(w), _neg(w)
+    zb = _unbiased(layer, z, b) - layer.forward(low, wp) - layer.forward(high, wn)
+    s = divide(r, zb, eps)
+    return (x * layer.transpose(s, w, x.shape) - low * layer.transpose(s, wp, x.shape)
+            - high * layer.transpose(s, wn, x.shape))
+
+
+def flat(x, w, b, z, r, *, layer, eps: float):
+    """LRP-flat: inputs and weights replaced by ones, no bias; relevance spread over the receptive field."""
+    ones_w = torch.ones_like(w)
+    zf = layer.forward(torch.ones_like(x), ones_w)
+    return layer.transpose(divide(r, zf, eps), ones_w, x.shape)
+
+
+def wsquare(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
+    """LRP-w²: input replaced by ones, weight and bias squared."""
+    w2 = w * w
+    bias = None if (b is None or zero_bias) else b * b
+    zw = _add_bias(layer, layer.forward(torch.ones_like(x), w2), bias)
+    return layer.transpose(divide(r, zw, eps), w2, x.shape)
+
+
+def gradient(x, w, b, z, r, *, layer):
+    """The plain gradient through the affine node: ``Wᵀ r``."""
+    return layer.transpose(r, w, x.shape)
+
+
+def fold_batchnorm(w, b: Optional[torch.Tensor], mean, var, bn_weight, bn_bias, *, eps: float,
+                   channel_axis: int = 0):
+    """Weight and bias of ``BatchNorm(affine(x))`` as one affine map, computed fresh on every call.
+
+    ``W' = W·s`` and ``b' = (b - μ)·s + β`` with ``s = γ / sqrt(var + eps)``; ``channel_axis`` is the weight
+    axis of the output channels (0 for Linear/Conv, 1 for ConvTranspose).
+    """
+    scale = torch.rsqrt(var + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight
+    shape = [1] * w.dim()
+    shape[channel_axis] = -1
+    if w.dim() > 1 and channel_axis == 1 and w.shape[1] != scale.shape[0]:
+        # grouped transposed convolution: output channels are (groups, out_per_group)
+        groups = scale.shape[0] // w.shape[1]
+        w_grouped = w.view(groups, w.shape[0] // groups, *w.shape[1:])
+        w_folded = (w_grouped * scale.view(groups, 1, -1, *([1] * (w.dim() - 2)))).view_as(w)
+    else:
+        w_folded = w * scale.view(shape)
+    b_folded = -mean * scale if b is None else (b - mean) * scale
+    if bn_bias is not None:
+        b_folded = b_folded + bn_bias
+    return w_folded, b_folded
+
+
+def batchnorm_scale_shift(mean, var, bn_weight, bn_bias, *, eps: float):
+    """An (unfolded) BatchNorm in eval mode as ``x * scale + shift`` per channel."""
+    return fold_batchnorm(torch.ones_like(mean), None, mean, var, bn_weight, bn_bias, eps=eps)

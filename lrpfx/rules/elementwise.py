@@ -1,0 +1,60 @@
+"""Relevance rules for sums, products and normalisations (reference §2, §3) as pure functions."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .stabilize import divide
+
+
+def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, ...]:
+    """Relevance of each summand of ``z = Σ sign_k · t_k (+ constants)``: ``R_k = sign_k · t_k · r / stab(z)``.
+
+    ``signs`` holds -1 for a subtracted term (``a - b``). Constants that are part of ``z`` but not in ``terms``
+    act as a bias and keep their share. Each result is summed down to its term's shape where it was broadcast.
+    """
+    s = divide(r, z, eps)
+    return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape) for t, sign in zip(terms, signs))
+
+
+def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
+    """Undo broadcasting: sum ``t`` over the axes that were expanded to reach its shape."""
+    if tuple(t.shape) == tuple(shape):
+        return t
+    lead = t.dim() - len(shape)
+    t = t.sum(dim=tuple(range(lead))) if lead > 0 else t
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and t.shape[i] != 1)
+    return t.sum(dim=axes, keepdim=True) if axes else t
+
+
+def mul_uniform(r, *operands) -> Tuple[torch.Tensor, ...]:
+    """Product of ``n`` activations: each gets ``r / n`` (summed back to its shape where it was broadcast)."""
+    share = r / len(operands)
+    return tuple(_sum_to(share, t.shape) for t in operands)
+
+
+def pass_to(r, x):
+    """Identity rule: ``r`` handed to ``x`` unchanged (summed back to ``x``'s shape if the op broadcast it)."""
+    return _sum_to(r, x.shape)
+
+
+def layer_norm(x, w, b, z, r, *, normalized_ndim: int, ln_eps: float, eps: float, zero_bias: bool = False,
+               centered: bool = True):
+    """LayerNorm/RMSNorm as a linear map with the standard deviation held constant.
+
+    ``y = (x - mean(x)) / σ · w + b`` is linear in ``x`` once ``σ`` is a constant; the epsilon rule on that map
+    is ``R_in = x · Jᵀ(r / stab(y))`` with ``Jᵀ s = c - mean(c)``, ``c = s·w/σ`` (no centring for RMSNorm).
+    """
+    dims = tuple(range(x.dim() - normalized_ndim, x.dim()))
+    if centered:
+        sigma = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + ln_eps)
+    else:
+        sigma = torch.sqrt(x.pow(2).mean(dim=dims, keepdim=True) + ln_eps)
+    if zero_bias and b is not None:
+        z = z - b
+    s = divide(r, z, eps)
+    c = s / sigma if w is None else s * w / sigma
+    if centered:
+        c = c - c.mean(dim=dims, keepdim=True)
+    return x * c

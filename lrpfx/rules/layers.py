@@ -1,0 +1,101 @@
+"""Layer specs: the static description of an affine node (which op, strides, padding, ...).
+
+A spec knows how to run its layer forward with given (possibly modified) weights and how to apply the
+transposed layer (the vector-Jacobian product with respect to the input). Specs are NamedTuples so that the
+program's generated code prints them as constructor calls (``Conv(2, (1, 1), ...)``) that can be read and
+re-evaluated.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+def _vjp(fn, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    _, pullback = torch.func.vjp(fn, x)
+    return pullback(s)[0]
+
+
+class Linear(NamedTuple):
+    """``F.linear``; the channel axis is the last one."""
+
+    def forward(self, x, w, b=None):
+        return F.linear(x, w, b)
+
+    def transpose(self, s, w, x_shape):
+        return s @ w
+
+    def bias_view(self, b):
+        return b
+
+
+class Conv(NamedTuple):
+    """``F.conv{dim}d`` with explicit integer padding (``'same'`` is resolved when the spec is built)."""
+
+    dim: int
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+    padding_mode: str = "zeros"
+    # F.pad order (last dim first, both sides) for padding modes other than zeros
+    pad: Tuple[int, ...] = ()
+
+    def forward(self, x, w, b=None):
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self.pad, mode=self.padding_mode)
+            return _CONV[self.dim](x, w, b, self.stride, 0, self.dilation, self.groups)
+        return _CONV[self.dim](x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def transpose(self, s, w, x_shape):
+        if self.padding_mode != "zeros":
+            return _vjp(lambda t: self.forward(t, w), torch.zeros(x_shape, dtype=s.dtype, device=s.device), s)
+        return _CONV_INPUT_GRAD[self.dim](x_shape, w, s, self.stride, self.padding, self.dilation, self.groups)
+
+    def bias_view(self, b):
+        return b.view(-1, *([1] * self.dim))
+
+
+class ConvTranspose(NamedTuple):
+    """``F.conv_transpose{dim}d``; its transpose is the ordinary convolution with the same weight."""
+
+    dim: int
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    output_padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+
+    def forward(self, x, w, b=None):
+        return _CONV_T[self.dim](x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+
+    def transpose(self, s, w, x_shape):
+        return _CONV[self.dim](s, w, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def bias_view(self, b):
+        return b.view(-1, *([1] * self.dim))
+
+
+class ChannelAffine(NamedTuple):
+    """An unfolded BatchNorm seen as an elementwise affine map ``x * w + b`` along channel axis 1."""
+
+    ndim: int
+
+    def _view(self, t):
+        return t.view(-1, *([1] * (self.ndim - 2)))
+
+    def forward(self, x, w, b=None):
+        out = x * self._view(w)
+        return out if b is None else out + self._view(b)
+
+    def transpose(self, s, w, x_shape):
+        return s * self._view(w)
+
+    def bias_view(self, b):
+        return self._view(b)

@@ -1,0 +1,15 @@
+"""The denominator stabiliser shared by every rule that divides by an output."""
+import torch
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z + eps * sign0(z)`` with ``sign0(0) = +1``, so a non-zero eps never divides by zero."""
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``r / stabilize(z, eps)``; with ``eps == 0`` positions where ``z == 0`` give 0 instead of inf/NaN."""
+    if eps > 0:
+        return r / stabilize(z, eps)
+    nonzero = z != 0
+    return torch.where(nonzero, r / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(r))

@@ -1,0 +1,90 @@
+"""Relevance routing through ops without parameters, by their own vector-Jacobian product.
+
+:class:`Replay` re-runs one node's function under :func:`torch.func.vjp` and applies the pullback to the
+relevance: exact and conserving for structural ops (view, permute, cat, split, getitem, pad, ...), the gradient
+for anything else (``Gradient`` rule, winner-takes-all max pooling). In ``norm`` mode it is the Norm rule
+``x · Jᵀ(r / stab(z))`` for linear parameter-free ops (sums, means, average pooling).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .stabilize import divide
+
+
+class Replay(nn.Module):
+    """One node's function, replayed for its VJP.
+
+    ``call(*values)`` rebuilds the node's call from ``values`` — the runtime values of the node's graph
+    arguments in order — and the static ``args``/``kwargs`` templates, where :class:`Slot` marks graph values.
+    ``active`` lists the positions in ``values`` that carry relevance (activations); only those are
+    differentiated. The module holds no parameters of its own (a module target is the user's module, shared).
+    """
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, active: Sequence[int], describe: str,
+                 norm_eps: Optional[float] = None):
+        super().__init__()
+        self.fn = fn
+        self.args_template = args
+        self.kwargs_template = kwargs
+        self.active = tuple(active)
+        self.describe = describe
+        self.norm_eps = norm_eps
+
+    def extra_repr(self) -> str:
+        mode = "gradient" if self.norm_eps is None else f"norm, eps={self.norm_eps}"
+        return f"{self.describe}, {mode}"
+
+    def _call(self, values):
+        args = _fill(self.args_template, values)
+        kwargs = _fill(self.kwargs_template, values)
+        return self.fn(*args, **kwargs)
+
+    def forward(self, r, z, *values) -> Tuple[torch.Tensor, ...]:
+        values = list(values)
+        active_values = [values[i] for i in self.active]
+
+        def replay(*acts):
+            for i, a in zip(self.active, acts):
+                values[i] = a
+            return self._call(values)
+
+        _, pullback = torch.func.vjp(replay, *active_values)
+        if self.norm_eps is None:
+            return tuple(pullback(r))
+        grads = pullback(divide(r, z, self.norm_eps))
+        return tuple(a * g for a, g in zip(active_values, grads))
+
+
+class Slot:
+    """Placeholder in a Replay template for the i-th graph value."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __repr__(self):
+        return f"Slot({self.index})"
+
+
+def _fill(template: Any, values) -> Any:
+    if isinstance(template, Slot):
+        return values[template.index]
+    if isinstance(template, tuple):
+        return tuple(_fill(t, values) for t in template)
+    if isinstance(template, list):
+        return [_fill(t, values) for t in template]
+    if isinstance(template, dict):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, slice):
+        return slice(_fill(template.start, values), _fill(template.stop, values), _fill(template.step, values))
+    return template
+
+
+def reshape_back(x, r):
+    """Relevance through view/reshape/flatten/unflatten: the same numbers in the input's shape."""
+    return r.reshape(x.shape)

@@ -1,0 +1,21 @@
+"""The initial relevance at the model output (reference §6)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, start: str) -> torch.Tensor:
+    """Relevance to start from.
+
+    ``target`` is None (argmax per sample), an int64 tensor ``[B]`` of class indices, or a float tensor shaped
+    like ``output`` that is used as the initial relevance as is. For class indices, ``start="logit"`` starts
+    from the target logit (``output * onehot``) and ``start="one"`` from the one-hot vector (the seed's choice).
+    """
+    if target is not None and target.is_floating_point():
+        return target
+    index = output.argmax(dim=-1) if target is None else target
+    onehot = F.one_hot(index, output.shape[-1]).to(output.dtype)
+    return output * onehot if start == "logit" else onehot

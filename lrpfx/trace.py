@@ -1,0 +1,165 @@
+"""Front-end: trace a model into a ``torch.fx`` graph and record what every node produces.
+
+The tracer keeps ``torch.nn`` modules whole (plus any the user names) and records each node's source line, so
+that later errors can point at the user's code. :func:`record_values` runs the traced graph once on the
+example inputs and stores, per node, whether it produced a tensor (and its shape/dtype) or a tuple of tensors.
+"""
+from __future__ import annotations
+
+import inspect
+import linecache
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InputError, OutputError, TraceError
+
+_OWN_FILES = ("/torch/", "/lrpfx/", "<eval_with_key>")
+
+
+class LrpfxTracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps torch.nn modules and the user's named modules or types as leaves."""
+
+    def __init__(self, leaf_modules: Iterable = ()):
+        super().__init__()
+        self.record_stack_traces = True
+        self.leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _user_frame(exc: BaseException) -> Optional[traceback.FrameSummary]:
+    """The innermost frame of the traceback that belongs to the user's code (not torch, not lrpfx)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(k in f.filename for k in _OWN_FILES)]
+    return frames[-1] if frames else None
+
+
+def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
+          output: Optional[Callable] = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` with ``num_inputs`` positional tensor inputs into a GraphModule.
+
+    Arguments of ``forward`` after the first ``num_inputs`` are fixed to their defaults. ``output`` selects the
+    tensor to explain when ``forward`` returns a tuple or dict. Raises :class:`TraceError` with the user's
+    source line when tracing fails.
+    """
+    tracer = LrpfxTracer(leaf_modules)
+    concrete = _defaults_after(model, num_inputs)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
+        raise TraceError(_trace_failure_message(model, exc)) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _select_output(gm, output)
+    return gm
+
+
+def _defaults_after(model: nn.Module, num_inputs: int) -> dict:
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) < num_inputs and not any(
+            p.kind == p.VAR_POSITIONAL for p in inspect.signature(model.forward).parameters.values()):
+        raise InputError(f"{type(model).__name__}.forward takes {len(params)} positional inputs, "
+                         f"but {num_inputs} were given")
+    concrete = {}
+    for p in params[num_inputs:]:
+        if p.default is p.empty:
+            raise InputError(f"{type(model).__name__}.forward needs the input '{p.name}' as well: "
+                             f"pass all required inputs as a tuple, e.g. explain(model, (x, {p.name}))")
+        concrete[p.name] = p.default
+    return concrete
+
+
+def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
+    frame = _user_frame(exc)
+    where = ""
+    if frame is not None:
+        code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+        where = f"\n  at {frame.filename}:{frame.lineno}, in {frame.name}:\n      {code}"
+    return (
+        f"could not trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}{where}\n"
+        "Ways out: (1) if this is data-dependent control flow (an `if` or loop on tensor values), mark the "
+        "module that contains it as a leaf, e.g. explain(..., leaf_modules=['block.name']) or "
+        "leaf_modules=[MyBlock], and give that leaf a rule with Composite(by_name={'block.name': Pass()}); "
+        "(2) rewrite the branch with tensor ops (torch.where) or move it out of forward."
+    )
+
+
+def _select_output(gm: fx.GraphModule, output: Optional[Callable]) -> None:
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    result = out_node.args[0]
+    if output is not None:
+        try:
+            result = output(result)
+        except Exception as exc:
+            raise OutputError(f"the output= selector failed on the traced output {result!r}: {exc}") from exc
+    if not isinstance(result, fx.Node):
+        raise OutputError(
+            f"{gm.__class__.__name__}.forward returns {type(result).__name__} {result!r}, not one tensor: pass an "
+            "output= selector that picks the tensor to explain, e.g. output=lambda out: out[0] or "
+            "output=lambda out: out['logits']"
+        )
+    out_node.args = (result,)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """What one node produced when the graph ran on the example inputs."""
+
+    is_tensor: bool
+    shape: Tuple[int, ...] = ()
+    dtype: Optional[torch.dtype] = None
+    tuple_len: Optional[int] = None  # set when the node produced a tuple/list of tensors
+
+    @property
+    def is_float_tensor(self) -> bool:
+        return self.is_tensor and self.dtype is not None and (self.dtype.is_floating_point or self.dtype.is_complex)
+
+
+def _describe(value) -> ValueInfo:
+    if isinstance(value, torch.Tensor):
+        return ValueInfo(True, tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return ValueInfo(False, (), value[0].dtype, tuple_len=len(value))
+    return ValueInfo(False)
+
+
+class _Recorder(fx.Interpreter):
+    def run_node(self, n: fx.Node):
+        try:
+            value = super().run_node(n)
+        except Exception as exc:
+            raise InputError(f"the model failed on these inputs at node '{n.name}'{source_line(n)}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        n.meta["lrpfx_value"] = _describe(value)
+        return value
+
+
+def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Run ``gm`` once on ``inputs``, storing a :class:`ValueInfo` in every node's ``meta``; returns the output."""
+    with torch.no_grad():
+        return _Recorder(gm).run(*inputs)
+
+
+def source_line(node: fx.Node) -> str:
+    """`` (at file:line: code)`` for a node traced from the user's code, or an empty string."""
+    stack = node.meta.get("stack_trace")
+    if not stack:
+        return ""
+    lines = [ln.strip() for ln in stack.strip().splitlines()]
+    files = [i for i, ln in enumerate(lines) if ln.startswith("File ")]
+    if not files:
+        return ""
+    last = files[-1]
+    code = lines[last + 1] if last + 1 < len(lines) else ""
+    return f" ({lines[last]}: {code})"
