@@ -115,7 +115,10 @@ def _target_name(node: fx.Node) -> str:
         return f"Tensor.{t}"
     if node.op == "call_module":
         return t
-    return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    try:
+        return fx.node._get_qualified_name(t).replace("_operator.", "operator.")
+    except Exception:  # exotic callables without a stable qualified name
+        return getattr(t, "__name__", None) or str(t)
 
 
 def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:

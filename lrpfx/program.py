@@ -304,7 +304,7 @@ class ProgramBuilder:
         replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps)
         path = f"steps.{n.name}"
         self.attrs[path] = replay
-        pulled = self.graph.call_module(path, (r, self.env[n], *[self.env[v] for v in graph_values]))
+        pulled = self.graph.call_module(path, (r, *[self.env[v] for v in graph_values]))
         pulled.name = f"r_{n.name}_in"
         for j, i in enumerate(active):
             self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))

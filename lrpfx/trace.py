@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import linecache
-import sys
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Tuple
@@ -157,7 +156,7 @@ def source_line(node: fx.Node) -> str:
     if not stack:
         return ""
     lines = [ln.strip() for ln in stack.strip().splitlines()]
-    files = [i for i, ln in enumerate(lines) if ln.startswith("File ")]
+    files = [i for i, ln in enumerate(lines) if ln.startswith("File ") and not any(k in ln for k in _OWN_FILES)]
     if not files:
         return ""
     last = files[-1]

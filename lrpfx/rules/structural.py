@@ -43,7 +43,7 @@ class Replay(nn.Module):
         kwargs = _fill(self.kwargs_template, values)
         return self.fn(*args, **kwargs)
 
-    def forward(self, r, z, *values) -> Tuple[torch.Tensor, ...]:
+    def forward(self, r, *values) -> Tuple[torch.Tensor, ...]:
         values = list(values)
         active_values = [values[i] for i in self.active]
 
@@ -52,7 +52,7 @@ class Replay(nn.Module):
                 values[i] = a
             return self._call(values)
 
-        _, pullback = torch.func.vjp(replay, *active_values)
+        z, pullback = torch.func.vjp(replay, *active_values)
         if self.norm_eps is None:
             return tuple(pullback(r))
         grads = pullback(divide(r, z, self.norm_eps))
