@@ -37,14 +37,51 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, eps=None) -> nn.Module:
     return model
 
 
-def build(name: str, seed: int = 0, bn_eps=None, dtype=torch.float64, **kwargs) -> nn.Module:
-    """``torchvision.models.<name>(weights=None, **kwargs)`` with a fixed seed, random BatchNorm, in eval mode."""
+def remove_biases(model: nn.Module) -> nn.Module:
+    """Make every affine map of ``model`` linear, keeping the random BatchNorm statistics (in place, returns it).
+
+    Conv, ConvTranspose, Linear and LayerNorm biases become 0 and each BatchNorm's shift is set to
+    ``running_mean * weight / sqrt(running_var + eps)``, so that the BatchNorm computes the pure per-channel scale
+    ``x * weight / sqrt(running_var + eps)`` (running mean, variance and weight stay random). Folded or not, no
+    node adds a constant any more.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BATCHNORMS):
+                if m.weight is None or m.running_mean is None:
+                    raise ValueError(f"remove_biases needs affine BatchNorms with running statistics, got {m}")
+                m.bias.copy_(m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps))
+            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                nn.ConvTranspose3d, nn.Linear, nn.LayerNorm)):
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+    return model
+
+
+def randomize_layer_scale(model: nn.Module, seed: int = 0) -> nn.Module:
+    """ConvNeXt's ``layer_scale`` starts at 1e-6, which silences every residual branch; draw it from [0.5, 1.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] == "layer_scale":
+                p.copy_((0.5 + torch.rand(p.shape, generator=gen)).to(p.dtype))
+    return model
+
+
+def build(name: str, seed: int = 0, bn_eps=None, dtype=torch.float64, linear: bool = False,
+          **kwargs) -> nn.Module:
+    """``torchvision.models.<name>(weights=None, **kwargs)`` with a fixed seed, random BatchNorm statistics (and
+    random ConvNeXt layer scales), converted to ``dtype``, in eval mode. ``linear=True``: see ``remove_biases``."""
     import torchvision
 
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(weights=None, **kwargs)
     randomize_batchnorm(model, seed=seed + 1, eps=bn_eps)
-    return model.to(dtype).eval()
+    randomize_layer_scale(model, seed=seed + 2)
+    model = model.to(dtype)
+    if linear:
+        remove_biases(model)  # after the dtype change: the BatchNorm shift is computed in the final precision
+    return model.eval()
 
 
 def random_input(shape, seed: int = 0, dtype=torch.float64) -> torch.Tensor:

@@ -45,7 +45,7 @@ def layer_matrix_jacobian(layer: nn.Module, in_shape, weight: Optional[torch.Ten
     def f(v):
         return _call(layer, v.reshape(1, *in_shape), weight, None).reshape(-1)
 
-    return torch.autograd.functional.jacobian(f, torch.zeros(n_in, dtype=DTYPE)).T
+    return torch.autograd.functional.jacobian(f, torch.zeros(n_in, dtype=DTYPE), vectorize=True).T
 
 
 def bias_vector(layer: nn.Module, in_shape, bias: Optional[torch.Tensor]) -> torch.Tensor:
