@@ -167,23 +167,18 @@ def _conv_layer(module_or_kwargs, dim: int, weight_shape) -> Conv:
     stride, padding, dilation, groups = m["stride"], m["padding"], m["dilation"], m["groups"]
     stride, dilation = _tuple(stride, dim), _tuple(dilation, dim)
     mode = m.get("padding_mode", "zeros")
-    if isinstance(padding, str):
-        padding = _resolve_string_padding(padding, weight_shape[2:], dilation)
-    padding = _tuple(padding, dim)
-    pad = ()
-    if mode != "zeros":
-        pad = tuple(p for p in reversed(padding) for _ in range(2))
-    return Conv(dim, stride, padding, dilation, groups, mode, pad)
-
-
-def _resolve_string_padding(padding: str, kernel, dilation):
     if padding == "valid":
-        return tuple(0 for _ in kernel)
-    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    if any(t % 2 for t in total):
-        # asymmetric 'same' padding: let the generic path handle it
-        raise NotImplementedError("asymmetric 'same' padding")
-    return tuple(t // 2 for t in total)
+        padding = 0
+    if padding == "same":
+        # PyTorch pads d*(k-1) in total per axis, the odd element at the end; F.pad takes the last axis first
+        totals = [d * (k - 1) for k, d in zip(weight_shape[2:], dilation)]
+        pad = tuple(p for t in reversed(totals) for p in (t // 2, t - t // 2))
+        if any(t % 2 for t in totals) or mode != "zeros":
+            return Conv(dim, stride, (0,) * dim, dilation, groups, "constant" if mode == "zeros" else mode, pad)
+        padding = tuple(t // 2 for t in totals)
+    padding = _tuple(padding, dim)
+    pad = tuple(p for p in reversed(padding) for _ in range(2)) if mode != "zeros" else ()
+    return Conv(dim, stride, padding, dilation, groups, mode, pad)
 
 
 def _tuple(v, dim):
@@ -199,13 +194,7 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
     if isinstance(m, nn.Linear):
         info.kind, info.layer = "linear", Linear()
     elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        dim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(m)] if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) \
-            else len(m.kernel_size)
-        try:
-            info.layer = _conv_layer(vars(m), dim, m.weight.shape)
-        except NotImplementedError:
-            return info
-        info.kind = "conv"
+        info.kind, info.layer = "conv", _conv_layer(vars(m), len(m.kernel_size), m.weight.shape)
     elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         dim = len(m.kernel_size)
         info.kind = "conv_transpose"
@@ -275,7 +264,7 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
               "dilation": _arg(n, 5, "dilation", 1), "groups": _arg(n, 6, "groups", 1)}
         try:
             info.layer = _conv_layer(kw, dim, w.meta["lrpfx_value"].shape)
-        except (NotImplementedError, AttributeError, KeyError):
+        except (AttributeError, KeyError):  # weight without recorded shape: leave it unknown
             return info
         info.kind, info.weight, info.bias = "conv", w, _arg(n, 2, "bias")
     elif t in _CONV_T_FUNCTIONS and x is not None and first is x:

@@ -37,6 +37,38 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, eps=None) -> nn.Module:
     return model
 
 
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics *around the activations' own statistics* (in place, returns it).
+
+    A randomly initialised network has no meaningful running statistics; drawing them independently of the
+    activations (``randomize_batchnorm``) lets the activation scale drift layer after layer (MobileNet, GoogLeNet:
+    logits ~1e-9 while running means stay ~0.2, so ``(y - mean)`` cancels catastrophically in float64). Here one
+    training-mode pass on ``x`` records each BatchNorm's batch mean and variance; the running statistics are then
+    those, perturbed (mean shifted by 0.2 std, variance scaled by [0.5, 1.5)), and weight and bias are random as in
+    ``randomize_batchnorm``. The model is handed back in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS)]
+    momenta = [m.momentum for m in norms]
+    with torch.no_grad():
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch gives exactly its statistics
+        model.train()
+        model(x)
+        model.eval()
+        gen = torch.Generator().manual_seed(seed)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            c, dtype = m.num_features, m.running_mean.dtype
+            var = m.running_var.clamp(min=1e-2 * float(m.running_var.mean()) + 1e-12)
+            m.running_mean.add_((0.2 * torch.randn(c, generator=gen)).to(dtype) * var.sqrt())
+            m.running_var.copy_(var * (0.5 + torch.rand(c, generator=gen)).to(dtype))
+            if m.weight is not None:
+                m.weight.copy_((0.5 + torch.rand(c, generator=gen)).to(m.weight.dtype))
+                m.bias.copy_((0.2 * torch.randn(c, generator=gen)).to(m.bias.dtype))
+    return model
+
+
 def remove_biases(model: nn.Module) -> nn.Module:
     """Make every affine map of ``model`` linear, keeping the random BatchNorm statistics (in place, returns it).
 
@@ -69,16 +101,28 @@ def randomize_layer_scale(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def build(name: str, seed: int = 0, bn_eps=None, dtype=torch.float64, linear: bool = False,
-          **kwargs) -> nn.Module:
+          calibrate=None, **kwargs) -> nn.Module:
     """``torchvision.models.<name>(weights=None, **kwargs)`` with a fixed seed, random BatchNorm statistics (and
-    random ConvNeXt layer scales), converted to ``dtype``, in eval mode. ``linear=True``: see ``remove_biases``."""
+    random ConvNeXt layer scales), converted to ``dtype``, in eval mode.
+
+    ``calibrate``: an input shape; the BatchNorm statistics are then drawn around the activations' statistics on a
+    random batch of that shape (``calibrate_batchnorm``) instead of independently (``randomize_batchnorm``).
+    ``linear=True``: see ``remove_biases``.
+    """
     import torchvision
 
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(weights=None, **kwargs)
-    randomize_batchnorm(model, seed=seed + 1, eps=bn_eps)
     randomize_layer_scale(model, seed=seed + 2)
     model = model.to(dtype)
+    if calibrate is None:
+        randomize_batchnorm(model, seed=seed + 1, eps=bn_eps)
+    else:
+        if bn_eps is not None:
+            for m in model.modules():
+                if isinstance(m, _BATCHNORMS):
+                    m.eps = bn_eps
+        calibrate_batchnorm(model, random_input(calibrate, seed=seed + 3, dtype=dtype), seed=seed + 1)
     if linear:
         remove_biases(model)  # after the dtype change: the BatchNorm shift is computed in the final precision
     return model.eval()

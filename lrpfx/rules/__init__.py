@@ -121,9 +121,8 @@ class ZBox(Rule):
             bound = getattr(self, bound_name)
             if not isinstance(bound, (int, float, torch.Tensor)):
                 raise RuleError(f"ZBox {bound_name} must be a float or a tensor, got {type(bound).__name__}")
-        if not isinstance(self.low, torch.Tensor) and not isinstance(self.high, torch.Tensor):
-            if self.low > self.high:
-                raise RuleError(f"ZBox needs low <= high, got low={self.low}, high={self.high}")
+        if bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any()):
+            raise RuleError(f"ZBox needs low <= high everywhere, got low={self.low}, high={self.high}")
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,10 @@ class ConvTranspose(NamedTuple):
         return _CONV_T[self.dim](x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
 
     def transpose(self, s, w, x_shape):
-        return _CONV[self.dim](s, w, None, self.stride, self.padding, self.dilation, self.groups)
+        out = _CONV[self.dim](s, w, None, self.stride, self.padding, self.dilation, self.groups)
+        # with output_padding >= stride (allowed when dilation > 1) the adjoint has extra trailing positions
+        # that belong to no input: crop them
+        return out[(Ellipsis, *[slice(0, n) for n in x_shape[2:]])]
 
     def bias_view(self, b):
         return b.view(-1, *([1] * self.dim))

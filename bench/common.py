@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmark suite: models, and the methods compared (floor, lrpfx, Zennit, Captum).
+
+Every method returns a zero-argument callable that computes one explanation of ``x`` for the argmax class, so
+the suite and the report time exactly the same work. The floor is one input gradient: the target logit's
+gradient with respect to the input, parameters frozen.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+
+import lrpfx
+
+COMPOSITES = ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box")
+_ZENNIT_NAMES = {"epsilon-plus-flat": "EpsilonPlusFlat", "epsilon-gamma-box": "EpsilonGammaBox"}
+
+
+def make_model(name: str, dtype=torch.float32, device="cpu") -> nn.Module:
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval().to(device=device, dtype=dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def floor(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def run():
+        xx = x.detach().requires_grad_()
+        out = model(xx)
+        (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), xx)
+        return grad
+
+    return run
+
+
+def lrpfx_method(model: nn.Module, x: torch.Tensor, composite: str, compile: bool = False,
+                 mode=None) -> Callable[[], torch.Tensor]:
+    explainer = lrpfx.Explainer(model, composite, compile=compile, mode=mode)
+
+    def run():
+        return explainer(x).relevance
+
+    return run
+
+
+def zennit_method(model: nn.Module, x: torch.Tensor, composite: str, model_name: str) -> Callable[[], torch.Tensor]:
+    """Zennit's composite with its torchvision canonizer, registered once (hooks stay on a private copy)."""
+    from zennit import composites as zc
+    from zennit.attribution import Gradient
+    from zennit.rules import Epsilon
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from zennit.types import Convolution, Linear
+
+    canonizers = [ResNetCanonizer()] if model_name.startswith(("resnet", "resnext", "wide")) else [VGGCanonizer()]
+    if composite == "epsilon":
+        comp = zc.LayerMapComposite(layer_map=[(Convolution, Epsilon()), (Linear, Epsilon())]
+                                    + zc.LAYER_MAP_BASE, canonizers=canonizers)
+    else:
+        comp = getattr(zc, _ZENNIT_NAMES[composite])(canonizers=canonizers)
+    private = copy.deepcopy(model)
+    attributor = Gradient(model=private, composite=comp)
+    attributor.__enter__()  # hooks stay registered on the private copy for the benchmark's lifetime
+
+    def run():
+        _, relevance = attributor(x, lambda out: out * nn.functional.one_hot(out.argmax(1), out.shape[1]))
+        return relevance
+
+    return run
+
+
+def captum_method(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Captum's LRP (epsilon rules by default); only for models it supports (no residual adds)."""
+    from captum.attr import LRP
+
+    private = copy.deepcopy(model)
+    for m in private.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    lrp = LRP(private)
+
+    def run():
+        with torch.no_grad():
+            target = private(x).argmax(1)
+        return lrp.attribute(x.detach().requires_grad_(), target=target)
+
+    return run
+
+
+def methods(model_name: str, model: nn.Module, x: torch.Tensor, compiled: bool = True,
+            peers: bool = True) -> Dict[str, Callable[[], torch.Tensor]]:
+    """All methods for one model and input, keyed ``floor``, ``lrpfx-eager/<composite>``, ...."""
+    table: Dict[str, Callable[[], torch.Tensor]] = {"floor": floor(model, x)}
+    for comp in COMPOSITES:
+        table[f"lrpfx-eager/{comp}"] = lrpfx_method(model, x, comp)
+        if compiled:
+            table[f"lrpfx-compiled/{comp}"] = lrpfx_method(model, x, comp, compile=True)
+        if peers:
+            table[f"zennit/{comp}"] = zennit_method(model, x, comp, model_name)
+    if peers and model_name.startswith("vgg"):
+        table["captum/epsilon"] = captum_method(model, x)
+    return table

@@ -1,0 +1,56 @@
+"""pytest-benchmark suite: ``python -m pytest bench --benchmark-only`` (not part of the test run).
+
+Each case times one explanation (or the floor: one input gradient) of VGG16 / ResNet50 at 224×224, random
+weights. Compare ratios within one run; ``bench/report.py`` prints them as a table.
+"""
+import pytest
+import torch
+
+from common import COMPOSITES, captum_method, floor, lrpfx_method, make_model, zennit_method
+
+MODELS = ("vgg16", "resnet50")
+BATCHES = (1, 2, 8)
+_models = {}
+
+
+def model_and_input(name, batch):
+    if name not in _models:
+        _models[name] = make_model(name)
+    torch.manual_seed(0)
+    return _models[name], torch.randn(batch, 3, 224, 224)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", MODELS)
+def test_floor(benchmark, name, batch):
+    model, x = model_and_input(name, batch)
+    benchmark.group = f"{name}-b{batch}"
+    benchmark(floor(model, x))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", MODELS)
+def test_lrpfx(benchmark, name, batch, composite, compiled):
+    model, x = model_and_input(name, batch)
+    run = lrpfx_method(model, x, composite, compile=compiled)
+    run()  # build (and compile) outside the timing
+    benchmark.group = f"{name}-b{batch}"
+    benchmark(run)
+
+
+@pytest.mark.parametrize("composite", COMPOSITES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", MODELS)
+def test_zennit(benchmark, name, batch, composite):
+    model, x = model_and_input(name, batch)
+    benchmark.group = f"{name}-b{batch}"
+    benchmark(zennit_method(model, x, composite, name))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_captum_vgg16(benchmark, batch):
+    model, x = model_and_input("vgg16", batch)
+    benchmark.group = f"vgg16-b{batch}"
+    benchmark(captum_method(model, x))
