@@ -186,19 +186,22 @@ class Explainer:
         self._lock = threading.Lock()
 
     # ---- building -------------------------------------------------------------------------------------------
-    def program(self, x: Inputs, intermediate: bool = False) -> RelevanceProgram:
-        """The relevance program for inputs like ``x`` (built and cached on first use)."""
+    def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
+        """The relevance program for inputs like ``x`` (built and cached on first use). ``target_is_relevance``
+        says the program will be given initial relevances (float targets) rather than class indices."""
         inputs = _as_tuple(x)
-        return self._entry(inputs, intermediate)[0]
+        return self._entry(inputs, intermediate, target_is_relevance)[0]
 
-    def _entry(self, inputs, intermediate):
-        key = (_signature(inputs), intermediate)
+    def _entry(self, inputs, intermediate, target_is_relevance):
+        # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
+        # ``output * onehot``, so it gets its own program
+        key = (_signature(inputs), intermediate, target_is_relevance)
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = self._build(inputs, intermediate)
+                self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
             return self._cache[key]
 
-    def _build(self, inputs, intermediate):
+    def _build(self, inputs, intermediate, target_is_relevance):
         with eval_mode(self.model):
             gm = trace(self.model, len(inputs), self.leaf_modules, self.output)
             record_values(gm, inputs)
@@ -209,6 +212,9 @@ class Explainer:
         canonize.fold_batchnorms(infos)
         canonize.mark_nonnegative(infos)
         rules, table = assign_rules(infos, self.composite)
+        output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        canonize.mark_positive_only(infos, rules, output,
+                                    proportional_start=self.composite.start == "logit" and not target_is_relevance)
         builder = ProgramBuilder(gm, infos, rules, start=self.composite.start,
                                  times_input=self.composite.times_input, intermediate=intermediate)
         program = RelevanceProgram(builder.build(), table, self.composite)
@@ -221,8 +227,10 @@ class Explainer:
     def __call__(self, x: Inputs, target=None, intermediate: bool = False) -> Explanation:
         inputs = _as_tuple(x)
         self._check_inputs(inputs)
-        program, run, out_shape = self._entry(inputs, intermediate)
+        out_shape = self._entry(inputs, False, False)[2]
         target = _check_target(target, out_shape, inputs[0].shape[0], inputs[0].device)
+        is_relevance = target is not None and target.is_floating_point()
+        program, run, _ = self._entry(inputs, intermediate, is_relevance)
         with eval_mode(self.model), torch.no_grad():
             result = run(*inputs, target)
         output, relevances = result[0], result[1]

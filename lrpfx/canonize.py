@@ -1,6 +1,6 @@
-"""Graph passes over the classified nodes: BatchNorm folding and non-negativity.
+"""Graph passes over the classified nodes: BatchNorm folding, non-negativity, relevance support.
 
-Both only annotate :class:`~lrpfx.ops.NodeInfo` objects; the user's modules are never touched. The folded
+They only annotate :class:`~lrpfx.ops.NodeInfo` objects; the user's modules are never touched. The folded
 weights are computed inside the program on every call, so they always reflect the current parameters.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Dict
 
 import torch.fx as fx
 
+from . import rules as R
 from .ops import NodeInfo
 
 _FOLDABLE_KINDS = {"linear", "conv", "conv_transpose"}
@@ -43,3 +44,59 @@ def mark_nonnegative(infos: Dict[fx.Node, NodeInfo]) -> None:
 
 def _operand_count(info: NodeInfo) -> int:
     return len(info.node.args[:2])
+
+
+# rules whose input relevance is ``x * (something finite)``: zero wherever the input value is zero
+_PROPORTIONAL = (R.Epsilon, R.Gamma, R.ZPlus, R.AlphaBeta, R.Norm, R.NormIdentity)
+
+
+def _proportional(info: NodeInfo, rule: R.Rule) -> bool:
+    if info.kind == "layer_norm":
+        return isinstance(rule, R.NormIdentity)
+    return isinstance(rule, _PROPORTIONAL) and info.kind != "structural"
+
+
+def _transparent(info: NodeInfo, rule: R.Rule) -> bool:
+    """Relevance reaches an input element only through output elements that are zero whenever it is zero."""
+    if isinstance(rule, R.Pass):
+        return info.kind in ("identity", "scale") or (info.kind == "activation" and info.extra.get("zero_at_zero"))
+    if isinstance(rule, (R.WinnerTakesAll, R.MulUniform)):
+        return True
+    if isinstance(rule, R.Structural):
+        return info.kind == "max_pool" or (info.kind == "structural" and info.extra.get("copies", False)) \
+            or info.kind == "identity"
+    return False
+
+
+def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule], output: fx.Node,
+                       proportional_start: bool) -> None:
+    """Find affine steps whose incoming relevance is provably zero wherever their output ``z <= 0``.
+
+    Walking backwards, a node's relevance vanishes where its value vanishes when every consumer's rule is
+    proportional to its input (``x * c``) or routes relevance only along elements equal to the input's
+    (ReLU and other ``f(0) = 0`` activations under Pass, copies, winner-takes-all, uniform products), and the
+    start is ``output * onehot``. An affine output consumed only by a ReLU under Pass then has zero relevance
+    wherever ``z <= 0``, so the generalized Gamma rule can skip its negative branch: the skipped terms are
+    exactly zero, which saves a transposed product per layer.
+    """
+    vanishes: Dict[fx.Node, bool] = {}
+    for n in reversed(list(infos)):
+        consumers = [u for u in n.users if u in infos and u in rules]
+        ok = proportional_start if n is output else True
+        for u in consumers:
+            ui = infos[u]
+            if ui.fold_from is not None:  # a BatchNorm consuming its folded conv: no relevance flows that way
+                continue
+            ok = ok and (_proportional(ui, rules[u]) or (_transparent(ui, rules[u]) and vanishes.get(u, False)))
+        vanishes[n] = ok
+    for n, info in infos.items():
+        owner = info.kind in ("linear", "conv", "conv_transpose") and info.folded_into is None
+        owner = owner or info.fold_from is not None
+        if not owner or n is output:
+            continue
+        users = [u for u in n.users if u in infos]
+        if len(users) != 1:
+            continue
+        u = users[0]
+        info.positive_only = (infos[u].kind == "activation" and infos[u].extra.get("relu", False)
+                              and isinstance(rules.get(u), R.Pass) and vanishes.get(u, False))

@@ -35,6 +35,9 @@ _STRUCTURAL_MODULES = (nn.Flatten, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.
                        nn.PixelShuffle, nn.PixelUnshuffle)
 _BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+# f(0) != 0: a zero input does not give a zero output (matters for the relevance-support analysis)
+_NONZERO_AT_ZERO_MODULES = (nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.LogSigmoid, nn.Threshold)
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
 
 # ---- function tables ------------------------------------------------------------------------------------
 _ACTIVATION_FUNCTIONS = {
@@ -42,6 +45,8 @@ _ACTIVATION_FUNCTIONS = {
     torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.mish, F.logsigmoid, F.softsign,
 }
 _NONNEG_FUNCTIONS = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus}
+_NONZERO_AT_ZERO_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid}
+_RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
 _IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout, F.alpha_dropout,
                        torch.clone, torch.Tensor.contiguous}
 _AVG_POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
@@ -67,6 +72,7 @@ _CONV_T_FUNCTIONS = {F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transp
 # ---- method tables (call_method targets, in-place underscore already stripped) ----------------------------
 _ACTIVATION_METHODS = {"relu", "sigmoid", "tanh", "softplus"}
 _NONNEG_METHODS = {"relu", "sigmoid"}
+_NONZERO_AT_ZERO_METHODS = {"sigmoid", "softplus"}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 _STRUCTURAL_METHODS = {"permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as", "repeat",
@@ -103,6 +109,7 @@ class NodeInfo:
     nonneg: bool = False
     folded_into: Optional[fx.Node] = None  # a BatchNorm that absorbs this affine node
     fold_from: Optional["NodeInfo"] = None  # on a BatchNorm: the affine node it absorbs
+    positive_only: bool = False  # the relevance arriving here is zero wherever the value is <= 0 (see canonize)
 
     @property
     def shape(self):
@@ -217,6 +224,7 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
     elif isinstance(m, _ACTIVATION_MODULES):
         info.kind = "activation"
         info.nonneg = isinstance(m, _NONNEG_MODULES)
+        info.extra = {"relu": isinstance(m, _RELU_MODULES), "zero_at_zero": not isinstance(m, _NONZERO_AT_ZERO_MODULES)}
         return info
     elif isinstance(m, _IDENTITY_MODULES):
         info.kind = "identity"
@@ -229,7 +237,7 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
         return info
     elif isinstance(m, _STRUCTURAL_MODULES):
         info.kind = "structural"
-        info.extra = {"reshape": isinstance(m, (nn.Flatten, nn.Unflatten))}
+        info.extra = {"reshape": isinstance(m, (nn.Flatten, nn.Unflatten)), "copies": not isinstance(m, nn.Upsample)}
         return info
     else:
         return info
@@ -286,6 +294,7 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
         info.weight, info.bias = _arg(n, 2, "weight"), _arg(n, 3, "bias")
     elif t in _ACTIVATION_FUNCTIONS and x is not None and first is x:
         info.kind, info.nonneg = "activation", t in _NONNEG_FUNCTIONS
+        info.extra = {"relu": t in _RELU_FUNCTIONS, "zero_at_zero": t not in _NONZERO_AT_ZERO_FUNCTIONS}
     elif t in _IDENTITY_FUNCTIONS and x is not None and first is x:
         info.kind = "identity"
     elif t in _AVG_POOL_FUNCTIONS and x is not None and first is x:
@@ -295,9 +304,9 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif t in _REDUCE_FUNCTIONS and x is not None and first is x:
         info.kind = "reduce"
     elif t in _RESHAPE_FUNCTIONS and x is not None and first is x:
-        info.kind, info.extra = "structural", {"reshape": True}
+        info.kind, info.extra = "structural", {"reshape": True, "copies": True}
     elif t in _STRUCTURAL_FUNCTIONS:
-        info.kind, info.extra = "structural", {"reshape": False}
+        info.kind, info.extra = "structural", {"reshape": False, "copies": t is not F.interpolate}
     else:
         _classify_arithmetic(info, _arith_kind(t, _ADD_FUNCTIONS, _SUB_FUNCTIONS, _MUL_FUNCTIONS, _DIV_FUNCTIONS,
                                                _NEG_FUNCTIONS), n, acts, active)
@@ -312,12 +321,13 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     self_is_x = x is not None and n.args and n.args[0] is x
     if name in _ACTIVATION_METHODS and self_is_x:
         info.kind, info.nonneg = "activation", name in _NONNEG_METHODS
+        info.extra = {"relu": name == "relu", "zero_at_zero": name not in _NONZERO_AT_ZERO_METHODS}
     elif name in _IDENTITY_METHODS and self_is_x:
         info.kind = "identity"
     elif name in _RESHAPE_METHODS and self_is_x:
-        info.kind, info.extra = "structural", {"reshape": True}
+        info.kind, info.extra = "structural", {"reshape": True, "copies": True}
     elif name in _STRUCTURAL_METHODS:
-        info.kind, info.extra = "structural", {"reshape": False}
+        info.kind, info.extra = "structural", {"reshape": False, "copies": True}
     elif name in _REDUCE_METHODS and self_is_x:
         info.kind = "reduce"
     else:

@@ -42,7 +42,7 @@ def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
 def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg):
     """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms."""
     if x_nonneg:
-        z = _add_bias(layer, layer.forward(x, w_for_pos_x), bias)
+        z = layer.forward(x, w_for_pos_x, bias)
         return x * layer.transpose(divide(r, z, eps), w_for_pos_x, x.shape)
     xp, xn = _pos(x), _neg(x)
     z = _add_bias(layer, layer.forward(xp, w_for_pos_x) + layer.forward(xn, w_for_neg_x), bias)
@@ -68,31 +68,42 @@ def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, z
     return alpha * r_pos - beta * r_neg
 
 
-def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = False, x_nonneg: bool = False):
+def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = False, x_nonneg: bool = False,
+          positive_only: bool = False):
     """Generalized LRP-gamma (reference §1), sign-aware; positions with ``z == 0`` pass no relevance.
 
-    With ``x >= 0`` the products collapse: ``x·(W + γW⁺) = xW + γ·xW⁺`` and ``x·(W + γW⁻) = xW + γ(xW - xW⁺)``,
-    where ``xW`` comes from the forward's ``z``. That is one extra forward product and two transposed products.
+    With ``x >= 0`` the products collapse. Let ``zz = xW + b`` (``xW`` with ``zero_bias``) be the forward's output
+    and ``t = xW⁺ + b⁺`` (``xW⁺`` with ``zero_bias``); then the denominators are ``zz + γ·t`` where ``z > 0`` and
+    ``zz + γ·(zz - t)`` where ``z < 0``: one extra forward product and two transposed products.
+    ``positive_only=True`` is the graph's proof that ``r`` is zero wherever ``z <= 0`` (a ReLU follows); the
+    negative branch is then exactly zero and skipped.
     """
-    w_up, w_down = w + gamma * _pos(w), w + gamma * _neg(w)
+    w_pos = _pos(w)
+    w_up = w + gamma * w_pos
+    w_down = w + gamma * (w - w_pos)  # w + γ·w⁻
+    positive = z > 0
+    if x_nonneg:
+        keep_bias = b is not None and not zero_bias
+        zz = z if (b is None or keep_bias) else _unbiased(layer, z, b)
+        t = layer.forward(x, w_pos, _pos(b) if keep_bias else None)
+        if positive_only:
+            s_up = torch.where(positive, divide(r, torch.add(zz, t, alpha=gamma), eps), 0.0)
+            return x * layer.transpose(s_up, w_up, x.shape)
+        z_gamma = torch.add(zz, torch.where(positive, t, zz - t), alpha=gamma)
+        s = divide(r, z_gamma, eps)
+        s_up, s_down = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)
+        return x * (layer.transpose(s_up, w_up, x.shape) + layer.transpose(s_down, w_down, x.shape))
     if b is None or zero_bias:
         b_up = b_down = None
     else:
         b_up, b_down = b + gamma * _pos(b), b + gamma * _neg(b)
-    positive, negative = z > 0, z < 0
-    if x_nonneg:
-        xw = _unbiased(layer, z, b)
-        xw_pos = layer.forward(x, _pos(w))
-        z_up = _add_bias(layer, xw + gamma * xw_pos, b_up)
-        z_down = _add_bias(layer, xw + gamma * (xw - xw_pos), b_down)
-        s_up = torch.where(positive, divide(r, z_up, eps), 0.0)
-        s_down = torch.where(negative, divide(r, z_down, eps), 0.0)
-        return x * (layer.transpose(s_up, w_up, x.shape) + layer.transpose(s_down, w_down, x.shape))
     xp, xn = _pos(x), _neg(x)
     z_up = _add_bias(layer, layer.forward(xp, w_up) + layer.forward(xn, w_down), b_up)
-    z_down = _add_bias(layer, layer.forward(xp, w_down) + layer.forward(xn, w_up), b_down)
     s_up = torch.where(positive, divide(r, z_up, eps), 0.0)
-    s_down = torch.where(negative, divide(r, z_down, eps), 0.0)
+    if positive_only:
+        return xp * layer.transpose(s_up, w_up, x.shape) + xn * layer.transpose(s_up, w_down, x.shape)
+    z_down = _add_bias(layer, layer.forward(xp, w_down) + layer.forward(xn, w_up), b_down)
+    s_down = torch.where(z < 0, divide(r, z_down, eps), 0.0)
     to_pos_x = layer.transpose(s_up, w_up, x.shape) + layer.transpose(s_down, w_down, x.shape)
     to_neg_x = layer.transpose(s_up, w_down, x.shape) + layer.transpose(s_down, w_up, x.shape)
     return xp * to_pos_x + xn * to_neg_x

@@ -4,7 +4,8 @@ import torch
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """``z + eps * sign0(z)`` with ``sign0(0) = +1``, so a non-zero eps never divides by zero."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
+    return z + torch.where(z >= 0, shift, -shift)
 
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
