@@ -85,6 +85,17 @@ class RelevanceProgram:
         with torch.no_grad():
             return self.graph_module(*inputs, target)
 
+    def to_dot(self, **options) -> str:
+        """Graphviz DOT text of the program (:func:`lrpfx.exporting.to_dot`)."""
+        from .exporting import to_dot
+        return to_dot(self, **options)
+
+    def save(self, path, example_inputs=None, **options):
+        """Write the program as ``.dot``, ``.svg``/``.png`` (Graphviz), ``.py`` or ``.pt2`` (``torch.export``;
+        ``example_inputs`` default to random inputs of the built shapes): :func:`lrpfx.exporting.save`."""
+        from .exporting import save
+        return save(self, path, example_inputs, **options)
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
@@ -224,18 +235,32 @@ class Explainer:
         return program, run, out_info.shape
 
     # ---- running --------------------------------------------------------------------------------------------
-    def __call__(self, x: Inputs, target=None, intermediate: bool = False) -> Explanation:
+    def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None) -> Explanation:
+        """Explain ``x``. ``targets=[3, 5, 7]`` (or a LongTensor ``[K]`` or ``[B, K]``) gives K explanations per
+        sample from one forward pass: ``relevance`` then has shape ``[B, K, ...]`` (``relevance[:, k]`` is
+        target k), and so has every intermediate relevance."""
         inputs = _as_tuple(x)
         self._check_inputs(inputs)
         out_shape = self._entry(inputs, False, False)[2]
-        target = _check_target(target, out_shape, inputs[0].shape[0], inputs[0].device)
+        batch = inputs[0].shape[0]
+        if targets is not None:
+            if target is not None:
+                raise TargetError("pass either target= or targets=, not both")
+            target = _check_targets(targets, out_shape, batch, inputs[0].device)
+        else:
+            target = _check_target(target, out_shape, batch, inputs[0].device)
         is_relevance = target is not None and target.is_floating_point()
         program, run, _ = self._entry(inputs, intermediate, is_relevance)
         with eval_mode(self.model), torch.no_grad():
             result = run(*inputs, target)
         output, relevances = result[0], result[1]
+        inter = dict(result[2]) if intermediate else {}
+        if targets is not None:  # [K, B, ...] -> [B, K, ...]; an input no relevance reached is all zeros
+            k = target.shape[1]
+            relevances = [_per_sample(r, k) for r in relevances]
+            inter = {name: _per_sample(r, k) for name, r in inter.items()}
         relevance = relevances[0] if len(inputs) == 1 else tuple(relevances)
-        return Explanation(relevance, output, dict(result[2]) if intermediate else {})
+        return Explanation(relevance, output, inter)
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
         param = next(iter(self.model.parameters()), None)
@@ -290,6 +315,32 @@ def _check_target(target, out_shape, batch: int, device) -> Optional[torch.Tenso
         raise TargetError(f"target class out of range: the model has {num_classes} outputs (0..{num_classes - 1}), "
                           f"got {target.tolist()}")
     return target.long()
+
+
+def _per_sample(r: torch.Tensor, k: int) -> torch.Tensor:
+    """A multi-target relevance ``[K, B, ...]`` as ``[B, K, ...]``."""
+    return r.movedim(0, 1)
+
+
+def _check_targets(targets, out_shape, batch: int, device) -> torch.Tensor:
+    """``targets`` ([K] shared classes or [B, K] per sample) as a LongTensor [B, K], validated."""
+    if len(out_shape) != 2:
+        raise TargetError(f"targets= needs a [batch, classes] output; the output has shape {tuple(out_shape)}")
+    try:
+        t = torch.as_tensor(targets, device=device)
+    except Exception:
+        raise TargetError(f"targets must be a list of class indices or a LongTensor, got {type(targets).__name__}")
+    if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        raise TargetError(f"targets must be non-empty integer class indices, got {targets!r}")
+    if t.dim() == 1:
+        t = t.unsqueeze(0).expand(batch, -1)
+    if t.dim() != 2 or t.shape[0] != batch:
+        raise TargetError(f"targets must have shape [K] or [batch={batch}, K], got {tuple(t.shape)}")
+    num_classes = out_shape[-1]
+    if bool(((t < 0) | (t >= num_classes)).any()):
+        raise TargetError(f"target class out of range: the model has {num_classes} outputs "
+                          f"(0..{num_classes - 1}), got {t.tolist()}")
+    return t.long()
 
 
 def explain(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", target=None,

@@ -1,32 +1,655 @@
-"""The ``lrpfx`` command line."""
+"""The ``lrpfx`` command line: ``demo``, ``explain``, ``graph``, ``bench``.
+
+Every failure prints one line, ``lrpfx: error: ...``, and exits non-zero; ``--debug`` shows the traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import LrpfxError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAPH_SUFFIXES = (".dot", ".gv", ".svg", ".png", ".pdf", ".py", ".pt2")
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lrpfx", description="Layer-wise Relevance Propagation for PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+EXPLAIN_EXAMPLES = """examples:
+  lrpfx explain --model torchvision:resnet50 --weights DEFAULT --image cat.jpg --rule epsilon-gamma-box --out heat.png
+  lrpfx explain --model torchvision:vgg16 --weights vgg16.pt --image cat.jpg --target 281 --cmap coldnhot
+  lrpfx explain --model torchvision:resnet18 --image cat.jpg --size 64     # random weights, 64x64 input
+  lrpfx explain --model mypkg.models:build_net --input batch.pt --rule epsilon --out maps.png
+  lrpfx explain --model ./net.py:Net --weights net.pt --input x.pt --save-relevance r.pt
+
+--model is 'torchvision:NAME' or 'module.path:factory' (or 'file.py:factory'); the factory is called without
+arguments and returns an nn.Module. --weights is DEFAULT or a weights name of a torchvision model (downloaded
+by torchvision, needs network), or a file with a state dict. An --input file holds a tensor [B, ...] (or a
+dict with one tensor); an --image is resized, center-cropped and normalised with the weights' transforms, or
+ImageNet's standard ones (resize to size*256/224, crop --size, ImageNet mean/std).
+"""
+
+GRAPH_EXAMPLES = """examples:
+  lrpfx graph --model torchvision:resnet18 --rule epsilon-gamma-box --table
+  lrpfx graph --model torchvision:resnet18 --rule epsilon-gamma-box --out prog.dot --out prog.py
+  lrpfx graph --model torchvision:vgg16 --shape 1,3,224,224 --out prog.svg      # needs Graphviz's dot
+  lrpfx graph --model mypkg.models:build_net --input x.pt --out prog.pt2 --target-input
+
+.dot/.gv: Graphviz text (needs nothing); .svg/.png/.pdf: rendered with Graphviz's dot; .py: the program as a
+readable module; .pt2: torch.export archive, run with torch.export.load('prog.pt2').module()(x) -- no lrpfx
+needed there (with --target-input: module()(x, target)).
+"""
+
+BENCH_EXAMPLES = """examples:
+  lrpfx bench                                        # python bench/report.py: CPU, VGG16 and ResNet50
+  lrpfx bench --models resnet18 --batches 1 --rounds 2 --no-peers
+  lrpfx bench -- --help                              # report.py's own options
+
+Runs bench/report.py of an lrpfx source checkout (from the current directory or next to the installed
+package) with every argument passed through.
+"""
+
+DEMO_EXAMPLES = "example: lrpfx demo --out digits.png"
+
+
+class CliError(LrpfxError):
+    """A command-line usage error: bad --model spec, missing file, wrong suffix."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line, ``lrpfx: error: ...``."""
+
+    def error(self, message):
+        self.exit(2, f"lrpfx: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="lrpfx", description="Layer-wise Relevance Propagation for PyTorch.",
+                     formatter_class=formatter,
+                     epilog="examples:\n  lrpfx demo\n"
+                            "  lrpfx explain --model torchvision:resnet50 --weights DEFAULT --image cat.jpg "
+                            "--out heat.png\n"
+                            "  lrpfx graph --model torchvision:resnet18 --table --out prog.dot\n"
+                            "  lrpfx bench --models resnet18\n\n'lrpfx COMMAND --help' shows each command's options.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
     demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and draw relevance maps",
-                          epilog="example: lrpfx demo --out digits.png")
+                          epilog=DEMO_EXAMPLES, parents=[debug])
     demo.add_argument("--out", default="lrpfx_digits.png", help="PNG file to write (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=15, help="training epochs (default: %(default)s)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "demo":
-            from . import demo as demo_module
+    demo.set_defaults(run=run_demo)
 
-            demo_module.run(out=args.out, epochs=args.epochs)
-        return 0
-    except (LrpfxError, ImportError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"lrpfx: error: {exc}", file=sys.stderr)
+    explain = sub.add_parser("explain", help="explain one prediction and write a heatmap PNG",
+                             description="Explain a model's prediction for an image or a saved input tensor; "
+                                         "prints the top classes and writes the relevance as a PNG.",
+                             epilog=EXPLAIN_EXAMPLES, formatter_class=formatter, parents=[debug])
+    _model_options(explain)
+    source = explain.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="image file to explain (JPEG, PNG, ...; needs Pillow)")
+    source.add_argument("--input", help="torch.save'd input tensor [B, ...] to explain")
+    explain.add_argument("--rule", default="epsilon-plus-flat",
+                         help="preset or rule string, e.g. epsilon-gamma-box, epsilon(0.1) (default: %(default)s)")
+    explain.add_argument("--target", type=int, default=None, help="class index to explain (default: the argmax)")
+    explain.add_argument("--out", default="lrpfx_heatmap.png", help="PNG file to write (default: %(default)s)")
+    explain.add_argument("--size", type=int, default=None,
+                         help="crop size for --image (default: the weights' transforms, else 224)")
+    explain.add_argument("--style", choices=("overlay", "heatmap", "panel"), default=None,
+                         help="overlay on the image, the heatmap alone, or image|heatmap|overlay side by side "
+                              "(default: overlay for --image, heatmap for --input)")
+    explain.add_argument("--cmap", choices=("bwr", "seismic", "coldnhot"), default="bwr",
+                         help="colour map (default: %(default)s)")
+    explain.add_argument("--alpha", type=float, default=0.7, help="heatmap opacity in the overlay (default: "
+                                                                  "%(default)s)")
+    explain.add_argument("--reduce", choices=("sum", "maxabs"), default="sum",
+                         help="how channels are combined (default: %(default)s)")
+    explain.add_argument("--clip", type=float, default=99.5,
+                         help="percentile of |R| mapped to full colour; 100 = the maximum (default: %(default)s)")
+    explain.add_argument("--topk", type=int, default=5, help="classes to print (default: %(default)s)")
+    explain.add_argument("--save-relevance", metavar="PATH", help="also torch.save the relevance tensor")
+    explain.set_defaults(run=run_explain)
+
+    graph = sub.add_parser("graph", help="build the relevance program; print its rule table, save it",
+                           description="Build the relevance program of a model and a rule; print its rule table "
+                                       "and write it as DOT, SVG/PNG, Python or a torch.export archive.",
+                           epilog=GRAPH_EXAMPLES, formatter_class=formatter, parents=[debug])
+    _model_options(graph)
+    source = graph.add_mutually_exclusive_group()
+    source.add_argument("--shape", default=None,
+                        help="input shape to build the program for, e.g. 1,3,224,224 (the default)")
+    source.add_argument("--image", help="an image, preprocessed as in 'explain', as the example input")
+    source.add_argument("--input", help="torch.save'd example input tensor")
+    graph.add_argument("--size", type=int, default=None, help="crop size for --image")
+    graph.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
+    graph.add_argument("--out", action="append", default=[], metavar="FILE",
+                       help=f"write the program; the suffix picks the format ({', '.join(GRAPH_SUFFIXES)}); "
+                            "may be repeated")
+    graph.add_argument("--table", action="store_true", help="print the rule table")
+    graph.add_argument("--code", action="store_true", help="print the program's code")
+    graph.add_argument("--params", action="store_true", help="draw parameter reads in .dot/.svg/.png")
+    graph.add_argument("--target-input", action="store_true",
+                       help=".pt2: take the target class tensor [B] as a second input instead of the argmax")
+    graph.set_defaults(run=run_graph)
+
+    bench = sub.add_parser("bench", help="run the benchmark report (bench/report.py), arguments passed through",
+                           description="Run bench/report.py with every argument passed through.",
+                           epilog=BENCH_EXAMPLES, formatter_class=formatter, parents=[debug])
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/report.py")
+    bench.set_defaults(run=run_bench)
+    return parser
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help="torchvision:NAME, module.path:factory or file.py:factory")
+    p.add_argument("--weights", default=None,
+                   help="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) or a state-dict file "
+                        "(default: random weights)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    bench_args = _bench_passthrough(argv)
+    if bench_args is not None:
+        debug, rest = bench_args
+        args = argparse.Namespace(command="bench", debug=debug, args=rest, run=run_bench)
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("lrpfx: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stdout = open(os.devnull, "w")
         return 1
+    except Exception as exc:  # one line per failure; --debug shows the traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"lrpfx: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (LrpfxError, OSError, ImportError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def _bench_passthrough(argv: List[str]) -> Optional[Tuple[bool, List[str]]]:
+    """``lrpfx [--debug] bench ARGS...``: every ARG goes to report.py (``-h``/``--help`` alone shows ours;
+    a leading ``--`` is dropped, so ``lrpfx bench -- --help`` shows report.py's)."""
+    debug = False
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":
+        debug, i = True, i + 1
+    if i >= len(argv) or argv[i] != "bench":
+        return None
+    rest = argv[i + 1:]
+    if rest in (["-h"], ["--help"]):
+        return None
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return debug, rest
+
+
+# ---- progress -------------------------------------------------------------------------------------------------
+class _Progress:
+    """Stage progress on stderr with tqdm when it is installed and stderr is a terminal; silent otherwise."""
+
+    def __init__(self, stages: int, desc: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=stages, desc=desc, leave=False, file=sys.stderr,
+                            bar_format="{desc}: {n_fmt}/{total_fmt} {postfix}")
+
+    def stage(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    @contextlib.contextmanager
+    def step(self, text: str):
+        self.stage(text)
+        yield
+        self.done()
+
+
+# ---- models ---------------------------------------------------------------------------------------------------
+class LoadedModel(NamedTuple):
+    model: Any
+    description: str
+    transforms: Any  # a torchvision weights preset, or None
+    categories: Optional[List[str]]
+
+
+def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu") -> LoadedModel:
+    """The model named by ``spec`` (``torchvision:NAME`` or ``module.path:factory`` / ``file.py:factory``), in
+    eval mode on ``device``, with weights from ``weights`` (a torchvision weights name or a state-dict file)."""
+    if ":" not in spec or spec.startswith(":") or spec.endswith(":"):
+        hint = ""
+        if ":" not in spec and _torchvision_has(spec):
+            hint = f"; did you mean --model torchvision:{spec}?"
+        raise CliError(f"--model takes 'torchvision:NAME' or 'module.path:factory', got '{spec}'{hint}")
+    source, name = spec.rsplit(":", 1)
+    if source == "torchvision":
+        loaded = _torchvision_model(name, weights)
+    else:
+        loaded = _factory_model(source, name, spec)
+        if weights is not None:
+            _load_state_dict(loaded.model, _weights_file(weights, spec))
+            loaded = loaded._replace(description=f"{spec} (weights {weights})")
+    import torch
+
+    model = loaded.model.to(torch.device(device)).eval()
+    return loaded._replace(model=model)
+
+
+def _torchvision_has(name: str) -> bool:
+    try:
+        import torchvision
+
+        return name in torchvision.models.list_models()
+    except Exception:
+        return False
+
+
+def _torchvision_model(name: str, weights: Optional[str]) -> LoadedModel:
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise CliError("--model torchvision:... needs torchvision: pip install torchvision") from exc
+    if name not in torchvision.models.list_models():
+        close = [m for m in torchvision.models.list_models() if name.lower() in m][:5]
+        raise CliError(f"torchvision has no model '{name}'"
+                       + (f" (close: {', '.join(close)})" if close else "; see torchvision.models.list_models()"))
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except Exception:
+        enum = None
+    default = getattr(enum, "DEFAULT", None) if enum is not None else None
+    categories = (default.meta.get("categories") if default is not None else None)
+    if weights is None:
+        return LoadedModel(torchvision.models.get_model(name, weights=None), f"torchvision:{name} (random weights)",
+                           None, categories)
+    if _looks_like_file(weights):
+        model = torchvision.models.get_model(name, weights=None)
+        _load_state_dict(model, _weights_file(weights, f"torchvision:{name}"))
+        return LoadedModel(model, f"torchvision:{name} (weights {weights})", None, categories)
+    if enum is None:
+        raise CliError(f"torchvision:{name} has no named weights; pass a state-dict file with --weights")
+    member = weights.split(".")[-1]
+    if member.upper() == "DEFAULT":
+        chosen = enum.DEFAULT
+    elif member in enum.__members__:
+        chosen = enum[member]
+    else:
+        raise CliError(f"torchvision:{name} has no weights '{weights}': use DEFAULT, "
+                       f"{', '.join(enum.__members__)}, or a state-dict file")
+    try:
+        model = torchvision.models.get_model(name, weights=chosen)
+    except Exception as exc:
+        raise CliError(f"could not load the weights {chosen} ({' '.join(str(exc).split())}); torchvision downloads "
+                       f"them on first use, which needs network: download once elsewhere and pass the file with "
+                       f"--weights path.pth") from exc
+    return LoadedModel(model, f"torchvision:{name} (weights {chosen})", chosen.transforms,
+                       chosen.meta.get("categories"))
+
+
+def _looks_like_file(weights: str) -> bool:
+    return (os.sep in weights or "/" in weights or Path(weights).suffix.lower() in (".pt", ".pth", ".bin", ".ckpt")
+            or Path(weights).exists())
+
+
+def _weights_file(weights: str, spec: str) -> Path:
+    path = Path(weights)
+    if not path.is_file():
+        raise CliError(f"weights file not found: {weights}" + ("" if _looks_like_file(weights) else
+                       f" (named weights such as DEFAULT exist only for torchvision models, not {spec})"))
+    return path
+
+
+def _load_state_dict(model, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CliError(f"cannot read the weights file {path} as a state dict: {' '.join(str(exc).split())[:300]}")
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise CliError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(" ".join(first[1:3]).split())[:300]
+        raise CliError(f"the weights in {path} do not fit {type(model).__name__}: {detail}") from exc
+
+
+def _factory_model(source: str, name: str, spec: str) -> LoadedModel:
+    from torch import nn
+
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise CliError(f"model file not found: {source} (from --model {spec})")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules.setdefault(path.stem, module)
+        module_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as exc:
+            raise CliError(f"cannot import '{source}' (from --model {spec}): {exc}") from exc
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"'{source}' has no attribute '{name}' (from --model {spec})")
+        obj = getattr(obj, part)
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise CliError(f"--model {spec}: '{name}' is neither an nn.Module nor a factory")
+        obj = obj()
+    if not isinstance(obj, nn.Module):
+        raise CliError(f"--model {spec}: the factory returned {type(obj).__name__}, not an nn.Module")
+    return LoadedModel(obj, spec, None, None)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------
+class PreparedInput(NamedTuple):
+    x: Any                       # the model input, [B, ...]
+    display: Any                 # RGB uint8 [H, W, 3] of the (cropped) image, or None
+    description: str
+
+
+def prepare_image(path: str, loaded: LoadedModel, size: Optional[int], device: str = "cpu") -> PreparedInput:
+    """Load an image and turn it into a model input: the weights' own transforms when the model has named
+    weights, else resize (short side size*256/224), center-crop ``size`` (224) and ImageNet normalisation."""
+    import numpy as np
+    import torch
+
+    from . import image as img
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"image file not found: {path}")
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise CliError("--image needs Pillow: pip install pillow (or pass a tensor with --input)") from exc
+    try:
+        with Image.open(file) as opened:
+            pil = opened.convert("RGB")
+    except Exception as exc:
+        raise CliError(f"cannot read {path} as an image: {' '.join(str(exc).split())}") from exc
+    if loaded.transforms is not None:
+        preset = loaded.transforms(crop_size=size, resize_size=round(size * 256 / 224)) if size else \
+            loaded.transforms()
+        x = preset(pil).unsqueeze(0)
+        mean, std = tuple(preset.mean), tuple(preset.std)
+    else:
+        crop = size or 224
+        resize = round(crop * 256 / 224)
+        w, h = pil.size
+        scale = resize / min(w, h)
+        pil = pil.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BILINEAR)
+        left, top = (pil.size[0] - crop) // 2, (pil.size[1] - crop) // 2
+        pil = pil.crop((left, top, left + crop, top + crop))
+        a = (np.asarray(pil, dtype=np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+        x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).unsqueeze(0)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    display = img.to_rgb(x[0], mean=mean, std=std)
+    return PreparedInput(x.to(device), display, f"{path} -> {tuple(x.shape)}")
+
+
+def load_input(path: str, device: str = "cpu") -> PreparedInput:
+    """A ``torch.save``'d tensor (or a dict holding exactly one tensor, or under 'x'/'input')."""
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"input file not found: {path}")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CliError(f"cannot read {path} with torch.load: {' '.join(str(exc).split())[:300]}") from exc
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        key = next((k for k in ("x", "input", "inputs") if k in tensors), None)
+        if key is None and len(tensors) == 1:
+            key = next(iter(tensors))
+        if key is None:
+            raise CliError(f"{path} holds a dict; save one tensor, or put it under the key 'x'")
+        obj = tensors[key]
+    if not isinstance(obj, torch.Tensor):
+        raise CliError(f"{path} holds {type(obj).__name__}, not a tensor")
+    return PreparedInput(obj.to(device), None, f"{path} -> {tuple(obj.shape)}")
+
+
+def _input_for(args, loaded: LoadedModel, default_shape: str = "1,3,224,224") -> PreparedInput:
+    import torch
+
+    if args.image:
+        return prepare_image(args.image, loaded, args.size, args.device)
+    if args.input:
+        return load_input(args.input, args.device)
+    text = getattr(args, "shape", None) or default_shape
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise CliError(f"--shape takes comma-separated integers such as 1,3,224,224, got '{text}'")
+    if not shape or any(s < 1 for s in shape):
+        raise CliError(f"--shape takes positive sizes such as 1,3,224,224, got '{text}'")
+    generator = torch.Generator().manual_seed(0)
+    return PreparedInput(torch.randn(shape, generator=generator).to(args.device), None,
+                         f"random {tuple(shape)}")
+
+
+def _check_rule(rule: str):
+    from .composites import as_composite
+
+    return as_composite(rule)
+
+
+# ---- commands -------------------------------------------------------------------------------------------------
+def run_demo(args) -> int:
+    from . import demo as demo_module
+
+    demo_module.run(out=args.out, epochs=args.epochs)
+    return 0
+
+
+def run_explain(args) -> int:
+    import torch
+
+    from . import image as img
+    from .api import Explainer
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise CliError(f"--out must be a .png file, got '{args.out}'")
+    if args.topk < 0:
+        raise CliError("--topk must be >= 0")
+    if not 0 <= args.alpha <= 1:
+        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not 0 < args.clip <= 100:
+        raise CliError(f"--clip is a percentile in (0, 100], got {args.clip}")
+    _check_rule(args.rule)
+    progress = _Progress(3, "lrpfx explain")
+    try:
+        with progress.step("loading the model"):
+            loaded = load_model(args.model, args.weights, args.device)
+        with progress.step("preparing the input"):
+            prepared = _input_for(args, loaded)
+        with progress.step("building the relevance program and explaining"):
+            target = args.target
+            result = Explainer(loaded.model, args.rule)(prepared.x, target=target)
+    finally:
+        progress.close()
+    logits = result.output
+    relevance = result.relevance
+    print(f"model      {loaded.description}")
+    print(f"input      {prepared.description}")
+    print(f"rule       {args.rule}")
+    if logits.dim() == 2 and args.topk:
+        _print_topk(logits, loaded.categories, args.topk)
+    chosen = logits.argmax(-1) if target is None else torch.full((logits.shape[0],), target)
+    for b in range(logits.shape[0]):
+        c = int(chosen[b])
+        logit = float(logits[b, c])
+        total = float(relevance[b].sum())
+        pos = float(relevance[b].clamp(min=0).sum())
+        neg = float(relevance[b].clamp(max=0).sum())
+        prefix = "target    " if logits.shape[0] == 1 else f"target[{b}] "
+        print(f"{prefix} {c}{_name(loaded.categories, c)}: logit {logit:.4g}, relevance sum {total:.4g} "
+              f"(positive {pos:.4g}, negative {neg:.4g})")
+    style = args.style or ("overlay" if prepared.display is not None else "heatmap")
+    if style != "heatmap" and prepared.display is None:
+        raise CliError(f"--style {style} needs an --image to draw on")
+    picture = _picture(img, relevance, prepared, style, args)
+    img.save_png(picture, out)
+    print(f"wrote      {out} ({picture.shape[1]}x{picture.shape[0]} {style})")
+    if args.save_relevance:
+        torch.save(relevance.detach().cpu(), args.save_relevance)
+        print(f"wrote      {args.save_relevance} (relevance {tuple(relevance.shape)})")
+    return 0
+
+
+def _name(categories: Optional[List[str]], index: int) -> str:
+    if categories and 0 <= index < len(categories):
+        return f" ({categories[index]})"
+    return ""
+
+
+def _print_topk(logits, categories, k: int) -> None:
+    probs = logits.float().softmax(-1)
+    k = min(k, logits.shape[-1])
+    names = categories if categories is not None and len(categories) == logits.shape[-1] else None
+    for b in range(logits.shape[0]):
+        values, indices = probs[b].topk(k)
+        label = f"top-{k}" if logits.shape[0] == 1 else f"top-{k}[{b}]"
+        for rank, (p, i) in enumerate(zip(values.tolist(), indices.tolist()), 1):
+            name = f"  {names[i]}" if names else ""
+            print(f"{label if rank == 1 else '':<10} {rank}. {i:>5}{name}  p={p:.4f}  logit={float(logits[b, i]):.4g}")
+
+
+def _picture(img, relevance, prepared: PreparedInput, style: str, args):
+    r = relevance.detach().cpu()
+    if r.dim() < 3:
+        r = r.reshape(r.shape[0], 1, 1, -1) if r.dim() == 2 else r.reshape(1, 1, 1, -1)
+    elif r.dim() == 3:
+        r = r.unsqueeze(1)
+    elif r.dim() > 4:
+        r = r.flatten(1, -3)
+    options = dict(cmap=args.cmap, reduce=args.reduce, clip=args.clip)
+    if style == "heatmap":
+        maps = [img.heatmap(r[b], **options) for b in range(r.shape[0])]
+        if len(maps) == 1:
+            return maps[0]
+        return img.grid(maps, nrow=min(len(maps), 8), captions=[f"sample {b}" for b in range(len(maps))])
+    over = img.overlay(prepared.display, r[0], alpha=args.alpha, **options)
+    if style == "overlay":
+        return over
+    return img.grid([prepared.display, img.heatmap(r[0], **options), over], nrow=3)
+
+
+def run_graph(args) -> int:
+    from .api import export
+    from .exporting import relevance_steps, save, split_nodes
+
+    outs = [Path(o) for o in args.out]
+    for o in outs:
+        if o.suffix.lower() not in GRAPH_SUFFIXES:
+            raise CliError(f"--out '{o}': use one of {', '.join(GRAPH_SUFFIXES)}")
+    _check_rule(args.rule)
+    progress = _Progress(2 + len(outs), "lrpfx graph")
+    try:
+        with progress.step("loading the model"):
+            loaded = load_model(args.model, args.weights, args.device)
+            prepared = _input_for(args, loaded)
+        with progress.step("building the relevance program"):
+            program = export(loaded.model, prepared.x, rule=args.rule)
+        forward, _ = split_nodes(program)
+        steps = relevance_steps(program)
+        print(f"relevance program for {loaded.description}, rule {args.rule}, input {prepared.description}: "
+              f"{sum(1 for n in forward if n.op != 'get_attr')} forward nodes, {len(steps)} relevance steps")
+        if args.table:
+            print(program.rule_table())
+        if args.code:
+            print(program.code.strip("\n"))
+        for o in outs:
+            with progress.step(f"writing {o.name}"):
+                suffix = o.suffix.lower()
+                if suffix in (".dot", ".gv", ".svg", ".png", ".pdf") and args.params:
+                    from .exporting import render_dot, to_dot
+
+                    text = to_dot(program, params=True)
+                    o.write_text(text) if suffix in (".dot", ".gv") else render_dot(text, o)
+                elif suffix == ".pt2":
+                    import torch
+
+                    example = (prepared.x,)
+                    if args.target_input:
+                        example += (torch.zeros(prepared.x.shape[0], dtype=torch.long, device=prepared.x.device),)
+                    save(program, o, example, target_input=args.target_input)
+                else:
+                    save(program, o)
+            print(f"wrote {o}")
+    finally:
+        progress.close()
+    if not outs and not args.table and not args.code:
+        print("(nothing written: add --table, --code or --out FILE)")
+    return 0
+
+
+def bench_script() -> Optional[Path]:
+    """bench/report.py of a source checkout: in the current directory, or next to the lrpfx package."""
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = root / "bench" / "report.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_bench(args) -> int:
+    script = bench_script()
+    if script is None:
+        raise CliError("bench/report.py not found: the benchmark suite ships with the lrpfx source checkout, not "
+                       "the installed package; run 'lrpfx bench' from the checkout's root")
+    return subprocess.call([sys.executable, str(script), *args.args])
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ class MethodCall:
 def fill_tuple(values, *relevances, present: tuple):
     """Relevance of a tuple-valued node: given pieces at ``present`` indices, zeros elsewhere."""
     pieces = dict(zip(present, relevances))
-    return tuple(pieces[i] if i in pieces else torch.zeros_like(v) for i, v in enumerate(values))
+    lead = relevances[0].shape[:relevances[0].dim() - values[present[0]].dim()]
+    return tuple(pieces[i] if i in pieces else v.new_zeros((*lead, *v.shape)) for i, v in enumerate(values))
 
 
 def rule_kwargs(rule: R.Rule) -> Dict[str, Any]:
@@ -206,7 +207,11 @@ class ProgramBuilder:
                 and not isinstance(rule, R.Gradient):
             self.emit_channel_affine(info, rule, r)
         elif isinstance(rule, R.Pass):
-            self.contribute(info.x, self.call(elementwise.pass_to, [r, self.env[info.x]], name=f"r_{n.name}_in"))
+            if self.infos[info.x].shape == info.shape:
+                self.contribute(info.x, r)  # the identity rule is no step at all
+            else:
+                self.contribute(info.x, self.call(elementwise.pass_to, [r, self.env[info.x], self.env[n]],
+                                                  name=f"r_{n.name}_in"))
         elif kind == "add" and isinstance(rule, (R.Norm, R.Epsilon)):
             self.emit_sum(info, rule, r)
         elif kind == "mul" and isinstance(rule, R.MulUniform):
@@ -221,7 +226,8 @@ class ProgramBuilder:
                 {"normalized_ndim": info.extra["normalized_ndim"], "ln_eps": float(info.extra["ln_eps"]),
                  "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in"))
         elif kind == "structural" and info.extra.get("reshape") and isinstance(rule, (R.Structural, R.Gradient)):
-            self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r], name=f"r_{n.name}_in"))
+            self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r, self.env[n]],
+                                              name=f"r_{n.name}_in"))
         elif kind == "max_pool" and isinstance(rule, R.Norm):
             self.emit_replay(info, r, norm_eps=rule.eps, fn=_max_pool_as_avg(info))
         elif kind in ("avg_pool", "reduce") and isinstance(rule, (R.Norm, R.Epsilon)):
@@ -299,6 +305,8 @@ class ProgramBuilder:
 
         if fn is None:
             args, kwargs = fx.node.map_arg(n.args, slot), fx.node.map_arg(n.kwargs, slot)
+            if kwargs.get("inplace"):
+                kwargs = {**kwargs, "inplace": False}  # a replay must not overwrite the forward's values
             fn = _node_function(self.gm, n, self.attrs)
         else:
             args, kwargs = (slot(info.x),), {}

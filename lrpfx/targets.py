@@ -10,7 +10,8 @@ import torch.nn.functional as F
 def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, start: str) -> torch.Tensor:
     """Relevance to start from.
 
-    ``target`` is None (argmax per sample), an int64 tensor ``[B]`` of class indices, or a float tensor shaped
+    ``target`` is None (argmax per sample), an int64 tensor ``[B]`` of class indices, an int64 tensor ``[B, K]``
+    of K classes per sample (the result then has a leading target axis, ``[K, B, C]``), or a float tensor shaped
     like ``output`` that is used as the initial relevance as is. For class indices, ``start="logit"`` starts
     from the target logit (``output * onehot``) and ``start="one"`` from the one-hot vector (the seed's choice).
     """
@@ -18,4 +19,6 @@ def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, s
         return target
     index = output.argmax(dim=-1) if target is None else target
     onehot = F.one_hot(index, output.shape[-1]).to(output.dtype)
+    if index.dim() == 2:  # [B, K]: K targets per sample, explained together along a leading axis [K, B, C]
+        onehot = onehot.transpose(0, 1)
     return output * onehot if start == "logit" else onehot

@@ -15,28 +15,39 @@ def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float) -> Tuple[torch.T
     act as a bias and keep their share. Each result is summed down to its term's shape where it was broadcast.
     """
     s = divide(r, z, eps)
-    return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape) for t, sign in zip(terms, signs))
+    keep = target_axes(r, z)
+    return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))
 
 
-def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
-    """Undo broadcasting: sum ``t`` over the axes that were expanded to reach its shape."""
-    if tuple(t.shape) == tuple(shape):
+def _sum_to(t: torch.Tensor, shape, keep: int = 0) -> torch.Tensor:
+    """Undo broadcasting: sum ``t`` over the axes that were expanded to reach its shape.
+
+    The first ``keep`` axes of ``t`` (the target axis of a multi-target relevance) are kept as they are.
+    """
+    shape = tuple(t.shape[:keep]) + tuple(shape)
+    if tuple(t.shape) == shape:
         return t
     lead = t.dim() - len(shape)
-    t = t.sum(dim=tuple(range(lead))) if lead > 0 else t
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and t.shape[i] != 1)
+    t = t.sum(dim=tuple(range(keep, keep + lead))) if lead > 0 else t
+    axes = tuple(i for i, n in enumerate(shape) if i >= keep and n == 1 and t.shape[i] != 1)
     return t.sum(dim=axes, keepdim=True) if axes else t
+
+
+def target_axes(r: torch.Tensor, like: torch.Tensor) -> int:
+    """1 if ``r`` is a multi-target relevance for a value shaped like ``like`` (extra leading axis), else 0."""
+    return r.dim() - like.dim()
 
 
 def mul_uniform(r, *operands) -> Tuple[torch.Tensor, ...]:
     """Product of ``n`` activations: each gets ``r / n`` (summed back to its shape where it was broadcast)."""
     share = r / len(operands)
-    return tuple(_sum_to(share, t.shape) for t in operands)
+    keep = r.dim() - max(t.dim() for t in operands)
+    return tuple(_sum_to(share, t.shape, keep) for t in operands)
 
 
-def pass_to(r, x):
-    """Identity rule: ``r`` handed to ``x`` unchanged (summed back to ``x``'s shape if the op broadcast it)."""
-    return _sum_to(r, x.shape)
+def pass_to(r, x, z):
+    """Identity rule where the op broadcast ``x`` to the output ``z``'s shape: ``r`` summed back to ``x``."""
+    return _sum_to(r, x.shape, target_axes(r, z))
 
 
 def layer_norm(x, w, b, z, r, *, normalized_ndim: int, ln_eps: float, eps: float, zero_bias: bool = False,
@@ -46,7 +57,7 @@ def layer_norm(x, w, b, z, r, *, normalized_ndim: int, ln_eps: float, eps: float
     ``y = (x - mean(x)) / σ · w + b`` is linear in ``x`` once ``σ`` is a constant; the epsilon rule on that map
     is ``R_in = x · Jᵀ(r / stab(y))`` with ``Jᵀ s = c - mean(c)``, ``c = s·w/σ`` (no centring for RMSNorm).
     """
-    dims = tuple(range(x.dim() - normalized_ndim, x.dim()))
+    dims = tuple(range(-normalized_ndim, 0))  # negative: r may carry a leading target axis
     if centered:
         sigma = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + ln_eps)
     else:

@@ -4,6 +4,9 @@ A spec knows how to run its layer forward with given (possibly modified) weights
 transposed layer (the vector-Jacobian product with respect to the input). Specs are NamedTuples so that the
 program's generated code prints them as constructor calls (``Conv(2, (1, 1), ...)``) that can be read and
 re-evaluated.
+
+Relevance tensors may carry one extra leading axis (several targets explained at once, ``[K, B, ...]``) while
+the layer's input has shape ``[B, ...]``; the transposes fold that axis into the batch.
 """
 from __future__ import annotations
 
@@ -20,6 +23,20 @@ _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input
 def _vjp(fn, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     _, pullback = torch.func.vjp(fn, x)
     return pullback(s)[0]
+
+
+def _per_target(transpose):
+    """Let a batch-first transpose accept ``s`` with an extra leading target axis ``[K, B, ...]``."""
+
+    def wrapped(self, s, w, x_shape):
+        if s.dim() == len(x_shape):
+            return transpose(self, s, w, x_shape)
+        k, b = s.shape[0], s.shape[1]
+        out = transpose(self, s.flatten(0, 1), w, (k * b, *x_shape[1:]))
+        return out.unflatten(0, (k, b))
+
+    wrapped.__doc__ = transpose.__doc__
+    return wrapped
 
 
 class Linear(NamedTuple):
@@ -53,6 +70,7 @@ class Conv(NamedTuple):
             return _CONV[self.dim](x, w, b, self.stride, 0, self.dilation, self.groups)
         return _CONV[self.dim](x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
+    @_per_target
     def transpose(self, s, w, x_shape):
         if self.padding_mode != "zeros":
             return _vjp(lambda t: self.forward(t, w), torch.zeros(x_shape, dtype=s.dtype, device=s.device), s)
@@ -75,6 +93,7 @@ class ConvTranspose(NamedTuple):
     def forward(self, x, w, b=None):
         return _CONV_T[self.dim](x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
 
+    @_per_target
     def transpose(self, s, w, x_shape):
         out = _CONV[self.dim](s, w, None, self.stride, self.padding, self.dilation, self.groups)
         # with output_padding >= stride (allowed when dilation > 1) the adjoint has extra trailing positions

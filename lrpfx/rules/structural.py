@@ -53,6 +53,10 @@ class Replay(nn.Module):
             return self._call(values)
 
         z, pullback = torch.func.vjp(replay, *active_values)
+        first = r[0] if isinstance(r, tuple) else r
+        first_z = z[0] if isinstance(z, tuple) else z
+        if first.dim() > first_z.dim():  # several targets at once: pull each back (vmap over the target axis)
+            pullback = torch.func.vmap(pullback)
         if self.norm_eps is None:
             return tuple(pullback(r))
         grads = pullback(divide(r, z, self.norm_eps))
@@ -85,6 +89,6 @@ def _fill(template: Any, values) -> Any:
     return template
 
 
-def reshape_back(x, r):
+def reshape_back(x, r, z):
     """Relevance through view/reshape/flatten/unflatten: the same numbers in the input's shape."""
-    return r.reshape(x.shape)
+    return r.reshape(*r.shape[:r.dim() - z.dim()], *x.shape)
