@@ -349,11 +349,17 @@ def _load_state_dict(model, path: Path) -> None:
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(" ".join(first[1:3]).split())[:300]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        lines = [" ".join(line.split()) for line in str(exc).strip().splitlines()[1:] if line.strip()]
+        detail = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2 else "")
         raise CliError(f"the weights in {path} do not fit {type(model).__name__}: {detail}") from exc
+    if missing or unexpected:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {what} key(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise CliError(f"the weights in {path} do not fit {type(model).__name__}: {'; '.join(parts)}")
 
 
 def _factory_model(source: str, name: str, spec: str) -> LoadedModel:

@@ -73,14 +73,16 @@ _MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPoo
 _MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
 _AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _AVG_POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
-_STRUCT_MODULES = (nn.Flatten, nn.Unflatten)
+_STRUCT_MODULES = (nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad1d,
+                   nn.ReflectionPad2d, nn.Upsample)
 _STRUCT_FUNCTIONS = {torch.cat, torch.concat, torch.flatten, torch.reshape, torch.permute, torch.transpose,
-                     torch.split, torch.chunk, torch.squeeze, torch.unsqueeze, operator.getitem}
+                     torch.split, torch.chunk, torch.squeeze, torch.unsqueeze, operator.getitem, F.pad,
+                     F.interpolate}
 _STRUCT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "chunk", "split", "squeeze", "unsqueeze",
                    "expand", "__getitem__", "view_as"}
 _REDUCE_FUNCTIONS = {torch.sum, torch.mean}
 _REDUCE_METHODS = {"sum", "mean"}
-_ADD = {operator.add, operator.iadd, torch.add}
+_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
 _MUL = {operator.mul, operator.imul, torch.mul}
 _INPLACE = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -184,6 +186,8 @@ class Reference:
             if t in _MUL:
                 return "mul" if len(acts) == 2 else "pass"
             if t is operator.truediv and n.args[0] in active and n.args[1] not in active:
+                return "pass"
+            if t in (operator.neg, torch.neg):
                 return "pass"
         elif n.op == "call_method":
             name = n.target[:-1] if n.target.endswith("_") and not n.target.endswith("__") else n.target

@@ -317,7 +317,7 @@ class SplitBlock(nn.Module):
         elif self.form == "split":
             a, b = x.split(list(self.sizes), dim=1)
         else:
-            a, b = torch.split(x, self.sizes[0], 1)
+            a, b = torch.split(x, self.sizes, 1)
         a = self.act(self.conv(a))
         if self.merge == "drop":
             return a
@@ -425,8 +425,69 @@ class ViewBlock(nn.Module):
         return y.view(shape)
 
 
+class PadBlock(nn.Module):
+    """Padding (zero, constant of either sign, reflection) or resizing (nearest, linear, bicubic), then a conv."""
+
+    def __init__(self, dim, c, spec, inplace, shared):
+        super().__init__()
+        assert dim > 0
+        self.dim, self.form, self.value = dim, spec["form"], spec["value"]
+        self.pad = None
+        if self.form == "zero_module":
+            self.pad = nn.ZeroPad2d(1) if dim == 2 else nn.ConstantPad1d(1, 0.0)
+        elif self.form == "const_module":
+            self.pad = (nn.ConstantPad2d if dim == 2 else nn.ConstantPad1d)((1, 0) * dim, self.value)
+        elif self.form == "reflect_module":
+            self.pad = (nn.ReflectionPad2d if dim == 2 else nn.ReflectionPad1d)(1)
+        elif self.form == "upsample":
+            self.pad = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = _affine(dim, c, spec["c"], 2, 2 if self.form == "upsample" else 1, 0)
+        self.act = Act(spec["act"], inplace, shared)
+
+    def forward(self, x):
+        if self.pad is not None:
+            y = self.pad(x)
+        elif self.form == "F.pad":
+            y = F.pad(x, (0, 1, 1, 0)[: 2 * self.dim], value=self.value)
+        else:  # F.interpolate to one more sample per axis
+            mode = {"nearest": "nearest", "linear": "linear" if self.dim == 1 else "bilinear",
+                    "bicubic": "linear" if self.dim == 1 else "bicubic"}[self.form]
+            size = [n + 1 for n in x.shape[2:]]
+            y = F.interpolate(x, size=size, mode=mode) if mode == "nearest" else \
+                F.interpolate(x, size=size, mode=mode, align_corners=False)
+        return self.act(self.conv(y))
+
+
+class ArithBlock(nn.Module):
+    """Arithmetic with constants (scale, shift, negation) and differences of activations."""
+
+    def __init__(self, dim, c, spec, inplace, shared):
+        super().__init__()
+        self.form, self.value = spec["form"], spec["value"]
+        self.conv = _affine(dim, c, c, 1, 1, 0)
+
+    def forward(self, x):
+        f, v = self.form, self.value
+        if f == "x*c":
+            return x * v
+        if f == "c*x":
+            return v * x
+        if f == "x/c":
+            return x / v
+        if f == "-x":
+            return -x
+        if f == "x+c":
+            return x + v
+        if f == "c-x":
+            return v - x
+        if f == "x-conv":
+            return x - self.conv(x)
+        return torch.sub(self.conv(x), x)
+
+
 BLOCKS = {"conv": ConvBlock, "pool": PoolBlock, "res": ResBlock, "res3": Res3Block, "cat": CatBlock,
-          "split": SplitBlock, "se": SEBlock, "reuse": ReuseBlock, "perm": PermBlock, "view": ViewBlock}
+          "split": SplitBlock, "se": SEBlock, "reuse": ReuseBlock, "perm": PermBlock, "view": ViewBlock,
+          "pad": PadBlock, "arith": ArithBlock}
 
 
 class Head(nn.Module):
@@ -494,23 +555,29 @@ class FuzzNet(nn.Module):
         shape = (recipe["cin"],) + (tuple(recipe["size"][:dim]) if dim else ())
         self.bn_in = _bn(dim, recipe["cin"]) if recipe["bn_in"] else None
         blocks = []
+        probe = torch.randn(2, *shape, dtype=DT)  # carries strides too: x.view after a permute must fail here
         for spec in recipe["blocks"]:
-            if dim == 0 and spec["t"] in ("pool", "perm", "view"):
+            if dim == 0 and spec["t"] in ("pool", "perm", "view", "pad"):
                 continue
             if spec["t"] == "split" and shape[0] < 2:
                 continue
             block = BLOCKS[spec["t"]](dim, shape[0], spec, inplace, self.relu).to(DT).eval()
             try:
                 with torch.no_grad():
-                    out = block(torch.zeros(1, *shape, dtype=DT))
+                    out = block(probe.clone() if probe.is_contiguous() else probe)
             except RuntimeError:  # the block does not fit this shape (kernel larger than the input, ...)
                 continue
             if out.numel() == 0 or out.dim() != len(shape) + 1:
                 continue
-            shape = tuple(out.shape[1:])
+            shape, probe = tuple(out.shape[1:]), out
             blocks.append(block)
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(dim, shape, recipe["head"], inplace, self.relu)
+        try:
+            with torch.no_grad():
+                self.to(DT).eval()(torch.zeros(2, recipe["cin"], *recipe["size"][:dim], dtype=DT))
+        except RuntimeError:  # x.view on a non-contiguous permuted tensor: the model itself is invalid
+            self.head.spec = {**recipe["head"], "form": "reshape"}
 
     def forward(self, x):
         if self.bn_in is not None:
@@ -592,13 +659,26 @@ def block_specs(relu_only: bool):
     perm = st.fixed_dictionaries({"t": st.just("perm"), "form": st.sampled_from(["swap", "linear"]), "c": chans,
                                   "act": act, "how": st.sampled_from(["permute", "torch.permute", "transpose"])})
     view = st.fixed_dictionaries({"t": st.just("view"), "form": st.sampled_from(["view", "reshape", "flatten"])})
-    options = [conv, conv, pool, res, res3, cat, split, reuse, perm, view]
+    # interpolation other than nearest mixes neighbours: LRP-0 (Structural there) is then not gradient x input
+    pad_forms = ["zero_module", "const_module", "reflect_module", "upsample", "F.pad", "nearest"]
+    pad = st.fixed_dictionaries({"t": st.just("pad"),
+                                 "form": st.sampled_from(pad_forms if relu_only else pad_forms + ["linear", "bicubic"]),
+                                 "value": st.sampled_from([0.0, 0.5, -0.5]), "c": chans, "act": act})
+    arith = st.fixed_dictionaries({"t": st.just("arith"),
+                                   "form": st.sampled_from(["x*c", "c*x", "x/c", "-x", "x+c", "c-x", "x-conv",
+                                                            "torch.sub"]),
+                                   "value": st.sampled_from([0.5, -2.0, 3.0])})
+    # draw the block type first (uniformly over a weighted list; shrinks towards a plain conv), then its spec
+    options = {"conv": conv, "pool": pool, "res": res, "res3": res3, "cat": cat, "split": split, "reuse": reuse,
+               "perm": perm, "view": view, "se": se, "pad": pad, "arith": arith}
+    kinds = ["conv", "cat", "pool", "res", "split", "res3", "view", "reuse", "perm", "conv", "pad", "arith", "cat",
+             "pool", "res"]
     if not relu_only:
-        options.append(se)
-    return st.one_of(*options)
+        kinds += ["se"]
+    return st.sampled_from(kinds).flatmap(lambda k: options[k])
 
 
-def recipes(relu_only: bool = False, max_blocks: int = 4):
+def recipes(relu_only: bool = False, max_blocks: int = 5):
     act = _acts(relu_only)
     head = st.fixed_dictionaries({
         "reduce": st.sampled_from(["flatten", "gap", "gmp"]),
@@ -646,7 +726,14 @@ def intermediate_keys(model: nn.Module) -> Dict[str, str]:
     for n in nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
-    return {n.name: (n.target if n.op == "call_module" and calls[n.target] == 1 else n.name) for n in nodes}
+    keys = {n.name: (n.target if n.op == "call_module" and calls[n.target] == 1 else n.name) for n in nodes}
+    # a module's qualified name can equal another node's name (module ``relu`` at the root, function node
+    # ``relu``): lrpfx then reports only one of them under that key (test_regression_intermediate_key_collision);
+    # leave ambiguous keys out of the fuzz comparisons
+    seen: Dict[str, int] = {}
+    for k in keys.values():
+        seen[k] = seen.get(k, 0) + 1
+    return {name: k for name, k in keys.items() if seen[k] == 1}
 
 
 def dominators(model: nn.Module, x: torch.Tensor) -> List[str]:
@@ -715,25 +802,29 @@ def check_conservation(recipe):
     target = target_of(recipe, model, x)
     e = lrpfx.Explainer(model, LRP0_ZERO_BIAS)(x, target=target, intermediate=True)
     logit = e.output.gather(1, target[:, None])[:, 0]
-    # relevance LRP-0 drops by definition (0/0 := 0 where the bias-free output is 0 but relevance arrives): the
-    # slow reference with the same composite says how much; for almost all examples it is exactly 0
-    ref_in, _, _ = sref.reference_relevance(model, x, "lrp0-zero-bias", target)
-    expected = per_sample(ref_in)
-    lost = logit - expected
+    # LRP-0 drops relevance by definition where a layer's bias-free output z' is exactly 0 but relevance arrives
+    # (0/0 := 0; a dead receptive field under a positive bias). The slow reference with the same composite says
+    # where: without such a loss every dominator sums to the logit; with one, every dominator sums to what the
+    # reference has there.
+    ref_in, _, ref_nodes = sref.reference_relevance(model, x, "lrp0-zero-bias", target)
+    lossless = bool(((logit - per_sample(ref_in)).abs() <= 1e-9 * (per_sample(ref_in.abs()) + logit.abs())).all())
     keys = intermediate_keys(model)
-    total = per_sample(e.relevance)
-    mag = per_sample(e.relevance.abs()) + logit.abs()
-    torch.testing.assert_close(total, expected, rtol=0, atol=float(1e-9 * mag.max()) + 1e-300)
-    if float(lost.abs().max()) > 1e-9 * float(mag.max()):
-        return  # relevance was lost somewhere: the layer-by-layer sums are not all equal (checked vs reference)
+    folded = folded_affine_nodes(model)
+    checked = 0
     for name in dominators(model, x):
+        if name not in keys or name in folded:
+            continue
         key = keys[name]
         assert key in e.intermediate, (key, list(e.intermediate))
         r = e.intermediate[key]
         s = per_sample(r)
         mag = per_sample(r.abs() if isinstance(r, torch.Tensor) else torch.cat([t.abs().flatten(1) for t in r], 1))
-        torch.testing.assert_close(s, logit, rtol=0, atol=float(1e-9 * (mag + logit.abs()).max()) + 1e-300,
-                                   msg=lambda m: f"conservation at {key}: {m}")
+        expected = logit if lossless else per_sample(ref_nodes[name])
+        torch.testing.assert_close(s, expected, rtol=0, atol=float(1e-9 * (mag + logit.abs()).max()) + 1e-300,
+                                   msg=lambda m: f"conservation at {key} (lossless={lossless}): {m}")
+        checked += 1
+    assert checked >= 2  # at least the input and the output
+    torch.testing.assert_close(e.relevance, e.intermediate["x"], rtol=0, atol=0)
 
 
 def check_reference(recipe, presets=("epsilon-plus-flat", "epsilon-gamma-box")):
@@ -749,7 +840,7 @@ def check_reference(recipe, presets=("epsilon-plus-flat", "epsilon-gamma-box")):
         torch.testing.assert_close(e.output, out_ref, rtol=1e-12, atol=1e-12)
         assert_close(e.relevance, r_ref, 1e-8, f"{preset}: input relevance")
         for name, r in per_node.items():
-            if name in folded:
+            if name in folded or name not in keys:
                 continue
             key = keys[name]
             assert key in e.intermediate, (preset, key, list(e.intermediate))

@@ -36,14 +36,14 @@ def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
     """LRP-epsilon: ``x * Wᵀ (r / stab(z))``; with ``zero_bias`` the bias is left out of ``z``."""
     if zero_bias:
         z = _unbiased(layer, z, b)
-    return x * layer.transpose(divide(r, z, eps), w, x.shape)
+    return layer.transpose(divide(r, z, eps), w, x.shape).mul_(x)  # in place on the fresh transpose
 
 
 def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg):
     """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms."""
     if x_nonneg:
         z = layer.forward(x, w_for_pos_x, bias)
-        return x * layer.transpose(divide(r, z, eps), w_for_pos_x, x.shape)
+        return layer.transpose(divide(r, z, eps), w_for_pos_x, x.shape).mul_(x)
     xp, xn = _pos(x), _neg(x)
     z = _add_bias(layer, layer.forward(xp, w_for_pos_x) + layer.forward(xn, w_for_neg_x), bias)
     s = divide(r, z, eps)
@@ -87,8 +87,8 @@ def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = F
         zz = z if (b is None or keep_bias) else _unbiased(layer, z, b)
         t = layer.forward(x, w_pos, _pos(b) if keep_bias else None)
         if positive_only:
-            s_up = torch.where(positive, divide(r, torch.add(zz, t, alpha=gamma), eps), 0.0)
-            return x * layer.transpose(s_up, w_up, x.shape)
+            s_up = torch.where(positive, divide(r, t.mul_(gamma).add_(zz), eps), 0.0)  # t is ours: in place
+            return layer.transpose(s_up, w_up, x.shape).mul_(x)
         z_gamma = torch.add(zz, torch.where(positive, t, zz - t), alpha=gamma)
         s = divide(r, z_gamma, eps)
         s_up, s_down = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)

@@ -11,6 +11,9 @@ def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     """``r / stabilize(z, eps)``; with ``eps == 0`` positions where ``z == 0`` give 0 instead of inf/NaN."""
     if eps > 0:
-        return r / stabilize(z, eps)
+        shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
+        denominator = torch.where(z >= 0, shift, -shift)
+        denominator.add_(z)  # in place on our own temporary: one allocation less on the hot path
+        return r / denominator
     nonzero = z != 0
     return torch.where(nonzero, r / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(r))
