@@ -2,11 +2,12 @@
 from . import composites, rules
 from .api import Explainer, Explanation, RelevanceProgram, explain, export
 from .composites import Composite
+from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError)
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules",
+__all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules", "fit_patterns", "Patterns",
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
            "OutputError", "__version__"]

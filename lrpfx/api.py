@@ -122,44 +122,39 @@ def _signature(inputs: Tuple[torch.Tensor, ...]) -> tuple:
     return tuple((tuple(t.shape[1:]), t.dtype, t.device.type) for t in inputs)
 
 
-def assign_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], RuleTable]:
-    """One rule per activation node, validated against the node's kind; and the rule table."""
+def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
+    """One rule per activation node, validated against the node's kind, and the mapping that chose each."""
     affine = [n for n, i in infos.items() if i.kind in FIRST_KINDS]
     first = affine[0] if affine else None
     rules: Dict[fx.Node, Rule] = {}
-    table = RuleTable()
+    reasons: Dict[fx.Node, str] = {}
     for n, info in infos.items():
         if info.kind == "input":
             continue
         rule, reason = composite.rule_for(info, is_first=(n is first))
-        if _routes_tuple_piece(n):
-            rule, reason = rule or ops_structural(), reason
         if rule is None:
             raise UnsupportedOpError(_unsupported_message(info))
-        kind = info.kind
-        if not applies_to(rule, kind):
+        if not applies_to(rule, info.kind):
             raise RuleError(
-                f"rule {rule.describe()} cannot apply to node '{n.name}' ({info.op}, kind '{kind}'){source_line(n)}; "
-                f"assign a rule that fits this kind with Composite(by_name={{'{info.name}': ...}})")
-        rules[n] = rule
+                f"rule {rule.describe()} cannot apply to node '{n.name}' ({info.op}, kind '{info.kind}')"
+                f"{source_line(n)}; assign a rule that fits this kind with "
+                f"Composite(by_name={{'{info.name}': ...}})")
+        rules[n], reasons[n] = rule, reason
+    return rules, reasons
+
+
+def rule_table(infos: Dict[fx.Node, ops.NodeInfo], rules: Dict[fx.Node, Rule], reasons: Dict) -> RuleTable:
+    table = RuleTable()
+    for n, rule in rules.items():
+        info = infos[n]
         label = rule.describe()
         if info.folded_into is not None:
             label += f" (BatchNorm '{infos[info.folded_into].name}' folded in)"
         if info.fold_from is not None:
             label = f"folded into the rule of '{info.fold_from.name}'"
-        table.append(RuleRow(n.name, info.name if info.module is not None else "", info.op, kind, label, reason,
-                             info.shape))
-    return rules, table
-
-
-def ops_structural():
-    from .rules import Structural
-    return Structural()
-
-
-def _routes_tuple_piece(n: fx.Node) -> bool:
-    import operator
-    return n.op == "call_function" and n.target is operator.getitem
+        table.append(RuleRow(n.name, info.name if info.module is not None else "", info.op, info.kind, label,
+                             reasons[n], info.shape))
+    return table
 
 
 def _unsupported_message(info: ops.NodeInfo) -> str:
@@ -182,11 +177,14 @@ class Explainer:
 
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
-                 output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False):
+                 output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
+                 patterns=None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        composite = as_composite(rule)
+        if patterns is not None:
+            patterns.check(model)
+        composite = as_composite(rule, patterns)
         if start is not None:
             composite = Composite(**{**composite.__dict__, "start": start})
         self.composite = composite
@@ -220,9 +218,10 @@ class Explainer:
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         infos = ops.classify(gm)
-        canonize.fold_batchnorms(infos)
+        rules, reasons = choose_rules(infos, self.composite)
+        canonize.fold_batchnorms(infos, rules)
         canonize.mark_nonnegative(infos)
-        rules, table = assign_rules(infos, self.composite)
+        table = rule_table(infos, rules, reasons)
         output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         canonize.mark_positive_only(infos, rules, output,
                                     proportional_start=self.composite.start == "logit" and not target_is_relevance)

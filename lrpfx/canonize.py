@@ -17,13 +17,19 @@ _FOLDABLE_KINDS = {"linear", "conv", "conv_transpose"}
 _NONNEG_PRESERVING = {"max_pool", "avg_pool", "structural", "identity", "reduce", "add", "mul"}
 
 
-def fold_batchnorms(infos: Dict[fx.Node, NodeInfo]) -> None:
+# rules that act on the folded affine map; PatternNet keeps BatchNorm apart (its patterns are per layer)
+_FOLDING_RULES = (R.Epsilon, R.Gamma, R.ZPlus, R.AlphaBeta, R.ZBox, R.Flat, R.WSquare, R.Gradient)
+
+
+def fold_batchnorms(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule]) -> None:
     """Mark each BatchNorm that directly follows an affine node with no other consumer as folded into it."""
     for info in infos.values():
         if info.kind != "batchnorm" or info.x is None:
             continue
         producer = infos.get(info.x)
         if producer is None or producer.kind not in _FOLDABLE_KINDS or len(info.x.users) != 1:
+            continue
+        if not isinstance(rules.get(producer.node), _FOLDING_RULES):
             continue
         if producer.kind == "linear" and len(producer.shape) != 2:
             continue  # BatchNorm's channel axis 1 is not Linear's feature axis

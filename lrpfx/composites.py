@@ -141,6 +141,19 @@ def gradient(times_input: bool = False) -> Composite:
                      label="gradient*input" if times_input else "gradient")
 
 
+def patterns(patterns, attribution: bool = False) -> Composite:
+    """PatternNet (or PatternAttribution) on Linear/Conv nodes, the gradient everywhere else (ReLU and max
+    pooling gate as in the forward)."""
+    from .rules import PatternAttribution, PatternNet
+
+    rule = (PatternAttribution if attribution else PatternNet)(patterns)
+    others = tuple((k, Gradient()) for k in DEFAULTS if k not in ("linear", "conv"))
+    return Composite(conv=rule, linear=rule, by_type=others + (("unknown", Gradient()),),
+                     label="patternattribution" if attribution else "patternnet")
+
+
+PATTERN_PRESETS = ("patternnet", "patternattribution")
+
 PRESETS: Dict[str, Callable[[], Composite]] = {
     "epsilon-plus": EpsilonPlus,
     "epsilon-plus-flat": EpsilonPlusFlat,
@@ -170,7 +183,7 @@ def _parse_number(text: str, whole: str) -> float:
 
 
 def known_rule_strings() -> str:
-    return ", ".join(sorted(set(PRESETS) | set(_RULE_NAMES)))
+    return ", ".join(sorted(set(PRESETS) | set(_RULE_NAMES) | set(PATTERN_PRESETS)))
 
 
 def parse_rule(rule: Union[str, Rule]) -> Rule:
@@ -190,10 +203,14 @@ def parse_rule(rule: Union[str, Rule]) -> Rule:
         raise RuleError(f"rule string {rule!r}: wrong number of parameters for {name!r}") from None
 
 
-def as_composite(rule: Union[str, Rule, Composite]) -> Composite:
-    """Anything the public API accepts as ``rule=`` turned into a Composite."""
+def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite:
+    """Anything the public API accepts as ``rule=`` turned into a Composite (``patterns_`` for the pattern keys)."""
     if isinstance(rule, Composite):
         return rule
+    if isinstance(rule, str) and rule.strip().lower() in PATTERN_PRESETS:
+        if patterns_ is None:
+            raise RuleError(f"rule {rule!r} needs fitted patterns: patterns=lrpfx.fit_patterns(model, loader)")
+        return patterns(patterns_, attribution=rule.strip().lower() == "patternattribution")
     if isinstance(rule, str) and rule.strip().lower() in PRESETS:
         return PRESETS[rule.strip().lower()]()
     parsed = parse_rule(rule)

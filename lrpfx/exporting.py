@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -323,18 +323,15 @@ def to_python(program) -> str:
         "or call ``forward(prog.graph_module, x, target)`` directly.",
         '"""',
     ]
-    body = [
-        "from __future__ import annotations",
-        "",
-        *imports,
-        "",
-        "",
+    helper = [
         "def _unavailable(name, what):",
         "    def fail(*args, **kwargs):",
         "        raise NameError(f'{name} ({what}) could not be imported by name when this file was written')",
         "    return fail",
         "",
-    ]
+        "",
+    ] if any("_unavailable(" in line for line in imports) else []
+    body = ["from __future__ import annotations", "", imports[0], "", *helper, *imports[1:], "", ""]
     if table:
         body += ["# Rule table", *[("# " + line).rstrip() for line in table.splitlines()], ""]
     body += [

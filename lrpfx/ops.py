@@ -116,6 +116,18 @@ class NodeInfo:
         return self.node.meta["lrpfx_value"].shape
 
 
+def parameter_of(gm: fx.GraphModule, source) -> Optional[torch.Tensor]:
+    """The tensor behind a weight source: a parameter path string or a ``get_attr`` node; None otherwise."""
+    if isinstance(source, fx.Node) and source.op == "get_attr":
+        source = source.target
+    if not isinstance(source, str):
+        return None
+    obj = gm
+    for part in source.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _target_name(node: fx.Node) -> str:
     t = node.target
     if node.op == "call_method":

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import rules as R
 from .errors import RuleError
-from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, out_of_place_method
+from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, out_of_place_method, parameter_of
 from .rules import affine, elementwise, structural
 from .rules.layers import ChannelAffine
 from .targets import initial_relevance
@@ -201,6 +201,8 @@ class ProgramBuilder:
             return
         if kind == "batchnorm" and info.fold_from is not None:
             self.emit_folded(info, r)
+        elif isinstance(rule, R.PatternNet):
+            self.emit_pattern(info, rule, r)
         elif kind in ("linear", "conv", "conv_transpose") and not isinstance(rule, (R.Pass, R.Structural)):
             self.emit_affine(info, rule, self.value(info.weight), self.value(info.bias), info.layer, info.x, r)
         elif kind == "batchnorm" and isinstance(rule, tuple(_AFFINE_FUNCTIONS) + (R.ZBox,)) \
@@ -254,6 +256,24 @@ class ProgramBuilder:
         else:
             fn = _AFFINE_FUNCTIONS[type(rule)]
         self.contribute(x, self.call(fn, args, kwargs, name=f"r_{n.name}_in"))
+
+    def emit_pattern(self, info: NodeInfo, rule: R.PatternNet, r: fx.Node) -> None:
+        n = info.node
+        if info.name not in rule.patterns:
+            raise RuleError(f"no pattern for layer '{info.name}'{source_line(n)}: the patterns were fitted on another "
+                            "model; fit them again with lrpfx.fit_patterns(model, loader)")
+        w = self.value(info.weight)
+        weight = parameter_of(self.gm, info.weight)
+        a = rule.patterns[info.name]
+        if weight is not None:
+            if a.shape != weight.shape:
+                raise RuleError(f"the pattern of '{info.name}' has shape {tuple(a.shape)}, its weight "
+                                f"{tuple(weight.shape)}: fit the patterns again on this model")
+            a = a.to(weight)
+        pattern_node = self.attr(f"constants.{n.name}_pattern", a)
+        self.contribute(info.x, self.call(affine.pattern, [self.env[info.x], w, pattern_node, r],
+                                          {"layer": info.layer, "attribution": isinstance(rule, R.PatternAttribution)},
+                                          name=f"r_{n.name}_in"))
 
     def _bound(self, n: fx.Node, which: str, bound):
         if isinstance(bound, torch.Tensor):

@@ -71,6 +71,13 @@ def test_saved_python_module_runs(resnet, tmp_path):
     assert torch.equal(r37, refs["3,7"][1][0])
 
 
+def test_python_module_marks_what_cannot_be_imported():
+    lines = [exporting._import_line("local_fn", lambda t: t),
+             exporting._import_line("lrpfx_rules_affine_gamma", affine.gamma)]
+    assert lines[1] == "from lrpfx.rules.affine import gamma as lrpfx_rules_affine_gamma"
+    assert lines[0].startswith("local_fn = _unavailable('local_fn'")
+
+
 # ---- rule table ------------------------------------------------------------------------------------------------
 def test_rule_table_matches_composite(resnet):
     prog = resnet[2]

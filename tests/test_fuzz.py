@@ -449,12 +449,11 @@ class PadBlock(nn.Module):
             y = self.pad(x)
         elif self.form == "F.pad":
             y = F.pad(x, (0, 1, 1, 0)[: 2 * self.dim], value=self.value)
-        else:  # F.interpolate to one more sample per axis
+        else:  # F.interpolate, a quarter more samples per axis
             mode = {"nearest": "nearest", "linear": "linear" if self.dim == 1 else "bilinear",
                     "bicubic": "linear" if self.dim == 1 else "bicubic"}[self.form]
-            size = [n + 1 for n in x.shape[2:]]
-            y = F.interpolate(x, size=size, mode=mode) if mode == "nearest" else \
-                F.interpolate(x, size=size, mode=mode, align_corners=False)
+            y = F.interpolate(x, scale_factor=1.25, mode=mode) if mode == "nearest" else \
+                F.interpolate(x, scale_factor=1.25, mode=mode, align_corners=False)
         return self.act(self.conv(y))
 
 

@@ -215,12 +215,32 @@ class NormIdentity(Rule):
         _check_eps(self.eps)
 
 
+@dataclass(frozen=True, eq=False)
+class PatternNet(Rule):
+    """PatternNet (reference §4): the gradient pass with each affine weight replaced by its fitted pattern."""
+
+    patterns: object = None  # lrpfx.patterns.Patterns
+    kinds: ClassVar[frozenset] = frozenset({"linear", "conv"})
+    name: ClassVar[str] = "patternnet"
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(kind={getattr(self.patterns, 'kind', None)!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class PatternAttribution(PatternNet):
+    """PatternAttribution (reference §4): the gradient pass with each affine weight replaced by ``W * A``."""
+
+    name: ClassVar[str] = "patternattribution"
+
+
 def applies_to(rule: Rule, kind: str) -> bool:
     return "*" in rule.kinds or kind in rule.kinds
 
 
 __all__ = [
     "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass", "Norm",
-    "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "applies_to",
+    "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "PatternNet", "PatternAttribution",
+    "applies_to",
     "AFFINE_KINDS", "NORM_KINDS", "PASSABLE_KINDS",
 ]

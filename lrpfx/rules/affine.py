@@ -135,6 +135,12 @@ def wsquare(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
     return layer.transpose(divide(r, zw, eps), w2, x.shape)
 
 
+def pattern(x, w, a, r, *, layer, attribution: bool):
+    """PatternNet (``attribution=False``: the pattern ``A`` replaces ``W`` in the transposed layer) or
+    PatternAttribution (``W * A`` replaces ``W``); the bias is ignored and nothing is multiplied by ``x``."""
+    return layer.transpose(r, w * a if attribution else a, x.shape)
+
+
 def gradient(x, w, b, z, r, *, layer):
     """The plain gradient through the affine node: ``Wᵀ r``."""
     return layer.transpose(r, w, x.shape)
