@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=DEMO_EXAMPLES, parents=[debug])
     demo.add_argument("--out", default="lrpfx_digits.png", help="PNG file to write (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=15, help="training epochs (default: %(default)s)")
+    demo.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                      help="scikit-learn's bundled digits (offline) or torchvision's MNIST (downloads)")
     demo.set_defaults(run=run_demo)
 
     explain = sub.add_parser("explain", help="explain one prediction and write a heatmap PNG",
@@ -494,7 +496,7 @@ def _check_rule(rule: str):
 def run_demo(args) -> int:
     from . import demo as demo_module
 
-    demo_module.run(out=args.out, epochs=args.epochs)
+    demo_module.run(out=args.out, epochs=args.epochs, dataset=args.dataset)
     return 0
 
 

@@ -12,23 +12,39 @@ import torch
 from torch import nn
 
 import lrpfx
+from lrpfx.metrics import pixel_flipping
 
-DEMO_RULES: Sequence[Tuple[str, str]] = (
-    ("gradient × input", "gradient*input"),
-    ("epsilon", "epsilon(0.1)"),
-    ("gamma+epsilon", "gamma+epsilon"),
-    ("alpha1beta0", "alpha1beta0"),
-    ("alpha2beta1", "alpha2beta1"),
-    ("epsilon-plus-flat", "epsilon-plus-flat"),
+# the seed's (TorchLRP's) figure: label, rule key, pattern kind (None: no patterns needed)
+DEMO_RULES: Sequence[Tuple[str, str, object]] = (
+    ("gradient × input", "gradient*input", None),
+    ("epsilon", "epsilon(0.1)", None),
+    ("gamma+epsilon", "gamma+epsilon", None),
+    ("alpha1beta0", "alpha1beta0", None),
+    ("alpha2beta1", "alpha2beta1", None),
+    ("PatternNet (all)", "patternnet", "all"),
+    ("PatternNet (positive)", "patternnet", "positive"),
+    ("PatternAttribution (all)", "patternattribution", "all"),
+    ("PatternAttribution (positive)", "patternattribution", "positive"),
 )
+# rules whose faithfulness the demo measures by pixel flipping
+FLIPPING = ("epsilon", "alpha2beta1", "PatternAttribution (all)")
 
 
-def digits_cnn() -> nn.Module:
+def digits_cnn(side: int = 8) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Flatten(), nn.Linear(16 * (side // 2) ** 2, 64), nn.ReLU(), nn.Linear(64, 10),
     )
+
+
+def load_mnist_tensors(root: str = "data"):
+    """MNIST via torchvision (downloads when online), scaled to [0, 1], shape [N, 1, 28, 28]."""
+    from torchvision.datasets import MNIST
+
+    train, test = MNIST(root, train=True, download=True), MNIST(root, train=False, download=True)
+    as_tensors = lambda d: (d.data.unsqueeze(1).float() / 255.0, d.targets.long())  # noqa: E731
+    return as_tensors(train), as_tensors(test)
 
 
 def load_digits_tensors(seed: int = 0):
@@ -59,8 +75,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def explain_all(model: nn.Module, x: torch.Tensor, rules=DEMO_RULES) -> Dict[str, torch.Tensor]:
-    return {label: lrpfx.explain(model, x, rule) for label, rule in rules}
+def explain_all(model: nn.Module, x: torch.Tensor, patterns: Dict[str, object], rules=DEMO_RULES):
+    return {label: lrpfx.explain(model, x, rule, patterns=patterns.get(kind)) for label, rule, kind in rules}
 
 
 def render(x: torch.Tensor, predictions: List[int], maps: Dict[str, torch.Tensor], path: Path) -> Path:
@@ -91,21 +107,36 @@ def render(x: torch.Tensor, predictions: List[int], maps: Dict[str, torch.Tensor
     return path
 
 
-def run(out: str = "lrpfx_digits.png", epochs: int = 15) -> Dict[str, float]:
+def run(out: str = "lrpfx_digits.png", epochs: int = 15, dataset: str = "digits") -> Dict[str, float]:
+    """Train, fit patterns, explain 9 test digits with the seed's rules, measure pixel flipping, draw."""
     start = time.time()
-    (x_train, y_train), (x_test, y_test) = load_digits_tensors()
-    model = train(digits_cnn(), x_train, y_train, epochs=epochs)
+    if dataset == "mnist":
+        (x_train, y_train), (x_test, y_test) = load_mnist_tensors()
+    else:
+        (x_train, y_train), (x_test, y_test) = load_digits_tensors()
+    model = train(digits_cnn(x_train.shape[-1]), x_train, y_train, epochs=epochs)
     acc = accuracy(model, x_test, y_test)
-    print(f"trained a small CNN on scikit-learn digits ({len(x_train)} train / {len(x_test)} test) "
+    print(f"trained a small CNN on {dataset} ({len(x_train)} train / {len(x_test)} test) "
           f"in {time.time() - start:.1f}s: test accuracy {acc:.1%}")
+    patterns = {kind: lrpfx.fit_patterns(model, x_train.split(256), kind=kind, progress=False)
+                for kind in ("all", "positive")}
+    print("fitted PatternNet patterns (all, positive) in one pass over the training set")
     x = x_test[:9]
     with torch.no_grad():
         logits = model(x)
     predictions = logits.argmax(1).tolist()
-    maps = explain_all(model, x)
-    for label, r in maps.items():
-        share = (r.flatten(1).sum(1) / logits.max(1).values).mean().item()
-        print(f"  {label:<18} relevance sum / target logit: {share:6.3f}")
+    maps = explain_all(model, x, patterns)
     path = render(x, predictions, maps, Path(out))
-    print(f"wrote {path.resolve()} (rows: input and {len(maps)} rules, columns: 9 test digits)")
-    return {"accuracy": acc}
+    print(f"predictions of the 9 digits: {predictions} (true {y_test[:9].tolist()})")
+    results = {"accuracy": acc}
+    print("pixel flipping over the test set (area between random and most-relevant-first deletion; > 0 is "
+          "better than chance):")
+    rules = {label: (rule, kind) for label, rule, kind in DEMO_RULES}
+    for label in FLIPPING:
+        rule, kind = rules[label]
+        relevance = lrpfx.explain(model, x_test, rule, patterns=patterns.get(kind))
+        area = pixel_flipping(model, x_test, relevance)["area"].item()
+        results[label] = area
+        print(f"  {label:<26} {area:+.3f}")
+    print(f"wrote {path.resolve()} (rows: the input and {len(maps)} methods; columns: 9 test digits)")
+    return results

@@ -1,5 +1,6 @@
 """The lrpfx command line: explain and graph end to end in a subprocess on a tiny model factory, torchvision
 models and bench in process, --help with examples everywhere, and one-line errors with a non-zero exit."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,15 @@ import torch
 from lrpfx import cli
 
 Image = pytest.importorskip("PIL.Image")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on loaded cores a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 FACTORY = textwrap.dedent("""
     import torch
@@ -56,7 +66,8 @@ END_TO_END = {
 def end_to_end(workdir):
     """``python -m lrpfx.cli explain ...`` and ``graph ...`` in subprocesses, started together (most of their
     time is importing torch); the tests wait for their results."""
-    procs = {name: subprocess.Popen([sys.executable, "-m", "lrpfx.cli", *args], cwd=workdir, text=True,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "lrpfx.cli", *args], cwd=workdir, text=True, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for name, args in END_TO_END.items()}
     results = {}

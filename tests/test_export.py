@@ -3,6 +3,7 @@ matches the composite, the DOT graph has one relevance node per relevance step, 
 process without lrpfx or the model's class."""
 import importlib.util
 import operator
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,15 @@ from lrpfx.rules import affine
 from models import randomize_batchnorm
 
 torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on loaded cores a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +225,9 @@ def test_pt2_round_trip_in_fresh_process(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     out, (r,) = prog(x)
     torch.save({"x": x, "out": out, "r": r}, tmp_path / "data.pt")
-    done = subprocess.run([sys.executable, "-c", FRESH], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", FRESH], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     d_out, d_r = (float(v) for v in done.stdout.split())
     assert d_out <= 1e-5 and d_r <= 1e-6 * max(1.0, float(r.abs().max()))
