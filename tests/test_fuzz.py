@@ -443,8 +443,10 @@ class PadBlock(nn.Module):
             self.pad = nn.Upsample(scale_factor=2, mode="nearest")
         self.conv = _affine(dim, c, spec["c"], 2, 2 if self.form == "upsample" else 1, 0)
         self.act = Act(spec["act"], inplace, shared)
+        self.pre = Act(spec["pre"], inplace, shared, fresh=False)
 
     def forward(self, x):
+        x = self.pre(x)
         if self.pad is not None:
             y = self.pad(x)
         elif self.form == "F.pad":
@@ -484,9 +486,34 @@ class ArithBlock(nn.Module):
         return torch.sub(self.conv(x), x)
 
 
+class PreActBlock(nn.Module):
+    """``identity = x; y = relu_(x)`` (in place: ``identity`` is clobbered too); ``conv(y) + identity``.
+
+    The out-of-place twin spells the same semantics explicitly (``identity = y``)."""
+
+    def __init__(self, dim, c, spec, inplace, shared):
+        super().__init__()
+        self.conv0 = _affine(dim, c, c, 1, 1, 0)
+        k = spec["k"] if dim else 1
+        self.conv1 = _affine(dim, c, c, k, 1, k // 2)
+        self.form, self.inplace = spec["form"], inplace
+
+    def forward(self, x):
+        x = self.conv0(x)
+        identity = x
+        if not self.inplace:
+            y = F.relu(x)
+            identity = y
+        elif self.form == "F.relu_":
+            y = F.relu(x, inplace=True)
+        else:
+            y = x.relu_()
+        return self.conv1(y) + identity
+
+
 BLOCKS = {"conv": ConvBlock, "pool": PoolBlock, "res": ResBlock, "res3": Res3Block, "cat": CatBlock,
           "split": SplitBlock, "se": SEBlock, "reuse": ReuseBlock, "perm": PermBlock, "view": ViewBlock,
-          "pad": PadBlock, "arith": ArithBlock}
+          "pad": PadBlock, "arith": ArithBlock, "preact": PreActBlock}
 
 
 class Head(nn.Module):
@@ -662,16 +689,19 @@ def block_specs(relu_only: bool):
     pad_forms = ["zero_module", "const_module", "reflect_module", "upsample", "F.pad", "nearest"]
     pad = st.fixed_dictionaries({"t": st.just("pad"),
                                  "form": st.sampled_from(pad_forms if relu_only else pad_forms + ["linear", "bicubic"]),
-                                 "value": st.sampled_from([0.0, 0.5, -0.5]), "c": chans, "act": act})
+                                 "value": st.sampled_from([0.0, 0.5, -0.5]), "c": chans, "act": act,
+                                 "pre": st.sampled_from(["F.relu", "ReLU", "none"])})
+    preact = st.fixed_dictionaries({"t": st.just("preact"), "k": st.sampled_from([1, 3]),
+                                    "form": st.sampled_from(["F.relu_", "x.relu_"])})
     arith = st.fixed_dictionaries({"t": st.just("arith"),
                                    "form": st.sampled_from(["x*c", "c*x", "x/c", "-x", "x+c", "c-x", "x-conv",
                                                             "torch.sub"]),
                                    "value": st.sampled_from([0.5, -2.0, 3.0])})
     # draw the block type first (uniformly over a weighted list; shrinks towards a plain conv), then its spec
     options = {"conv": conv, "pool": pool, "res": res, "res3": res3, "cat": cat, "split": split, "reuse": reuse,
-               "perm": perm, "view": view, "se": se, "pad": pad, "arith": arith}
+               "perm": perm, "view": view, "se": se, "pad": pad, "arith": arith, "preact": preact}
     kinds = ["conv", "cat", "pool", "res", "split", "res3", "view", "reuse", "perm", "conv", "pad", "arith", "cat",
-             "pool", "res"]
+             "preact", "pool", "res"]
     if not relu_only:
         kinds += ["se"]
     return st.sampled_from(kinds).flatmap(lambda k: options[k])

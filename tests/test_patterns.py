@@ -29,9 +29,12 @@ def test_toy_case_recovers_the_signal_direction():
     cov = (xc * yc).mean(0)
     torch.testing.assert_close(a.view(-1), cov / (model.weight.view(-1) @ cov), rtol=1e-9, atol=1e-12)
     assert torch.allclose(a.view(-1), a_s, atol=0.05)
+    assert F.cosine_similarity(a.view(-1), a_s, dim=0) > 0.999
     # the gradient is w, but PatternNet returns the signal a·y and PatternAttribution w·a·y
     net = lrpfx.explain(model, x[:5], "patternnet", patterns=patterns, target=0)
     torch.testing.assert_close(net, (x[:5] @ model.weight.T) * a.view(1, -1))
+    gradient = lrpfx.explain(model, x[:5], "gradient", target=0)
+    torch.testing.assert_close(gradient, model.weight.detach().expand(5, 2))  # the gradient is w, not the signal
     attribution = lrpfx.explain(model, x[:5], "patternattribution", patterns=patterns, target=0)
     torch.testing.assert_close(attribution, (x[:5] @ model.weight.T) * (a * model.weight).view(1, -1))
 
@@ -63,15 +66,27 @@ def unfold_reference(conv: nn.Conv2d, xs, kind):
 
 
 @pytest.mark.parametrize("kind", ["all", "positive"])
-@pytest.mark.parametrize("conv_kwargs", [dict(stride=1, padding=1), dict(stride=2, padding=0, dilation=2),
-                                         dict(stride=1, padding=2, groups=2)])
+@pytest.mark.parametrize("conv_kwargs", [dict(stride=2, padding=0), dict(stride=1, padding=2, dilation=2),
+                                         dict(stride=2, padding=2, dilation=2, groups=2)])
 def test_conv_patterns_match_unfolded_statistics(kind, conv_kwargs):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, **conv_kwargs).double()
-    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten()).double()
+    probe = conv(torch.zeros(1, 4, 7, 7, dtype=torch.float64))
+    linear = nn.Linear(probe.numel(), 3).double()
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear).double()
     xs = [torch.randn(5, 4, 7, 7, dtype=torch.float64) for _ in range(3)]
     patterns = lrpfx.fit_patterns(model, xs, kind=kind, progress=False)
     torch.testing.assert_close(patterns["0"], unfold_reference(conv, xs, kind), rtol=1e-9, atol=1e-12)
+    # the linear layer: its input rows are the flattened ReLU outputs
+    with torch.no_grad():
+        h = torch.cat([model[:3](x) for x in xs])
+    y = h @ linear.weight.T
+    m = (y > 0).double() if kind == "positive" else torch.ones_like(y)
+    ex = (m.T @ h) / m.sum(0)[:, None]
+    exy = ((y * m).T @ h) / m.sum(0)[:, None]
+    cov = exy - ex * y.mean(0)[:, None]
+    expected = cov / (linear.weight * cov).sum(1, keepdim=True)
+    torch.testing.assert_close(patterns["3"], expected, rtol=1e-9, atol=1e-12)
 
 
 def test_streaming_equals_one_batch_and_max_batches():
@@ -79,9 +94,9 @@ def test_streaming_equals_one_batch_and_max_batches():
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double()
     x = torch.randn(21, 2, 6, 6, dtype=torch.float64)
     one = lrpfx.fit_patterns(model, [x], progress=False)
-    streamed = lrpfx.fit_patterns(model, x.split(4), progress=False)
+    streamed = lrpfx.fit_patterns(model, x.split(3), progress=False)  # 7 batches
     for name in one.patterns:
-        torch.testing.assert_close(streamed[name], one[name], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(streamed[name], one[name], rtol=1e-10, atol=1e-10)
     first_two = lrpfx.fit_patterns(model, x.split(4), max_batches=2, progress=False)
     torch.testing.assert_close(first_two["3"], lrpfx.fit_patterns(model, [x[:8]], progress=False)["3"])
     labelled = [(b, torch.zeros(len(b))) for b in x.split(4)]  # (inputs, labels) batches work too
