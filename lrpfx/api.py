@@ -82,6 +82,9 @@ class RelevanceProgram:
         return self.rows
 
     def __call__(self, *inputs, target=None):
+        """Run the program: ``target`` is None (argmax), an int, a LongTensor [B] or an initial relevance."""
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((inputs[0].shape[0],), target, dtype=torch.long, device=inputs[0].device)
         with torch.no_grad():
             return self.graph_module(*inputs, target)
 
