@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .rules.layers import ChannelAffine, Conv, ConvTranspose, Linear
+from .rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
 
 # ---- module tables --------------------------------------------------------------------------------------
 _ACTIVATION_MODULES = (
@@ -200,6 +200,47 @@ def _conv_layer(module_or_kwargs, dim: int, weight_shape) -> Conv:
     return Conv(dim, stride, padding, dilation, groups, mode, pad)
 
 
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _pool_kwargs(n: fx.Node, names) -> Dict[str, Any]:
+    """Arguments of a functional pooling call by name (adaptive pools take ``output_size`` first)."""
+    if "adaptive" in _target_name(n):
+        names = ("output_size", "return_indices")
+    values = {name: _arg(n, i + 1, name, None) for i, name in enumerate(names)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _pool_dim(label: str) -> int:
+    return 3 if "3d" in label else (1 if "1d" in label else 2)
+
+
+def _avg_pool_spec(label: str, a: Dict[str, Any]):
+    """An AvgPool/AdaptiveAvgPool spec from module attributes or functional arguments; None if unusual."""
+    dim = _pool_dim(label)
+    if any(isinstance(v, fx.Node) for v in a.values()):
+        return None
+    if "output_size" in a:
+        return AdaptiveAvgPool(dim, a["output_size"])
+    kernel = _tuple(a["kernel_size"], dim)
+    stride = _tuple(a.get("stride") or kernel, dim)
+    return AvgPool(dim, kernel, stride, _tuple(a.get("padding", 0), dim), bool(a.get("ceil_mode", False)),
+                   bool(a.get("count_include_pad", True)), a.get("divisor_override"))
+
+
+def _max_pool_spec(label: str, a: Dict[str, Any]):
+    """A MaxPool spec, or None where the op returns indices itself or has graph-valued arguments."""
+    dim = _pool_dim(label)
+    if a.get("return_indices") or any(isinstance(v, fx.Node) for v in a.values()):
+        return None
+    if "output_size" in a:
+        return MaxPool(dim, a["output_size"], adaptive=True)
+    kernel = _tuple(a["kernel_size"], dim)
+    return MaxPool(dim, kernel, _tuple(a.get("stride") or kernel, dim), _tuple(a.get("padding", 0), dim),
+                   _tuple(a.get("dilation", 1), dim), bool(a.get("ceil_mode", False)))
+
+
 def _tuple(v, dim):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dim
 
@@ -242,10 +283,10 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
         info.kind = "identity"
         return info
     elif isinstance(m, _AVG_POOL_MODULES):
-        info.kind = "avg_pool"
+        info.kind, info.layer = "avg_pool", _avg_pool_spec(type(m).__name__, vars(m))
         return info
     elif isinstance(m, _MAX_POOL_MODULES):
-        info.kind = "max_pool"
+        info.kind, info.layer = "max_pool", _max_pool_spec(type(m).__name__, vars(m))
         return info
     elif isinstance(m, _STRUCTURAL_MODULES):
         info.kind = "structural"
@@ -310,9 +351,9 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif t in _IDENTITY_FUNCTIONS and x is not None and first is x:
         info.kind = "identity"
     elif t in _AVG_POOL_FUNCTIONS and x is not None and first is x:
-        info.kind = "avg_pool"
+        info.kind, info.layer = "avg_pool", _avg_pool_spec(_target_name(n), _pool_kwargs(n, _AVG_POOL_ARGS))
     elif t in _MAX_POOL_FUNCTIONS and x is not None and first is x:
-        info.kind = "max_pool"
+        info.kind, info.layer = "max_pool", _max_pool_spec(_target_name(n), _pool_kwargs(n, _MAX_POOL_ARGS))
     elif t in _REDUCE_FUNCTIONS and x is not None and first is x:
         info.kind = "reduce"
     elif t in _RESHAPE_FUNCTIONS and x is not None and first is x:

@@ -15,21 +15,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from . import rules as R
 from .errors import RuleError
 from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, out_of_place_method, parameter_of
 from .rules import affine, elementwise, structural
-from .rules.layers import ChannelAffine
+from .rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
 from .trace import source_line
 
 _AFFINE_FUNCTIONS = {R.Epsilon: affine.epsilon, R.Gamma: affine.gamma, R.ZPlus: affine.zplus,
                      R.AlphaBeta: affine.alpha_beta, R.Flat: affine.flat, R.WSquare: affine.wsquare,
                      R.Gradient: affine.gradient}
-_AVG_POOL_BY_DIM = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class MethodCall:
@@ -231,7 +229,16 @@ class ProgramBuilder:
             self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r, self.env[n]],
                                               name=f"r_{n.name}_in"))
         elif kind == "max_pool" and isinstance(rule, R.Norm):
-            self.emit_replay(info, r, norm_eps=rule.eps, fn=_max_pool_as_avg(info))
+            self.contribute(info.x, self.call(affine.norm, [self.env[info.x], r],
+                                              {"layer": _max_pool_as_avg(info), "eps": rule.eps},
+                                              name=f"r_{n.name}_in"))
+        elif kind == "max_pool" and info.layer is not None and isinstance(rule, (R.WinnerTakesAll, R.Structural,
+                                                                                    R.Gradient)):
+            self.contribute(info.x, self.call(structural.max_pool_wta, [self.env[info.x], r], {"pool": info.layer},
+                                              name=f"r_{n.name}_in"))
+        elif kind == "avg_pool" and info.layer is not None and isinstance(rule, (R.Norm, R.Epsilon)):
+            self.contribute(info.x, self.call(affine.epsilon, [self.env[info.x], None, None, self.env[n], r],
+                                              {"layer": info.layer, "eps": rule.eps}, name=f"r_{n.name}_in"))
         elif kind in ("avg_pool", "reduce") and isinstance(rule, (R.Norm, R.Epsilon)):
             self.emit_replay(info, r, norm_eps=rule.eps)
         elif isinstance(rule, (R.Structural, R.Gradient, R.WinnerTakesAll)):
@@ -340,20 +347,13 @@ class ProgramBuilder:
             self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))
 
 
-def _max_pool_as_avg(info: NodeInfo):
-    m = info.module
-    if m is None or not isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) or m.dilation not in (1, (1,) * 3,
-                                                                                                      (1, 1)):
-        raise RuleError(f"Norm() on max pooling needs a MaxPool module without dilation; node '{info.name}' is "
+def _max_pool_as_avg(info: NodeInfo) -> AvgPool:
+    """Max pooling read as average pooling over the same windows (the Norm alternative of reference §2)."""
+    pool = info.layer
+    if pool is None or pool.adaptive or any(d != 1 for d in pool.dilation):
+        raise RuleError(f"Norm() on max pooling needs plain windows without dilation; node '{info.name}' is "
                         f"{info.op}: use WinnerTakesAll() there")
-    dim = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
-    stride = m.stride if m.stride is not None else m.kernel_size
-    pool = _AVG_POOL_BY_DIM[dim]
-
-    def avg_pool(x):
-        return pool(x, m.kernel_size, stride, m.padding, m.ceil_mode)
-
-    return avg_pool
+    return AvgPool(pool.dim, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
 
 
 def _is_tuple_node(node) -> bool:

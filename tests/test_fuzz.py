@@ -580,8 +580,14 @@ class FuzzNet(nn.Module):
         self.relu = nn.ReLU(inplace=inplace and recipe["shared_inplace"])
         shape = (recipe["cin"],) + (tuple(recipe["size"][:dim]) if dim else ())
         self.bn_in = _bn(dim, recipe["cin"]) if recipe["bn_in"] else None
+        # a conv + ReLU stem takes the first-layer rule (Flat/ZBox), so the blocks meet the conv rules
+        self.stem = ConvBlock(dim, shape[0], {"c": recipe["stem"], "k": 3, "s": 1, "p": 1, "bias": True, "bn": False,
+                                              "act": "ReLU"}, inplace, self.relu) if recipe["stem"] else None
+        if self.stem is not None:
+            shape = (recipe["stem"],) + shape[1:]
         blocks = []
         probe = torch.randn(2, *shape, dtype=DT)  # carries strides too: x.view after a permute must fail here
+        probe = probe.abs() if self.stem is not None else probe
         for spec in recipe["blocks"]:
             if dim == 0 and spec["t"] in ("pool", "perm", "view", "pad"):
                 continue
@@ -608,6 +614,8 @@ class FuzzNet(nn.Module):
     def forward(self, x):
         if self.bn_in is not None:
             x = self.bn_in(x)
+        if self.stem is not None:
+            x = self.stem(x)
         for block in self.blocks:
             x = block(x)
         return self.head(x)
@@ -720,6 +728,7 @@ def recipes(relu_only: bool = False, max_blocks: int = 5):
         "cin": st.integers(2, 6),
         "size": st.tuples(st.integers(6, 10), st.integers(6, 10)),
         "bn_in": st.booleans(),
+        "stem": st.sampled_from([0, 3, 4]),
         "shared_inplace": st.booleans(),
         "blocks": st.lists(block_specs(relu_only), min_size=1, max_size=max_blocks),
         "head": head,
@@ -744,6 +753,14 @@ def assert_close(actual, expected, rtol, what=""):
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-300,
                                msg=lambda m: f"{what}: {m}")
+
+
+def assert_same_output(output: torch.Tensor, model: nn.Module, x: torch.Tensor) -> None:
+    """The program's forward computes what the model computes (on a copy: the model may work in place)."""
+    with torch.no_grad():
+        expected = model(x.clone())
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12,
+                               msg=lambda m: f"the program's output differs from the model's: {m}")
 
 
 def intermediate_keys(model: nn.Module) -> Dict[str, str]:
@@ -820,8 +837,10 @@ def check_lrp0_gradient(recipe):
         torch.testing.assert_close(model(x.clone()), twin(x), rtol=1e-12, atol=1e-12)
     expected = grad_times_input(twin, x, target)
     x_before = x.clone()
-    actual = lrpfx.Explainer(model, LRP0)(x, target=target).relevance
+    e = lrpfx.Explainer(model, LRP0)(x, target=target)
     assert torch.equal(x, x_before), "the explainer changed its input"
+    assert_same_output(e.output, model, x)
+    actual = e.relevance
     assert_close(actual, expected, 1e-8, "LRP-0 vs gradient x input")
 
 
@@ -830,6 +849,7 @@ def check_conservation(recipe):
     x = make_input(recipe)
     target = target_of(recipe, model, x)
     e = lrpfx.Explainer(model, LRP0_ZERO_BIAS)(x, target=target, intermediate=True)
+    assert_same_output(e.output, model, x)
     logit = e.output.gather(1, target[:, None])[:, 0]
     # LRP-0 drops relevance by definition where a layer's bias-free output z' is exactly 0 but relevance arrives
     # (0/0 := 0; a dead receptive field under a positive bias). The slow reference with the same composite says
@@ -865,6 +885,7 @@ def check_reference(recipe, presets=("epsilon-plus-flat", "epsilon-gamma-box")):
     ref = sref.Reference(model)
     for preset in presets:
         e = lrpfx.Explainer(model, preset)(x, target=target, intermediate=True)
+        assert_same_output(e.output, model, x)
         r_ref, out_ref, per_node = ref.relevance(x, sref.composite(preset), target)
         torch.testing.assert_close(e.output, out_ref, rtol=1e-12, atol=1e-12)
         assert_close(e.relevance, r_ref, 1e-8, f"{preset}: input relevance")
@@ -918,7 +939,7 @@ def test_compiled_equals_eager(recipe):
 # the slow reference checks itself where the answer is known
 # =============================================================================================================
 def test_slow_reference_lrp0_is_gradient_times_input():
-    recipe = {"dim": 2, "cin": 3, "size": (8, 7), "bn_in": True, "shared_inplace": False, "seed": 5,
+    recipe = {"dim": 2, "cin": 3, "size": (8, 7), "bn_in": True, "stem": 0, "shared_inplace": False, "seed": 5,
               "blocks": [{"t": "conv", "c": 4, "k": 3, "s": 1, "p": 1, "bias": True, "bn": True, "act": "ReLU"},
                          {"t": "res", "k": 3, "bias": True, "bn": True, "act": "F.relu", "two": True, "add": "+",
                           "post": "none"},

@@ -135,6 +135,12 @@ def wsquare(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
     return layer.transpose(divide(r, zw, eps), w2, x.shape)
 
 
+def norm(x, r, *, layer, eps: float):
+    """The Norm rule on a parameter-free linear map (average pooling): ``x · Jᵀ(r / stab(f(x)))``, with the
+    denominator recomputed — used where the node's own output is another map's (max pooling as average)."""
+    return epsilon(x, None, None, layer.forward(x), r, layer=layer, eps=eps)
+
+
 def pattern(x, w, a, r, *, layer, attribution: bool):
     """PatternNet (``attribution=False``: the pattern ``A`` replaces ``W`` in the transposed layer) or
     PatternAttribution (``W * A`` replaces ``W``); the bias is ignored and nothing is multiplied by ``x``."""

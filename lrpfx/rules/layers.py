@@ -121,3 +121,76 @@ class ChannelAffine(NamedTuple):
 
     def bias_view(self, b):
         return self._view(b)
+
+
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_ADAPTIVE_MAX_POOL = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
+
+
+class AvgPool(NamedTuple):
+    """``F.avg_pool{dim}d``: a fixed non-negative linear map (no parameters); its transpose is PyTorch's
+    average-pooling backward kernel, which only needs the input's shape."""
+
+    dim: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: object = None
+
+    def forward(self, x, w=None, b=None):
+        if self.dim == 1:
+            return F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return _AVG_POOL[self.dim](x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                   self.count_include_pad, self.divisor_override)
+
+    @_per_target
+    def transpose(self, s, w, x_shape):
+        if self.dim == 1:
+            spec = AvgPool(2, (1, *self.kernel_size), (1, *self.stride), (0, *self.padding), self.ceil_mode,
+                           self.count_include_pad, self.divisor_override)
+            return spec.transpose(s.unsqueeze(-2), w, (*x_shape[:-1], 1, x_shape[-1])).squeeze(-2)
+        backward = torch.ops.aten.avg_pool2d_backward if self.dim == 2 else torch.ops.aten.avg_pool3d_backward
+        return backward(s, s.new_empty(x_shape), list(self.kernel_size), list(self.stride), list(self.padding),
+                        self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool(NamedTuple):
+    """``F.adaptive_avg_pool{dim}d`` as a fixed linear map; transposed by PyTorch's backward kernel."""
+
+    dim: int
+    output_size: Tuple
+
+    def forward(self, x, w=None, b=None):
+        return _ADAPTIVE_AVG_POOL[self.dim](x, self.output_size)
+
+    @_per_target
+    def transpose(self, s, w, x_shape):
+        if self.dim == 1:
+            return torch.ops.aten._adaptive_avg_pool2d_backward(
+                s.unsqueeze(-2), s.new_empty((*x_shape[:-1], 1, x_shape[-1]))).squeeze(-2)
+        backward = (torch.ops.aten._adaptive_avg_pool2d_backward if self.dim == 2
+                    else torch.ops.aten._adaptive_avg_pool3d_backward)
+        return backward(s, s.new_empty(x_shape))
+
+
+class MaxPool(NamedTuple):
+    """``F.max_pool{dim}d`` (``adaptive=True``: ``F.adaptive_max_pool{dim}d`` with ``kernel_size`` the output
+    size). ``winners`` gives, per output element, the flat spatial index of the input element it took."""
+
+    dim: int
+    kernel_size: Tuple
+    stride: Tuple = ()
+    padding: Tuple = ()
+    dilation: Tuple = ()
+    ceil_mode: bool = False
+    adaptive: bool = False
+
+    def winners(self, x):
+        if self.adaptive:
+            return _ADAPTIVE_MAX_POOL[self.dim](x, self.kernel_size, return_indices=True)[1]
+        return _MAX_POOL[self.dim](x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                   return_indices=True)[1]

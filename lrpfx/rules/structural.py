@@ -92,3 +92,14 @@ def _fill(template: Any, values) -> Any:
 def reshape_back(x, r, z):
     """Relevance through view/reshape/flatten/unflatten: the same numbers in the input's shape."""
     return r.reshape(*r.shape[:r.dim() - z.dim()], *x.shape)
+
+
+def max_pool_wta(x, r, *, pool):
+    """Winner-takes-all through max pooling: each output's relevance goes to the input element that won it
+    (summed where one element wins several overlapping windows). Closed form of the pooling's gradient."""
+    index = pool.winners(x).flatten(2)  # [B, C, L_out], flat spatial indices into the input
+    lead = r.shape[:r.dim() - x.dim()]
+    flat_r = r.reshape(*lead, *index.shape)
+    out = x.new_zeros((*lead, *x.shape[:2], x[0, 0].numel()))
+    out.scatter_add_(-1, index.expand(*lead, *index.shape), flat_r)
+    return out.view(*lead, *x.shape)
