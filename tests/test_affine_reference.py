@@ -39,13 +39,7 @@ RTOL, ATOL = 1e-9, 1e-12
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tensors here are tiny: intra-op threads only add overhead (and CI has 2 cores)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_close(actual, expected, rtol=RTOL, atol=ATOL):

@@ -14,13 +14,7 @@ from lrpfx import cli
 Image = pytest.importorskip("PIL.Image")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on loaded cores a second thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FACTORY = textwrap.dedent("""
     import torch
