@@ -348,7 +348,7 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif t in _ACTIVATION_FUNCTIONS and x is not None and first is x:
         info.kind, info.nonneg = "activation", t in _NONNEG_FUNCTIONS
         info.extra = {"relu": t in _RELU_FUNCTIONS, "zero_at_zero": t not in _NONZERO_AT_ZERO_FUNCTIONS}
-    elif t in _IDENTITY_FUNCTIONS and x is not None and first is x:
+    elif (t in _IDENTITY_FUNCTIONS or _eval_identity(n)) and x is not None and first is x:
         info.kind = "identity"
     elif t in _AVG_POOL_FUNCTIONS and x is not None and first is x:
         info.kind, info.layer = "avg_pool", _avg_pool_spec(_target_name(n), _pool_kwargs(n, _AVG_POOL_ARGS))
@@ -387,6 +387,16 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
         _classify_arithmetic(info, _arith_kind(name, _ADD_METHODS, _SUB_METHODS, _MUL_METHODS, _DIV_METHODS,
                                                _NEG_METHODS), n, acts, active)
     return info
+
+
+# library functions (by qualified name, so no import is needed) that are the identity in eval mode, with the
+# position of their `training` argument
+_EVAL_IDENTITY_BY_NAME = {"torchvision.ops.stochastic_depth.stochastic_depth": 3}
+
+
+def _eval_identity(n: fx.Node) -> bool:
+    position = _EVAL_IDENTITY_BY_NAME.get(_target_name(n))
+    return position is not None and _arg(n, position, "training", True) is False
 
 
 def _arith_kind(t, add, sub, mul, div, neg) -> Optional[str]:

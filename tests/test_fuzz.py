@@ -730,7 +730,7 @@ def recipes(relu_only: bool = False, max_blocks: int = 5):
         "bn_in": st.booleans(),
         "stem": st.sampled_from([0, 3, 4]),
         "shared_inplace": st.booleans(),
-        "blocks": st.lists(block_specs(relu_only), min_size=1, max_size=max_blocks),
+        "blocks": st.lists(block_specs(relu_only), min_size=2, max_size=max_blocks),
         "head": head,
         "target": st.one_of(st.none(), st.tuples(st.integers(0, 4), st.integers(0, 4))),
         "seed": st.integers(0, 2 ** 16),
