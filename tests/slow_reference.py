@@ -221,8 +221,11 @@ class Reference:
         first = next((n for n in self.nodes if kinds.get(n) in ("conv", "linear")), None)
 
         output = env[out_node]
-        idx = output.argmax(-1) if target is None else torch.as_tensor(target)
-        r_out = output * F.one_hot(idx, output.shape[-1]).to(output.dtype)
+        if target is not None and torch.as_tensor(target).is_floating_point():
+            r_out = torch.as_tensor(target)  # an initial relevance, used as is
+        else:
+            idx = output.argmax(-1) if target is None else torch.as_tensor(target)
+            r_out = output * F.one_hot(idx, output.shape[-1]).to(output.dtype)
 
         rel: Dict[fx.Node, Any] = {}
 
@@ -347,7 +350,10 @@ def _layer_function(layer: nn.Module):
     if isinstance(layer, nn.Linear):
         return lambda x, w: F.linear(x, w)
     conv = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
-    assert layer.padding_mode == "zeros"
+    if layer.padding_mode != "zeros":  # reflect/circular/replicate: pad first, then a valid convolution
+        pad = layer._reversed_padding_repeated_twice
+        return lambda x, w: conv(F.pad(x, pad, mode=layer.padding_mode), w, None, layer.stride, 0, layer.dilation,
+                                 layer.groups)
     return lambda x, w: conv(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 

@@ -157,7 +157,20 @@ class ConvBlock(nn.Module):
         cout = spec["c"]
         k, s = (spec["k"], spec["s"]) if dim else (1, 1)
         p = min(spec["p"], k // 2) if dim else 0
-        self.conv = _affine(dim, cin, cout, k, s, p, spec["bias"])
+        if dim == 0:
+            self.conv = _affine(dim, cin, cout, bias=spec["bias"])
+        else:
+            # groups where the channels allow, dilation, padding modes and padding="same"
+            g = spec.get("g", 1)
+            g = g if (cin % g == 0 and cout % g == 0) else 1
+            mode = spec.get("pm", "zeros")
+            if mode == "same":
+                p, s, mode = "same", 1, "zeros"
+            elif mode != "zeros" and p == 0:
+                p = 1
+            conv = nn.Conv1d if dim == 1 else nn.Conv2d
+            self.conv = conv(cin, cout, k, stride=s, padding=p, dilation=spec.get("d", 1), groups=g, bias=spec["bias"],
+                             padding_mode=mode)
         self.bn = _bn(dim, cout) if spec["bn"] else None
         self.act = Act(spec["act"], inplace, shared)
 
@@ -651,7 +664,10 @@ def make_input(recipe: Dict[str, Any], dtype=DT) -> torch.Tensor:
 
 
 def target_of(recipe: Dict[str, Any], model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The recipe's explicit targets, or the argmax class."""
+    """The recipe's explicit targets, an initial relevance shaped like the output ("float"), or the argmax."""
+    if recipe["target"] == "float":
+        gen = torch.Generator().manual_seed(recipe["seed"] + 3)
+        return torch.randn(2, recipe["head"]["classes"], generator=gen, dtype=DT).to(x.dtype)
     if recipe["target"] is not None:
         classes = recipe["head"]["classes"]
         return torch.tensor([t % classes for t in recipe["target"]])
@@ -668,7 +684,10 @@ def block_specs(relu_only: bool):
     act = _acts(relu_only)
     chans = st.integers(2, 6)
     conv = st.fixed_dictionaries({"t": st.just("conv"), "c": chans, "k": st.integers(1, 3), "s": st.integers(1, 2),
-                                  "p": st.integers(0, 1), "bias": st.booleans(), "bn": st.booleans(), "act": act})
+                                  "p": st.integers(0, 1), "bias": st.booleans(), "bn": st.booleans(), "act": act,
+                                  "g": st.sampled_from([1, 1, 2]), "d": st.sampled_from([1, 1, 2]),
+                                  "pm": st.sampled_from(["zeros", "zeros", "zeros", "same", "reflect", "circular",
+                                                         "replicate"])})
     pool = st.fixed_dictionaries({"t": st.just("pool"), "kind": st.sampled_from(["max", "avg", "amax", "aavg"]),
                                   "form": st.sampled_from(["module", "F"]), "k": st.integers(2, 3),
                                   "s": st.sampled_from([None, 1, 2]), "p": st.integers(0, 1), "ceil": st.booleans(),
@@ -732,7 +751,7 @@ def recipes(relu_only: bool = False, max_blocks: int = 5):
         "shared_inplace": st.booleans(),
         "blocks": st.lists(block_specs(relu_only), min_size=2, max_size=max_blocks),
         "head": head,
-        "target": st.one_of(st.none(), st.tuples(st.integers(0, 4), st.integers(0, 4))),
+        "target": st.one_of(st.none(), st.tuples(st.integers(0, 4), st.integers(0, 4)), st.just("float")),
         "seed": st.integers(0, 2 ** 16),
     })
 
@@ -741,10 +760,23 @@ def recipes(relu_only: bool = False, max_blocks: int = 5):
 # helpers for the checks
 # =============================================================================================================
 def grad_times_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """x · ∂(target logit)/∂x; for an initial relevance R0 (float target), x · ∂(Σ out · (R0/out)|const)/∂x, the
+    gradient × input that LRP-0 started from R0 equals."""
     x = x.detach().clone().requires_grad_(True)
     out = model(x)
-    (g,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), x)
+    if target.is_floating_point():
+        objective = (out * (target / out).detach()).sum()
+    else:
+        objective = out.gather(1, target[:, None]).sum()
+    (g,) = torch.autograd.grad(objective, x)
     return (g * x).detach()
+
+
+def start_relevance(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample total of the initial relevance: the target logit, or the float target's sum."""
+    if target.is_floating_point():
+        return target.sum(1)
+    return output.gather(1, target[:, None])[:, 0]
 
 
 def assert_close(actual, expected, rtol, what=""):
@@ -850,7 +882,7 @@ def check_conservation(recipe):
     target = target_of(recipe, model, x)
     e = lrpfx.Explainer(model, LRP0_ZERO_BIAS)(x, target=target, intermediate=True)
     assert_same_output(e.output, model, x)
-    logit = e.output.gather(1, target[:, None])[:, 0]
+    logit = start_relevance(e.output, target)
     # LRP-0 drops relevance by definition where a layer's bias-free output z' is exactly 0 but relevance arrives
     # (0/0 := 0; a dead receptive field under a positive bias). The slow reference with the same composite says
     # where: without such a loss every dominator sums to the logit; with one, every dominator sums to what the
