@@ -57,10 +57,11 @@ def zennit_method(model: nn.Module, x: torch.Tensor, composite: str, model_name:
 
     canonizers = [ResNetCanonizer()] if model_name.startswith(("resnet", "resnext", "wide")) else [VGGCanonizer()]
     if composite == "epsilon":
-        comp = zc.LayerMapComposite(layer_map=[(Convolution, Epsilon()), (Linear, Epsilon())]
-                                    + zc.LAYER_MAP_BASE, canonizers=canonizers)
+        comp = zc.LayerMapComposite(layer_map=zc.layer_map_base() + [(Convolution, Epsilon()), (Linear, Epsilon())],
+                                    canonizers=canonizers)
     else:
-        comp = getattr(zc, _ZENNIT_NAMES[composite])(canonizers=canonizers)
+        extra = {"low": -3.0, "high": 3.0} if composite == "epsilon-gamma-box" else {}
+        comp = getattr(zc, _ZENNIT_NAMES[composite])(canonizers=canonizers, **extra)
     private = copy.deepcopy(model)
     attributor = Gradient(model=private, composite=comp)
     attributor.__enter__()  # hooks stay registered on the private copy for the benchmark's lifetime
