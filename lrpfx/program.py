@@ -255,8 +255,8 @@ class ProgramBuilder:
         kwargs = {"layer": layer, **rule_kwargs(rule)}
         if isinstance(rule, (R.Gamma, R.ZPlus, R.AlphaBeta)):
             kwargs["x_nonneg"] = self.infos[x].nonneg
-        if isinstance(rule, R.Gamma):
-            kwargs["positive_only"] = info.positive_only
+        if isinstance(rule, (R.Gamma, R.Epsilon)) and info.positive_only:
+            kwargs["positive_only"] = True
         if isinstance(rule, R.ZBox):
             args += [self._bound(n, "low", rule.low), self._bound(n, "high", rule.high)]
             fn = affine.zbox

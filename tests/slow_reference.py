@@ -98,7 +98,29 @@ class Reference:
     def __init__(self, model: nn.Module):
         self.model = model
         self.gm = fx.symbolic_trace(model)
+        self._explicit_aliasing()
         self.nodes = list(self.gm.graph.nodes)
+
+    def _explicit_aliasing(self):
+        """An in-place op changes its first argument for every later reader (``identity = x; relu_(x);
+        ... + identity``): later readers read the op's result. The forward below runs everything out of place, so
+        rewire those readers to the in-place node (the model's own semantics, made explicit in the graph)."""
+        order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        for n in list(self.gm.graph.nodes):
+            if not (n.args and isinstance(n.args[0], fx.Node)):
+                continue
+            if n.op == "call_module":
+                inplace = bool(getattr(self._module(n.target), "inplace", False))
+            elif n.op == "call_function":
+                inplace = n.target in _INPLACE or bool(n.kwargs.get("inplace"))
+            elif n.op == "call_method":
+                inplace = n.target.endswith("_") and not n.target.endswith("__")
+            else:
+                inplace = False
+            if inplace:
+                for user in list(n.args[0].users):
+                    if user is not n and order[user] > order[n]:
+                        user.replace_input_with(n.args[0], n)
 
     # ---- forward -----------------------------------------------------------------------------------------
     def _module(self, target: str) -> nn.Module:

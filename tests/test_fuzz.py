@@ -44,7 +44,7 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -55,6 +55,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slow_reference as sref  # noqa: E402
 
 DT = torch.float64
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+
 PROFILE = os.environ.get("LRPFX_FUZZ_PROFILE", "ci")
 SCALE = {"ci": 1, "slow": 10}[PROFILE]
 
@@ -64,10 +66,16 @@ LRP0_ZERO_BIAS = lrpfx.Composite(conv=Epsilon(0, zero_bias=True), linear=Epsilon
                                  by_type={"add": Norm(0), "avg_pool": Norm(0), "reduce": Norm(0)})
 
 
+# CI does not shrink (hypothesis may spend minutes on it): a failure prints the generated recipe, which reproduces
+# as a plain test; the slow profile shrinks
+PHASES = {"ci": (Phase.explicit, Phase.generate),
+          "slow": (Phase.explicit, Phase.generate, Phase.shrink)}[PROFILE]
+
+
 def fuzz_settings(n: int):
     return settings(max_examples=n * SCALE, derandomize=True, deadline=None, database=None, print_blob=False,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+                    phases=PHASES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                          HealthCheck.filter_too_much])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -841,7 +849,7 @@ def per_sample(r) -> torch.Tensor:
 
 def folded_affine_nodes(model: nn.Module) -> set:
     """Conv/linear node names whose BatchNorm folds into them (lrpfx reports them under the BatchNorm)."""
-    gm = fx.symbolic_trace(model)
+    gm = sref.Reference(model).gm
     out = set()
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -951,7 +959,7 @@ def test_presets_equal_slow_reference(recipe):
 
 @pytest.mark.slow
 @settings(max_examples=3 if PROFILE == "ci" else 12, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+          phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes(max_blocks=3))
 def test_compiled_equals_eager(recipe):
     model = build_model(recipe, dtype=torch.float32)

@@ -271,6 +271,41 @@ def test_one_explainer_from_four_threads_with_different_signatures():
             assert torch.equal(got, want)
 
 
+class InputNorm(nn.Module):
+    """An unfoldable BatchNorm at the input: the program calls the user's module in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.net = small_cnn(dtype=torch.float32)
+        with torch.no_grad():
+            self.bn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1]))
+            self.bn.running_var.copy_(torch.tensor([0.7, 1.4, 1.1]))
+
+    def forward(self, x):
+        return self.net(self.bn(x))
+
+
+def test_one_explainer_from_four_threads_on_a_training_mode_model():
+    """Regression: ``Explainer.__call__`` switches the model to eval mode around each run and restores the flags
+    afterwards. Overlapping calls interleave those switches: a thread runs while another has already restored
+    ``training=True`` (BatchNorm then normalises with batch statistics and updates its running statistics), and
+    the flags a thread restores are the eval flags another thread had set: the model is left in eval mode."""
+    m = InputNorm().train()
+    x = inputs(dtype=torch.float32)
+    ex = lrpfx.Explainer(m, "epsilon-gamma-box")
+    sequential = ex(x, target=TARGET).relevance
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    for _ in range(3):
+        results = _run_threads([lambda: [ex(x, target=TARGET).relevance for _ in range(10)] for _ in range(4)])
+        assert all(mod.training for mod in m.modules()), "the model was left in eval mode"
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, state[k]), f"buffer {k} changed"
+        for rs in results:
+            for r in rs:
+                assert torch.equal(r, sequential)
+
+
 def test_building_programs_for_two_models_concurrently():
     """Regression: torch.fx tracing patches ``nn.Module.__call__`` process-wide while it runs, so a second thread
     tracing (or running) another model at the same moment has its module calls recorded into the first trace:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .stabilize import divide
+from .stabilize import divide, divide_nonneg
 
 
 def _pos(t):
@@ -32,18 +32,30 @@ def _add_bias(layer, t, b):
     return t if b is None else t + layer.bias_view(b)
 
 
-def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False):
-    """LRP-epsilon: ``x * Wᵀ (r / stab(z))``; with ``zero_bias`` the bias is left out of ``z``."""
+def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, positive_only: bool = False):
+    """LRP-epsilon: ``x * Wᵀ (r / stab(z))``; with ``zero_bias`` the bias is left out of ``z``.
+
+    ``positive_only=True`` is the graph's proof that ``r`` is zero wherever ``z <= 0``; there the quotient is 0
+    whatever the (positive) denominator, so ``stab(z)`` may be taken as ``max(z, 0) + eps``: one pass less.
+    """
     if zero_bias:
         z = _unbiased(layer, z, b)
-    return layer.transpose(divide(r, z, eps), w, x.shape).mul_(x)  # in place on the fresh transpose
+    if positive_only and eps > 0 and not zero_bias:
+        s = r / z.clamp(min=0).add_(eps)
+    else:
+        s = divide(r, z, eps)
+    return layer.transpose(s, w, x.shape).mul_(x)  # in place on the fresh transpose
 
 
-def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg):
-    """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms."""
+def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg, positive_part):
+    """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms.
+
+    ``positive_part``: ``Wa = W⁺`` and the bias is ``b⁺``, so with ``x >= 0`` every term and ``z`` are ``>= 0``.
+    """
     if x_nonneg:
         z = layer.forward(x, w_for_pos_x, bias)
-        return layer.transpose(divide(r, z, eps), w_for_pos_x, x.shape).mul_(x)
+        divider = divide_nonneg if positive_part else divide
+        return layer.transpose(divider(r, z, eps), w_for_pos_x, x.shape).mul_(x)
     xp, xn = _pos(x), _neg(x)
     z = _add_bias(layer, layer.forward(xp, w_for_pos_x) + layer.forward(xn, w_for_neg_x), bias)
     s = divide(r, z, eps)
@@ -53,7 +65,7 @@ def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg):
 def zplus(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, x_nonneg: bool = False):
     """LRP-z+: ``z⁺ = x⁺W⁺ + x⁻W⁻ + b⁺``, relevance along the positive contributions only."""
     bias = None if (b is None or zero_bias) else _pos(b)
-    return _split_terms(layer, x, _pos(w), _neg(w), bias, r, eps, x_nonneg)
+    return _split_terms(layer, x, _pos(w), _neg(w), bias, r, eps, x_nonneg, positive_part=True)
 
 
 def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, zero_bias: bool = False,
@@ -61,10 +73,10 @@ def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, z
     """LRP-alpha-beta with the bias split by sign and counted once on each side (reference §1)."""
     wp, wn = _pos(w), _neg(w)
     keep_bias = b is not None and not zero_bias
-    r_pos = _split_terms(layer, x, wp, wn, _pos(b) if keep_bias else None, r, eps, x_nonneg)
+    r_pos = _split_terms(layer, x, wp, wn, _pos(b) if keep_bias else None, r, eps, x_nonneg, positive_part=True)
     if beta == 0:
         return alpha * r_pos if alpha != 1 else r_pos
-    r_neg = _split_terms(layer, x, wn, wp, _neg(b) if keep_bias else None, r, eps, x_nonneg)
+    r_neg = _split_terms(layer, x, wn, wp, _neg(b) if keep_bias else None, r, eps, x_nonneg, positive_part=False)
     return alpha * r_pos - beta * r_neg
 
 
@@ -87,7 +99,9 @@ def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = F
         zz = z if (b is None or keep_bias) else _unbiased(layer, z, b)
         t = layer.forward(x, w_pos, _pos(b) if keep_bias else None)
         if positive_only:
-            s_up = torch.where(positive, divide(r, t.mul_(gamma).add_(zz), eps), 0.0)  # t is ours: in place
+            # where z > 0 the denominator zz + γt is positive (t >= 0): a plain "+ eps" is the stabiliser
+            divider = divide if zero_bias else divide_nonneg  # without the bias, xW can be < 0 where z > 0
+            s_up = torch.where(positive, divider(r, t.mul_(gamma).add_(zz), eps), 0.0)  # t is ours
             return layer.transpose(s_up, w_up, x.shape).mul_(x)
         z_gamma = torch.add(zz, torch.where(positive, t, zz - t), alpha=gamma)
         s = divide(r, z_gamma, eps)

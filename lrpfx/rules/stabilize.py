@@ -17,3 +17,11 @@ def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
         return r / denominator
     nonzero = z != 0
     return torch.where(nonzero, r / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(r))
+
+
+def divide_nonneg(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`divide` for a ``z`` known to be ``>= 0`` (z+ of non-negative inputs, say): the stabiliser's sign is
+    +1 everywhere, so it is one addition. Equal to ``divide(r, z, eps)`` whenever ``z >= 0``."""
+    if eps > 0:
+        return r / (z + eps)
+    return divide(r, z, eps)
