@@ -100,6 +100,11 @@ class RelevanceProgram:
         return save(self, path, example_inputs, **options)
 
 
+# torch.fx's tracer patches torch.nn.Module.__call__ process-wide while it traces, and eval_mode flips shared
+# training flags: tracing, and running models while a trace may be under way, must not overlap across threads.
+FX_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Run ``model`` in eval semantics and hand it back with every module's ``training`` flag as it was."""
@@ -195,7 +200,6 @@ class Explainer:
         self.leaf_modules, self.output = tuple(leaf_modules), output
         self.allow_nonfinite = allow_nonfinite
         self._cache: Dict[tuple, Tuple[RelevanceProgram, Callable, tuple]] = {}
-        self._lock = threading.Lock()
 
     # ---- building -------------------------------------------------------------------------------------------
     def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
@@ -208,7 +212,7 @@ class Explainer:
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
         key = (_signature(inputs), intermediate, target_is_relevance)
-        with self._lock:
+        with FX_LOCK:
             if key not in self._cache:
                 self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
             return self._cache[key]
@@ -253,7 +257,7 @@ class Explainer:
             target = _check_target(target, out_shape, batch, inputs[0].device)
         is_relevance = target is not None and target.is_floating_point()
         program, run, _ = self._entry(inputs, intermediate, is_relevance)
-        with eval_mode(self.model), torch.no_grad():
+        with FX_LOCK, eval_mode(self.model), torch.no_grad():
             result = run(*inputs, target)
         output, relevances = result[0], result[1]
         inter = dict(result[2]) if intermediate else {}

@@ -45,6 +45,8 @@ def mark_nonnegative(infos: Dict[fx.Node, NodeInfo]) -> None:
             continue
         if info.kind == "add" and len(info.extra.get("terms", ())) != _operand_count(info):
             continue  # a constant summand may be negative
+        if info.kind == "structural" and not info.extra.get("keeps_sign", False):
+            continue  # interpolation overshoots; constant padding may be negative
         info.nonneg = all(infos[a].nonneg for a in info.activations)
 
 

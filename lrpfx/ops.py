@@ -128,6 +128,15 @@ def parameter_of(gm: fx.GraphModule, source) -> Optional[torch.Tensor]:
     return obj
 
 
+def _keeps_sign_module(m: nn.Module) -> bool:
+    """Output elements are input elements or zeros (so ``x >= 0`` stays true)."""
+    if isinstance(m, nn.Upsample):
+        return m.mode == "nearest"
+    if isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+        return m.value >= 0
+    return True
+
+
 def _target_name(node: fx.Node) -> str:
     t = node.target
     if node.op == "call_method":
@@ -290,7 +299,8 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
         return info
     elif isinstance(m, _STRUCTURAL_MODULES):
         info.kind = "structural"
-        info.extra = {"reshape": isinstance(m, (nn.Flatten, nn.Unflatten)), "copies": not isinstance(m, nn.Upsample)}
+        info.extra = {"reshape": isinstance(m, (nn.Flatten, nn.Unflatten)), "copies": not isinstance(m, nn.Upsample),
+                      "keeps_sign": _keeps_sign_module(m)}
         return info
     else:
         return info
@@ -357,9 +367,11 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif t in _REDUCE_FUNCTIONS and x is not None and first is x:
         info.kind = "reduce"
     elif t in _RESHAPE_FUNCTIONS and x is not None and first is x:
-        info.kind, info.extra = "structural", {"reshape": True, "copies": True}
+        info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
     elif t in _STRUCTURAL_FUNCTIONS:
-        info.kind, info.extra = "structural", {"reshape": False, "copies": t is not F.interpolate}
+        keeps_sign = t is not F.interpolate and not (t is F.pad and _arg(n, 3, "value", 0) not in (0, 0.0, None))
+        info.kind, info.extra = "structural", {"reshape": False, "copies": t is not F.interpolate,
+                                               "keeps_sign": keeps_sign}
     else:
         _classify_arithmetic(info, _arith_kind(t, _ADD_FUNCTIONS, _SUB_FUNCTIONS, _MUL_FUNCTIONS, _DIV_FUNCTIONS,
                                                _NEG_FUNCTIONS), n, acts, active)
@@ -378,9 +390,9 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     elif name in _IDENTITY_METHODS and self_is_x:
         info.kind = "identity"
     elif name in _RESHAPE_METHODS and self_is_x:
-        info.kind, info.extra = "structural", {"reshape": True, "copies": True}
+        info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
     elif name in _STRUCTURAL_METHODS:
-        info.kind, info.extra = "structural", {"reshape": False, "copies": True}
+        info.kind, info.extra = "structural", {"reshape": False, "copies": True, "keeps_sign": True}
     elif name in _REDUCE_METHODS and self_is_x:
         info.kind = "reduce"
     else:

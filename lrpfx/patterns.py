@@ -178,7 +178,7 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
     """
     if kind not in ("all", "positive"):
         raise RuleError(f"kind must be 'all' or 'positive', got {kind!r}")
-    from .api import eval_mode
+    from .api import FX_LOCK, eval_mode
 
     batches = _batches(loader, max_batches)
     if progress:
@@ -191,7 +191,7 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
             pass
     gm = targets = accumulators = weights = None
     seen = 0
-    with eval_mode(model), torch.no_grad():
+    with FX_LOCK, eval_mode(model), torch.no_grad():
         for x in batches:
             if device is not None:
                 x = x.to(device)

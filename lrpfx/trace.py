@@ -7,6 +7,7 @@ example inputs and stores, per node, whether it produced a tensor (and its shape
 from __future__ import annotations
 
 import inspect
+import operator
 import linecache
 import traceback
 from dataclasses import dataclass
@@ -58,7 +59,58 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
         raise TraceError(_trace_failure_message(model, exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _select_output(gm, output)
+    functionalize_inplace(gm)
     return gm
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+_VIEW_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
+                 "__getitem__", "narrow", "view_as", "t", "unflatten"}
+_VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+                   torch.unsqueeze, torch.narrow}
+
+
+def _mutated_input(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
+    """The graph value an in-place op overwrites, or None."""
+    first = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+    if n.op == "call_module" and getattr(gm.get_submodule(n.target), "inplace", False):
+        return first
+    if n.op == "call_function" and (n.kwargs.get("inplace") or n.target in _INPLACE_OPERATORS):
+        return first
+    if n.op == "call_method" and n.target.endswith("_") and not n.target.endswith("__"):
+        return first
+    return None
+
+
+def _is_view(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target in _VIEW_METHODS) or (
+        n.op == "call_function" and n.target in _VIEW_FUNCTIONS)
+
+
+def functionalize_inplace(gm: fx.GraphModule) -> None:
+    """Make every read after an in-place op read the op's result, so the graph means the same when the program
+    runs the op out of place (it must: relevance steps read values the in-place op would overwrite).
+
+    An in-place op on a view of a tensor that is read again later would change that tensor too; that aliasing is
+    refused with a clear error rather than explained wrongly.
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in list(gm.graph.nodes):
+        target = _mutated_input(gm, n)
+        if target is None:
+            continue
+        if _is_view(target) and isinstance(target.args[0], fx.Node) and any(
+                order[u] > order[n] for u in target.args[0].users if u is not target):
+            from .errors import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"node '{n.name}'{source_line(n)} changes a view of '{target.args[0].name}' in place, and "
+                f"'{target.args[0].name}' is read again later; lrpfx runs in-place ops out of place, which would "
+                "change the model's meaning here: write this op out of place (e.g. inplace=False)")
+        for user in list(target.users):
+            if user is not n and order[user] > order[n]:
+                user.replace_input_with(target, n)
+    gm.recompile()
 
 
 def _defaults_after(model: nn.Module, num_inputs: int) -> dict:

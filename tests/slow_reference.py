@@ -4,16 +4,17 @@ Nothing here imports lrpfx. The model is traced with plain ``torch.fx.symbolic_t
 its operations; everything else is done here from the contract's formulas:
 
 * the forward runs node by node with every in-place op replaced by its out-of-place form, keeping every value;
+  readers of a tensor that an in-place op changed are rewired to read that op's result (the model's semantics);
 * each node is classified by this module's own tables (conv/linear, BatchNorm, activations, pooling, sums,
   products, structural ops);
 * a BatchNorm directly after a Conv/Linear whose output has no other consumer is folded here
   (``W' = W·s``, ``b' = (b - μ)·s + β``, ``s = γ/√(var + eps)``);
 * relevance flows backwards node by node. Every affine rule is evaluated in the generic four-step form with
-  ``torch.autograd``: the rule's modified forward ``z = Σ_t f(x_t, W_t) + b'`` is built from leaf copies of the
-  modified inputs ``x_t``, ``s = R / stab(z)``, ``c_t = ∂(z·s)/∂x_t`` and ``R_in = Σ_t x_t · c_t``. Parameter-free
-  linear ops (average pooling, sums, means, adds of activations) use the Norm form ``x · Jᵀ(R / stab(f(x)))``,
-  structural ops and winner-takes-all max pooling use ``Jᵀ R``, products of activations split ``R`` uniformly,
-  everything elementwise passes ``R`` unchanged.
+  ``torch.autograd``: the rule's modified forward ``z = Σ_t f(x_t, W_t) + b'`` is built from leaf copies of
+  the modified inputs ``x_t``, ``s = R / stab(z)``, ``c_t = ∂(z·s)/∂x_t`` and ``R_in = Σ_t x_t · c_t``.
+  Parameter-free linear ops (average pooling, sums, means, adds of activations or constants) use the Norm form
+  ``x · Jᵀ(R / stab(f(x)))``, structural ops (views, cat, split, pad, resize) and winner-takes-all max pooling
+  use ``Jᵀ R``, products of two activations split ``R`` uniformly, everything elementwise passes ``R`` unchanged.
 
 This is deliberately naive (no sign-knowledge shortcuts, no closed-form transposed layers, full generalized
 Gamma with both branches) so that it checks the program builder's optimisations rather than repeating them.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.fx as fx

@@ -24,6 +24,15 @@ import lrpfx
 from lrpfx.composites import PRESETS
 
 PRESET_NAMES = sorted(PRESETS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: intra-op threads only add overhead on the 2-core CI machine (and keep the sums' order fixed)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 RULE_STRINGS = ["epsilon", "zero", "epsilon(0)", "gamma", "zplus", "alpha1beta0", "alpha2beta1", "flat", "wsquare",
                 "zbox(-3,3)", "gamma+epsilon"]
 # rules whose input relevance is x * (something finite) at the first layer: zero input -> zero relevance
