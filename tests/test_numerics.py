@@ -26,13 +26,7 @@ from lrpfx.composites import PRESETS
 PRESET_NAMES = sorted(PRESETS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add overhead on the 2-core CI machine (and keep the sums' order fixed)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 RULE_STRINGS = ["epsilon", "zero", "epsilon(0)", "gamma", "zplus", "alpha1beta0", "alpha2beta1", "flat", "wsquare",
                 "zbox(-3,3)", "gamma+epsilon"]
 # rules whose input relevance is x * (something finite) at the first layer: zero input -> zero relevance
@@ -356,12 +350,13 @@ class Paused(nn.Module):
         return self.inner(self.pause(x))
 
 
-@pytest.mark.parametrize("other", ["runs a built program", "builds a program"])
+@pytest.mark.parametrize("other", ["runs a built program", "builds a program", "runs an exported program"])
 def test_other_thread_acts_while_a_program_is_traced(other):
     """Regression, deterministic: thread A traces a model and pauses inside the trace; thread B meanwhile runs an
-    already built Explainer (or builds one for another model). torch.fx has patched ``nn.Module.__call__``
-    process-wide for A's trace, so B's module calls are recorded into A's graph and fail with ``NameError: module
-    is not installed as a submodule``. Fixed, lrpfx makes B wait for A's trace (A's pause then times out)."""
+    already built Explainer, builds one for another model, or runs an exported ``RelevanceProgram``. torch.fx has
+    patched ``nn.Module.__call__`` process-wide for A's trace, so B's module calls are recorded into A's graph and
+    fail with ``NameError: module is not installed as a submodule``. Fixed, lrpfx makes B wait for A's trace (A's
+    pause then times out)."""
     tracing, resume = threading.Event(), threading.Event()
     a = Paused(small_cnn(seed=1, dtype=torch.float32), tracing, resume)
     b = small_cnn(seed=2, dtype=torch.float32)
@@ -371,6 +366,9 @@ def test_other_thread_acts_while_a_program_is_traced(other):
     expected_b = ex_b(x, target=TARGET).relevance
     if other == "builds a program":
         ex_b = lrpfx.Explainer(b, "epsilon-plus")  # fresh: B's call traces b
+    if other == "runs an exported program":
+        program = lrpfx.export(b, x, "epsilon-plus")
+        ex_b = lambda x, target: lrpfx.Explanation(program(x, target=target)[1][0], None)  # noqa: E731
 
     def thread_a():
         return lrpfx.Explainer(a, "epsilon-gamma-box")(x, target=TARGET).relevance
