@@ -89,9 +89,9 @@ def fuzz_settings(n: int):
 # =============================================================================================================
 # recipes -> models
 # =============================================================================================================
-RELU_ACTS = ["ReLU", "ReLU_", "shared", "F.relu", "F.relu_", "torch.relu", "x.relu", "x.relu_", "none"]
+RELU_ACTS = ["ReLU", "ReLU_", "shared", "F.relu", "F.relu_", "torch.relu", "x.relu", "x.relu_", "x.relu_;", "none"]
 OTHER_ACTS = ["LeakyReLU", "LeakyReLU_", "F.leaky_relu", "F.leaky_relu_", "GELU", "F.gelu"]
-INPLACE_ACTS = {"ReLU_", "F.relu_", "x.relu_", "LeakyReLU_", "F.leaky_relu_"}
+INPLACE_ACTS = {"ReLU_", "F.relu_", "x.relu_", "x.relu_;", "LeakyReLU_", "F.leaky_relu_"}
 
 
 def _act_module(spec: str, inplace: bool) -> Optional[nn.Module]:
@@ -132,6 +132,11 @@ class Act(nn.Module):
             return x.relu()
         if s == "x.relu_":
             return x.relu_() if self.inplace else x.relu()
+        if s == "x.relu_;":  # statement form: the result is discarded, x itself changes
+            if not self.inplace:
+                return x.relu()
+            x.relu_()
+            return x
         if s == "F.leaky_relu":
             return F.leaky_relu(x, 0.2)
         if s == "F.leaky_relu_":
@@ -245,6 +250,8 @@ class ResBlock(nn.Module):
             y = self.conv2(y)
         if self.add == "+=" and self.inplace:
             y += x
+        elif self.add == ".add_;" and self.inplace:  # statement form
+            y.add_(x)
         elif self.add == "torch.add":
             y = torch.add(x, y)
         elif self.add == ".add":
@@ -701,7 +708,7 @@ def block_specs(relu_only: bool):
                                   "cip": st.booleans(), "out": st.integers(1, 4)})
     res = st.fixed_dictionaries({"t": st.just("res"), "k": st.sampled_from([1, 3]), "bias": st.booleans(),
                                  "bn": st.booleans(), "act": act, "two": st.booleans(),
-                                 "add": st.sampled_from(["+", "+=", "torch.add", ".add"]), "post": act})
+                                 "add": st.sampled_from(["+", "+=", "torch.add", ".add", ".add_;"]), "post": act})
     res3 = st.fixed_dictionaries({"t": st.just("res3"), "k": st.sampled_from([1, 3]), "bn": st.booleans(),
                                   "act": act, "form": st.sampled_from(["x+a+b", "a+b+x", "torch.add"])})
     cat = st.fixed_dictionaries({"t": st.just("cat"), "c1": st.integers(1, 4), "c2": st.integers(1, 4),
