@@ -85,7 +85,7 @@ class RelevanceProgram:
         """Run the program: ``target`` is None (argmax), an int, a LongTensor [B] or an initial relevance."""
         if isinstance(target, int) and not isinstance(target, bool):
             target = torch.full((inputs[0].shape[0],), target, dtype=torch.long, device=inputs[0].device)
-        with torch.no_grad():
+        with FX_LOCK, torch.no_grad():
             return self.graph_module(*inputs, target)
 
     def to_dot(self, **options) -> str:

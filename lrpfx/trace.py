@@ -58,8 +58,8 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
         raise TraceError(_trace_failure_message(model, exc)) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
     _select_output(gm, output)
-    functionalize_inplace(gm)
     return gm
 
 
@@ -82,6 +82,11 @@ def _mutated_input(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
     return None
 
 
+def _is_split(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target in ("chunk", "split", "unbind", "tensor_split")) or (
+        n.op == "call_function" and n.target in (torch.chunk, torch.split, torch.unbind, torch.tensor_split))
+
+
 def _is_view(n: fx.Node) -> bool:
     return (n.op == "call_method" and n.target in _VIEW_METHODS) or (
         n.op == "call_function" and n.target in _VIEW_FUNCTIONS)
@@ -99,14 +104,18 @@ def functionalize_inplace(gm: fx.GraphModule) -> None:
         target = _mutated_input(gm, n)
         if target is None:
             continue
-        if _is_view(target) and isinstance(target.args[0], fx.Node) and any(
-                order[u] > order[n] for u in target.args[0].users if u is not target):
-            from .errors import UnsupportedOpError
+        chain = [target]
+        while (_is_view(chain[-1]) or _is_split(chain[-1])) and chain[-1].args and \
+                isinstance(chain[-1].args[0], fx.Node):
+            chain.append(chain[-1].args[0])
+        for base in chain[1:]:
+            if any(order[u] > order[n] for u in base.users if u not in chain):
+                from .errors import UnsupportedOpError
 
-            raise UnsupportedOpError(
-                f"node '{n.name}'{source_line(n)} changes a view of '{target.args[0].name}' in place, and "
-                f"'{target.args[0].name}' is read again later; lrpfx runs in-place ops out of place, which would "
-                "change the model's meaning here: write this op out of place (e.g. inplace=False)")
+                raise UnsupportedOpError(
+                    f"node '{n.name}'{source_line(n)} changes a view of '{base.name}' in place, and '{base.name}' "
+                    "is read again later; lrpfx runs in-place ops out of place, which would change the model's "
+                    "meaning here: write this op out of place (e.g. inplace=False)")
         for user in list(target.users):
             if user is not n and order[user] > order[n]:
                 user.replace_input_with(target, n)

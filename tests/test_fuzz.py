@@ -84,8 +84,6 @@ def fuzz_settings(n: int):
                                                           HealthCheck.filter_too_much])
 
 
-
-
 # =============================================================================================================
 # recipes -> models
 # =============================================================================================================
@@ -1009,7 +1007,7 @@ _HEAD = {"reduce": "flatten", "form": "nn.Flatten", "hidden": 0, "hbn": False, "
 
 
 def test_regression_inplace_relu_on_an_aliased_tensor():
-    """lrpfx bug (found by test_lrp0_equals_gradient_times_input, shrunk). ``identity = x; F.relu(x,
+    """lrpfx bug, fixed in b1af22d (found by test_lrp0_equals_gradient_times_input, shrunk). ``identity = x; F.relu(x,
     inplace=True)`` clobbers ``identity`` as well. The program runs the ReLU out of place but ``conv1(y) +
     identity`` still reads the original node, so the program computes another function than the model: its output
     differs, and so does every relevance."""
@@ -1040,7 +1038,7 @@ def test_regression_inplace_relu_on_an_aliased_tensor_minimal():
 
 
 def test_regression_negative_constant_padding_is_not_nonnegative():
-    """lrpfx bug (found by test_presets_equal_slow_reference, shrunk). canonize.mark_nonnegative treats every
+    """lrpfx bug, fixed in b1af22d (found by test_presets_equal_slow_reference, shrunk). mark_nonnegative treated every
     structural op as preserving ``x >= 0``, but constant padding with a negative value (and bicubic or other
     interpolation that overshoots) produces negative entries from a ReLU output. The next ZPlus/Gamma/AlphaBeta step
     then takes its ``x_nonneg`` shortcut and drops the ``x⁻`` terms: epsilon-plus-flat differs from the reference by
@@ -1105,4 +1103,36 @@ def test_regression_inplace_on_a_view_whose_base_is_read_again(make):
         e = lrpfx.Explainer(model, "epsilon")(x, target=0)
     except lrpfx.UnsupportedOpError:
         return
+    assert_same_output(e.output, model, x)
+
+
+def test_regression_statement_form_inplace_op_is_kept():
+    """lrpfx bug (found by test_lrp0_equals_gradient_times_input, shrunk). ``x.relu_()`` as a statement (result
+    discarded, ``x`` itself changes) is removed by ``trace._select_output``'s dead-code elimination before
+    ``functionalize_inplace`` can rewire the later reads of ``x`` to it: the program silently leaves the ReLU out
+    (the rule table has no ReLU row) and explains another function."""
+    recipe = {"dim": 2, "cin": 2, "size": (6, 6), "bn_in": False, "stem": 0, "shared_inplace": False,
+              "blocks": [{"t": "conv", "c": 2, "k": 1, "s": 1, "p": 0, "bias": False, "bn": False, "act": "ReLU",
+                          "g": 1, "d": 1, "pm": "zeros"},
+                         {"t": "split", "form": "chunk", "c1": 1, "merge": "cat", "act": "x.relu_;",
+                          "act_b": "none"}],
+              "head": _HEAD, "target": None, "seed": 0}
+    check_lrp0_gradient(recipe)
+
+
+def test_regression_statement_form_inplace_op_is_kept_minimal():
+    class Statement(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.fc = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.c0(x)
+            x.relu_()
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model = Statement().to(DT).eval()
+    x = torch.randn(2, 4, dtype=DT)
+    e = lrpfx.Explainer(model, "epsilon")(x, target=0)
     assert_same_output(e.output, model, x)
