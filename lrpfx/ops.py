@@ -120,10 +120,13 @@ def parameter_of(gm: fx.GraphModule, source) -> Optional[torch.Tensor]:
     """The tensor behind a weight source: a parameter path string or a ``get_attr`` node; None otherwise."""
     if isinstance(source, fx.Node) and source.op == "get_attr":
         source = source.target
-    if not isinstance(source, str):
-        return None
-    obj = gm
-    for part in source.split("."):
+    return attribute(gm, source) if isinstance(source, str) else None
+
+
+def attribute(root, path: str):
+    """``root.a.b.c`` for the dotted ``path`` ``"a.b.c"`` (submodules, parameters, buffers)."""
+    obj = root
+    for part in path.split("."):
         obj = getattr(obj, part)
     return obj
 

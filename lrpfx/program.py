@@ -19,7 +19,7 @@ from torch import nn
 
 from . import rules as R
 from .errors import RuleError
-from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, out_of_place_method, parameter_of
+from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
 from .rules import affine, elementwise, structural
 from .rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
@@ -94,7 +94,7 @@ class ProgramBuilder:
         if isinstance(source, fx.Node):
             return self.env[source]
         if isinstance(source, str):
-            return self.attr("params." + source, _fetch(self.gm, source))
+            return self.attr("params." + source, attribute(self.gm, source))
         raise TypeError(f"unexpected parameter source {source!r}")
 
     def contribute(self, node: fx.Node, relevance: fx.Node) -> None:
@@ -112,7 +112,7 @@ class ProgramBuilder:
                 new = self.graph.node_copy(n, lambda a: self.env[a])
                 inputs.append(n)
             elif n.op == "get_attr":
-                new = self.attr("params." + n.target, _fetch(self.gm, n.target))
+                new = self.attr("params." + n.target, attribute(self.gm, n.target))
             elif n.op == "output":
                 output = n.args[0]
                 continue
@@ -369,13 +369,6 @@ def _node_function(gm: fx.GraphModule, n: fx.Node, attrs: Dict[str, Any]):
     if n.op == "call_module":
         return attrs.get(n.target) or gm.get_submodule(n.target)
     raise RuleError(f"node '{n.name}' ({n.op}) cannot be replayed")
-
-
-def _fetch(gm: fx.GraphModule, path: str):
-    obj = gm
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def intermediate_keys(infos: Dict[fx.Node, NodeInfo]) -> Dict[fx.Node, str]:
