@@ -247,7 +247,9 @@ class Explainer:
         target k), and so has every intermediate relevance."""
         inputs = _as_tuple(x)
         self._check_inputs(inputs)
-        out_shape = self._entry(inputs, False, False)[2]
+        # build (or fetch) the one program this call needs; its recorded output shape validates the target
+        is_relevance = targets is None and isinstance(target, torch.Tensor) and target.is_floating_point()
+        program, run, out_shape = self._entry(inputs, intermediate, is_relevance)
         batch = inputs[0].shape[0]
         if targets is not None:
             if target is not None:
@@ -255,8 +257,6 @@ class Explainer:
             target = _check_targets(targets, out_shape, batch, inputs[0].device)
         else:
             target = _check_target(target, out_shape, batch, inputs[0].device)
-        is_relevance = target is not None and target.is_floating_point()
-        program, run, _ = self._entry(inputs, intermediate, is_relevance)
         with FX_LOCK, eval_mode(self.model), torch.no_grad():
             result = run(*inputs, target)
         output, relevances = result[0], result[1]
