@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -17,23 +17,60 @@ from torch import nn
 
 from . import canonize, ops
 from .composites import FIRST_KINDS, Composite, as_composite
-from .errors import InputError, RuleError, TargetError, UnsupportedOpError
+from .errors import InputError, LrpfxError, RuleError, TargetError, TraceError, UnsupportedOpError
+from .exported import decompose_attention, export_graph
 from .program import ProgramBuilder
 from .rules import Rule, applies_to
 from .trace import record_values, source_line, trace
 
-Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
+FRONTENDS = ("auto", "fx", "export")
+# inputs whose relevance is the explanation's main ``relevance`` when the input is a dict, in this order
+PRIMARY_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features", "x")
 
 
 @dataclass
 class Explanation:
-    """Result of an explanation: ``relevance`` shaped like the input (a tuple for several inputs), the model
-    ``output``, and with ``intermediate=True`` the relevance at every node output keyed by module or node name,
-    in execution order."""
+    """Result of an explanation.
+
+    ``relevance`` is shaped like the input (a tuple for several positional inputs); for token ids it is the
+    relevance at the embedding output, ``[B, T, H]``, and :attr:`tokens` sums it to ``[B, T]``. For a dict input
+    ``relevance`` is that of the main input (``input_ids``, ``inputs_embeds``, ``pixel_values``, ...) and
+    ``inputs`` maps every input name to its relevance (None for inputs such as masks that carry none).
+    ``output`` is the explained model output; with ``intermediate=True`` ``intermediate`` holds the relevance at
+    every node output keyed by module or node name, in execution order.
+    """
 
     relevance: Any
     output: torch.Tensor
     intermediate: Dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: Dict[str, Any] = field(default_factory=dict)
+    token_ids: Optional[torch.Tensor] = None
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Relevance per token, ``[B, T]`` (``[B, K, T]`` with several targets): the embedding relevance summed
+        over the hidden axis."""
+        if self.token_ids is None:
+            raise InputError("tokens needs token ids as the explained input (e.g. {'input_ids': ids}); this "
+                             "explanation is of a float input: use .relevance")
+        return self.relevance.sum(-1)
+
+    def render_tokens(self, tokenizer=None, sample: int = 0, format: str = "html", target: int = 0) -> str:
+        """A token heatmap of one sample (red positive, blue negative): ``format="html"`` gives an HTML snippet,
+        ``"ansi"`` a string with terminal colours. ``tokenizer`` turns ids into text (a Hugging Face tokenizer,
+        a dict, a list or a callable; None shows the ids)."""
+        from .tokens import render_ansi, render_html, token_strings
+
+        scores = self.tokens[sample]
+        if scores.dim() == 2:  # several targets: pick one
+            scores = scores[target]
+        words = token_strings(tokenizer, self.token_ids[sample])
+        if format == "html":
+            return render_html(words, scores)
+        if format == "ansi":
+            return render_ansi(words, scores)
+        raise InputError(f"format must be 'html' or 'ansi', got {format!r}")
 
 
 @dataclass(frozen=True)
@@ -117,17 +154,45 @@ def eval_mode(model: nn.Module):
             m.training = flag
 
 
-def _as_tuple(x: Inputs) -> Tuple[torch.Tensor, ...]:
+def _as_tuple(x) -> Tuple[torch.Tensor, ...]:
     if isinstance(x, torch.Tensor):
         return (x,)
     if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
         return tuple(x)
-    raise InputError(f"expected a tensor or a tuple of tensors as input, got {type(x).__name__}")
+    raise InputError(f"expected a tensor, a tuple of tensors or a dict of named inputs, got {type(x).__name__}")
 
 
-def _signature(inputs: Tuple[torch.Tensor, ...]) -> tuple:
-    # the batch size is free: programs are traced shape-generically
-    return tuple((tuple(t.shape[1:]), t.dtype, t.device.type) for t in inputs)
+class ModelInputs(NamedTuple):
+    """Inputs as the program takes them: tensors in order, their names (dict inputs) and fixed options."""
+
+    tensors: Tuple[torch.Tensor, ...]
+    names: Optional[Tuple[str, ...]] = None
+    options: Tuple[Tuple[str, Any], ...] = ()
+
+
+def split_inputs(x: Inputs) -> ModelInputs:
+    """A tensor, a tuple of tensors, or a dict of named inputs (tensors, plus fixed options such as flags)."""
+    if isinstance(x, Mapping):
+        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor))
+        options = tuple((k, v) for k, v in x.items() if v is not None and not isinstance(v, torch.Tensor))
+        if not tensors:
+            raise InputError(f"the input dict has no tensors (keys: {list(x)}): pass e.g. {{'input_ids': ids}}")
+        return ModelInputs(tuple(v for _, v in tensors), tuple(k for k, _ in tensors), options)
+    return ModelInputs(_as_tuple(x))
+
+
+def _signature(inputs: ModelInputs, static: bool = False) -> tuple:
+    # the batch size is free for fx programs (traced shape-generically); exported programs are shape-specialised
+    shapes = tuple((tuple(t.shape if static else t.shape[1:]), t.dtype, t.device.type) for t in inputs.tensors)
+    return shapes, inputs.names, repr(inputs.options)
+
+
+def needs_export(model: nn.Module) -> bool:
+    """Models torch.fx cannot trace or explain op by op: Hugging Face models and torch.nn attention."""
+    if type(model).__module__.startswith("transformers."):
+        return True
+    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               for m in model.modules())
 
 
 def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
@@ -137,8 +202,8 @@ def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tu
     rules: Dict[fx.Node, Rule] = {}
     reasons: Dict[fx.Node, str] = {}
     for n, info in infos.items():
-        if info.kind == "input":
-            continue
+        if info.kind in ("input", "embedding"):
+            continue  # where relevance stops
         rule, reason = composite.rule_for(info, is_first=(n is first))
         if rule is None:
             raise UnsupportedOpError(_unsupported_message(info))
@@ -186,9 +251,11 @@ class Explainer:
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
-                 patterns=None):
+                 patterns=None, frontend: str = "auto"):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if frontend not in FRONTENDS:
+            raise InputError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
         self.model = model
         if patterns is not None:
             patterns.check(model)
@@ -199,28 +266,72 @@ class Explainer:
         self.compile, self.mode = compile, mode
         self.leaf_modules, self.output = tuple(leaf_modules), output
         self.allow_nonfinite = allow_nonfinite
-        self._cache: Dict[tuple, Tuple[RelevanceProgram, Callable, tuple]] = {}
+        self.frontend = frontend
+        self._cache: Dict[tuple, "_Entry"] = {}
 
     # ---- building -------------------------------------------------------------------------------------------
     def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
         """The relevance program for inputs like ``x`` (built and cached on first use). ``target_is_relevance``
         says the program will be given initial relevances (float targets) rather than class indices."""
-        inputs = _as_tuple(x)
-        return self._entry(inputs, intermediate, target_is_relevance)[0]
+        return self._entry(split_inputs(x), intermediate, target_is_relevance).program
 
-    def _entry(self, inputs, intermediate, target_is_relevance):
+    def _entry(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool) -> "_Entry":
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
         key = (_signature(inputs), intermediate, target_is_relevance)
         with FX_LOCK:
-            if key not in self._cache:
-                self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
-            return self._cache[key]
+            entry = self._cache.get(key)
+            if entry is not None and entry.static and entry.shapes != _signature(inputs, static=True):
+                key = key + (_signature(inputs, static=True),)  # an exported program serves one shape only
+                entry = self._cache.get(key)
+            if entry is None:
+                entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
+            return entry
 
-    def _build(self, inputs, intermediate, target_is_relevance):
+    def _graph(self, inputs: ModelInputs) -> Tuple[fx.GraphModule, str]:
+        """The model's graph, recorded on ``inputs``, from the front-end that can explain it."""
+        choice = self.frontend
+        if choice == "auto":
+            choice = "export" if inputs.names is not None or needs_export(self.model) else "fx"
+        if choice == "export":
+            return self._exported(inputs), "export"
+        if inputs.names is not None:
+            raise InputError("named (dict) inputs need the torch.export front-end: use frontend='auto' or 'export'")
+        try:
+            gm = trace(self.model, len(inputs.tensors), self.leaf_modules, self.output)
+            record_values(gm, inputs.tensors)
+            if decompose_attention(gm):  # F.scaled_dot_product_attention, split using the recorded shapes
+                record_values(gm, inputs.tensors)
+        except TraceError as exc:
+            if self.frontend != "auto":
+                raise
+            try:
+                return self._exported(inputs), "export"
+            except LrpfxError as second:
+                raise TraceError(f"{exc}\n\ntorch.export failed as well:\n{second}") from exc
+        if self.frontend == "auto" and self._unexplained(gm):
+            try:  # an op fx keeps whole (a wrapped function, a module) may be plain ops to torch.export
+                exported = self._exported(inputs)
+                if not self._unexplained(exported):
+                    return exported, "export"
+            except LrpfxError:
+                pass
+        return gm, "fx"
+
+    def _exported(self, inputs: ModelInputs) -> fx.GraphModule:
+        gm = export_graph(self.model, inputs.names, inputs.tensors, dict(inputs.options), self.leaf_modules,
+                          self.output)
+        record_values(gm, inputs.tensors)
+        return gm
+
+    def _unexplained(self, gm: fx.GraphModule) -> bool:
+        """Whether some node has no rule (an op no table knows and the composite does not name)."""
+        return any(self.composite.rule_for(info, False)[0] is None for info in ops.classify(gm).values()
+                   if info.kind not in ("input", "embedding"))
+
+    def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool) -> "_Entry":
         with eval_mode(self.model):
-            gm = trace(self.model, len(inputs), self.leaf_modules, self.output)
-            record_values(gm, inputs)
+            gm, frontend = self._graph(inputs)
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
@@ -238,35 +349,42 @@ class Explainer:
         run = program.graph_module
         if self.compile:
             run = torch.compile(run, mode=self.mode, dynamic=None)
-        return program, run, out_info.shape
+        static = frontend == "export"
+        return _Entry(program, run, out_info.shape, static, _signature(inputs, static=True))
 
     # ---- running --------------------------------------------------------------------------------------------
     def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None) -> Explanation:
-        """Explain ``x``. ``targets=[3, 5, 7]`` (or a LongTensor ``[K]`` or ``[B, K]``) gives K explanations per
-        sample from one forward pass: ``relevance`` then has shape ``[B, K, ...]`` (``relevance[:, k]`` is
-        target k), and so has every intermediate relevance."""
-        inputs = _as_tuple(x)
-        self._check_inputs(inputs)
+        """Explain ``x`` (a tensor, a tuple of tensors, or a dict of named inputs such as
+        ``{"input_ids": ids, "attention_mask": mask}``). ``targets=[3, 5, 7]`` (or a LongTensor ``[K]`` or
+        ``[B, K]``) gives K explanations per sample from one forward pass: ``relevance`` then has shape
+        ``[B, K, ...]`` (``relevance[:, k]`` is target k), and so has every intermediate relevance."""
+        inputs = split_inputs(x)
+        self._check_inputs(inputs.tensors)
         # build (or fetch) the one program this call needs; its recorded output shape validates the target
         is_relevance = targets is None and isinstance(target, torch.Tensor) and target.is_floating_point()
-        program, run, out_shape = self._entry(inputs, intermediate, is_relevance)
-        batch = inputs[0].shape[0]
+        entry = self._entry(inputs, intermediate, is_relevance)
+        first = inputs.tensors[0]
+        batch = first.shape[0]
         if targets is not None:
             if target is not None:
                 raise TargetError("pass either target= or targets=, not both")
-            target = _check_targets(targets, out_shape, batch, inputs[0].device)
+            target = _check_targets(targets, entry.out_shape, batch, first.device)
         else:
-            target = _check_target(target, out_shape, batch, inputs[0].device)
+            target = _check_target(target, entry.out_shape, batch, first.device)
         with FX_LOCK, eval_mode(self.model), torch.no_grad():
-            result = run(*inputs, target)
-        output, relevances = result[0], result[1]
+            result = entry.run(*inputs.tensors, target)
+        output, relevances = result[0], list(result[1])
         inter = dict(result[2]) if intermediate else {}
         if targets is not None:  # [K, B, ...] -> [B, K, ...]; an input no relevance reached is all zeros
-            k = target.shape[1]
-            relevances = [_per_sample(r, k) for r in relevances]
-            inter = {name: _per_sample(r, k) for name, r in inter.items()}
-        relevance = relevances[0] if len(inputs) == 1 else tuple(relevances)
-        return Explanation(relevance, output, inter)
+            relevances = [None if r is None else _per_sample(r) for r in relevances]
+            inter = {name: _per_sample(r) for name, r in inter.items()}
+        if inputs.names is None:
+            relevance = relevances[0] if len(relevances) == 1 else tuple(relevances)
+            return Explanation(relevance, output, inter, token_ids=_token_ids(inputs.tensors[0], relevances[0]))
+        named = dict(zip(inputs.names, relevances))
+        main = _primary_input(named)
+        return Explanation(named[main], output, inter, inputs=named,
+                           token_ids=_token_ids(dict(zip(inputs.names, inputs.tensors))[main], named[main]))
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
         param = next(iter(self.model.parameters()), None)
@@ -323,7 +441,33 @@ def _check_target(target, out_shape, batch: int, device) -> Optional[torch.Tenso
     return target.long()
 
 
-def _per_sample(r: torch.Tensor, k: int) -> torch.Tensor:
+class _Entry(NamedTuple):
+    """A built program with what running it needs: the callable (compiled or not), the output shape recorded
+    at build time (validates targets), and whether it is specialised to the build inputs' shapes."""
+
+    program: RelevanceProgram
+    run: Callable
+    out_shape: Tuple[int, ...]
+    static: bool
+    shapes: tuple
+
+
+def _primary_input(named: Dict[str, Any]) -> str:
+    """The input whose relevance is the explanation's ``relevance``."""
+    for name in PRIMARY_INPUTS:
+        if named.get(name) is not None:
+            return name
+    return next((name for name, r in named.items() if r is not None), next(iter(named)))
+
+
+def _token_ids(x: torch.Tensor, relevance) -> Optional[torch.Tensor]:
+    """The ids of an integer input explained at its embedding (relevance has an extra hidden axis)."""
+    if x.is_floating_point() or relevance is None:
+        return None
+    return x
+
+
+def _per_sample(r: torch.Tensor) -> torch.Tensor:
     """A multi-target relevance ``[K, B, ...]`` as ``[B, K, ...]``."""
     return r.movedim(0, 1)
 
@@ -359,6 +503,5 @@ def export(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "eps
            intermediate: bool = False, **options) -> RelevanceProgram:
     """The relevance program for ``model`` and inputs like ``x``: readable code, rule table, GraphModule."""
     explainer = Explainer(model, rule, **options)
-    inputs = _as_tuple(x)
-    explainer._check_inputs(inputs)
-    return explainer.program(inputs, intermediate=intermediate)
+    explainer._check_inputs(split_inputs(x).tensors)
+    return explainer.program(x, intermediate=intermediate)

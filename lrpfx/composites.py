@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Unio
 from torch import nn
 
 from .errors import RuleError
-from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, MulUniform, Norm, NormIdentity, Pass, Rule,
-                    Structural, WinnerTakesAll, WSquare, ZBox, ZPlus)
+from .rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform, MulUniform, Norm,
+                    NormIdentity, Pass, Rule, Softmax, Structural, WinnerTakesAll, WSquare, ZBox, ZPlus)
 
 _CONV_KINDS = {"conv", "conv_transpose"}
 FIRST_KINDS = {"linear", "conv", "conv_transpose"}
@@ -26,6 +26,7 @@ DEFAULTS: Dict[str, Rule] = {
     "activation": Pass(), "identity": Pass(), "scale": Pass(), "batchnorm": Pass(),
     "max_pool": WinnerTakesAll(), "avg_pool": Norm(), "reduce": Norm(), "add": Norm(),
     "structural": Structural(), "mul": MulUniform(), "layer_norm": NormIdentity(),
+    "softmax": Softmax(), "matmul": MatmulUniform(),
 }
 
 
@@ -129,6 +130,24 @@ def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, zero_bias: bool = False) -> Co
                      label="epsilon-alpha2beta1-flat")
 
 
+def AttnLRP(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    """AttnLRP (reference §3): epsilon on linear/conv nodes, the softmax rule, uniform bilinear products and
+    gates, LayerNorm/RMSNorm with the scale held constant, the identity on GELU/SiLU."""
+    return Composite(**_transformer_rules(epsilon, zero_bias, MatmulUniform(epsilon)), label="attnlrp")
+
+
+def CPLRP(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    """CP-LRP (Ali et al. 2022): as :func:`AttnLRP`, but attention weights are constants, so relevance flows
+    through the values only (the softmax and ``QKᵀ`` get none)."""
+    return Composite(**_transformer_rules(epsilon, zero_bias, ConstantAttention(epsilon)), label="cp-lrp")
+
+
+def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[str, Any]:
+    return dict(conv=Epsilon(epsilon, zero_bias), linear=Epsilon(epsilon, zero_bias),
+                by_type=(("matmul", matmul), ("layer_norm", NormIdentity(epsilon, zero_bias)),
+                         ("add", Norm(epsilon, zero_bias))))
+
+
 def single(rule: Rule, label: Optional[str] = None) -> Composite:
     """One rule on every conv and linear node, §2 defaults elsewhere."""
     return Composite(conv=rule, linear=rule, label=label or rule.describe())
@@ -160,6 +179,8 @@ PRESETS: Dict[str, Callable[[], Composite]] = {
     "epsilon-gamma-box": EpsilonGammaBox,
     "epsilon-alpha2beta1": EpsilonAlpha2Beta1,
     "epsilon-alpha2beta1-flat": EpsilonAlpha2Beta1Flat,
+    "attnlrp": AttnLRP,
+    "cp-lrp": CPLRP,
     "gradient": gradient,
     "gradient*input": lambda: gradient(times_input=True),
 }
@@ -171,6 +192,8 @@ _RULE_NAMES: Dict[str, Callable[..., Rule]] = {
     "zero": lambda: Epsilon(0.0), "alpha1beta0": lambda: AlphaBeta(1, 0), "alpha2beta1": lambda: AlphaBeta(2, 1),
     # the seed's (TorchLRP) "gamma+epsilon": gamma and epsilon both 0.1 unless given
     "gamma+epsilon": lambda gamma=0.1, eps=0.1: Gamma(gamma, eps),
+    "softmax": Softmax, "matmul-uniform": MatmulUniform, "constant-attention": ConstantAttention,
+    "mul-uniform": MulUniform, "norm-identity": NormIdentity,
 }
 _CALL = re.compile(r"^\s*([a-z0-9+*\-]+)\s*(?:\((.*)\))?\s*$")
 
@@ -218,4 +241,4 @@ def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite
 
 
 __all__ = ["Composite", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
-           "EpsilonAlpha2Beta1Flat", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS"]
+           "EpsilonAlpha2Beta1Flat", "AttnLRP", "CPLRP", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS"]

@@ -58,7 +58,8 @@ _STRUCTURAL_FUNCTIONS = {
     torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
     torch.squeeze, torch.unsqueeze, operator.getitem, F.pad, torch.narrow, torch.index_select, torch.roll,
     torch.flip, torch.movedim, torch.swapaxes, torch.hstack, torch.vstack, F.interpolate, F.pixel_shuffle,
-    F.pixel_unshuffle, torch.channel_shuffle, torch.tensor_split, torch.gather,
+    F.pixel_unshuffle, torch.channel_shuffle, torch.tensor_split, torch.gather, torch.masked_fill,
+    torch.repeat_interleave, torch.select, torch.where,
 }
 _REDUCE_FUNCTIONS = {torch.sum, torch.mean}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
@@ -77,9 +78,60 @@ _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "half",
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"}
 _STRUCTURAL_METHODS = {"permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as", "repeat",
                        "chunk", "split", "unbind", "narrow", "flip", "roll", "movedim", "__getitem__",
-                       "index_select", "gather", "tensor_split", "swapaxes", "t"}
+                       "index_select", "gather", "tensor_split", "swapaxes", "t", "masked_fill",
+                       "repeat_interleave", "select"}
 _REDUCE_METHODS = {"sum", "mean"}
 _ADD_METHODS, _SUB_METHODS, _MUL_METHODS, _DIV_METHODS, _NEG_METHODS = {"add"}, {"sub"}, {"mul"}, {"div"}, {"neg"}
+
+# ---- ATen tables (graphs from torch.export) -----------------------------------------------------------------
+# ATen ops with a torch-level twin that takes the same arguments in the same positions are classified as that
+# twin, so one set of tables serves both front-ends.
+aten = torch.ops.aten
+_ATEN_AS_TORCH = {
+    aten.linear.default: F.linear, aten.conv1d.default: F.conv1d, aten.conv2d.default: F.conv2d,
+    aten.conv3d.default: F.conv3d, aten.conv_transpose1d.default: F.conv_transpose1d,
+    aten.conv_transpose2d.input: F.conv_transpose2d, aten.conv_transpose3d.input: F.conv_transpose3d,
+    aten.layer_norm.default: F.layer_norm, aten.relu.default: F.relu, aten.gelu.default: F.gelu,
+    aten.silu.default: F.silu, aten.tanh.default: torch.tanh, aten.sigmoid.default: torch.sigmoid,
+    aten.leaky_relu.default: F.leaky_relu, aten.elu.default: F.elu, aten.hardswish.default: F.hardswish,
+    aten.hardsigmoid.default: F.hardsigmoid, aten.hardtanh.default: F.hardtanh, aten.softplus.default: F.softplus,
+    aten.mish.default: F.mish, aten.mean.dim: torch.mean, aten.sum.dim_IntList: torch.sum,
+    aten.add.Tensor: torch.add, aten.sub.Tensor: torch.sub, aten.mul.Tensor: torch.mul, aten.div.Tensor: torch.div,
+    aten.neg.default: torch.neg, aten.softmax.int: F.softmax, aten._softmax.default: F.softmax,
+    aten.matmul.default: torch.matmul, aten.bmm.default: torch.bmm,
+    aten.adaptive_avg_pool1d.default: F.adaptive_avg_pool1d, aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
+    aten.adaptive_avg_pool3d.default: F.adaptive_avg_pool3d, aten.avg_pool1d.default: F.avg_pool1d,
+    aten.avg_pool2d.default: F.avg_pool2d, aten.avg_pool3d.default: F.avg_pool3d,
+    aten.max_pool1d.default: F.max_pool1d, aten.max_pool2d.default: F.max_pool2d,
+    aten.max_pool3d.default: F.max_pool3d, aten.rms_norm.default: F.rms_norm,
+}
+_ATEN_IDENTITY = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
+                  aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default, aten.detach.default,
+                  aten.type_as.default, aten.feature_dropout.default}
+_ATEN_RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+                 aten.unflatten.int}
+_ATEN_STRUCTURAL = {
+    aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
+    aten.cat.default, aten.stack.default, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+    aten.unbind.int, aten.narrow.default, aten.index_select.default, aten.gather.default, aten.roll.default,
+    aten.flip.default, aten.pad.default, aten.constant_pad_nd.default, aten.repeat.default,
+    aten.repeat_interleave.self_int, aten.movedim.int, aten.index.Tensor, aten.masked_fill.Scalar,
+    aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+}
+# outputs may hold values other than input elements or zeros (a negative fill, a negative constant pad)
+_ATEN_SIGN_CHANGING = {aten.masked_fill.Scalar, aten.pad.default, aten.constant_pad_nd.default}
+
+_SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax}
+_MATMUL_FUNCTIONS = {torch.matmul, torch.bmm, operator.matmul}
+_EMBEDDING_FUNCTIONS = {F.embedding: 1, aten.embedding.default: 0}  # -> position of the weight argument
+_NORMALISER_NAMES = {"rsqrt", "sqrt", "reciprocal"}  # of a statistic: 1/sigma-like values
+_STATISTIC_NAMES = {"var", "std", "norm", "vector_norm", "linalg_vector_norm", "var_mean", "std_mean"}
+_REDUCTION_NAMES = {"mean", "sum", "var", "std"}
+# ops whose output depends on an activation's shape, dtype or device only, never on its values
+_SHAPE_ONLY_NAMES = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
+                     "empty_like", "new_tensor", "size", "sym_size"}
+_THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
 
 # In-place variants that tracing may record; the program runs their out-of-place forms.
 OUT_OF_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
@@ -131,6 +183,19 @@ def attribute(root, path: str):
     return obj
 
 
+_ACTIVATION_NAME_PARTS = ("gelu", "silu", "swish", "mish", "relu", "activation", "sigmoid", "tanh")
+
+
+def is_activation_module(m: nn.Module) -> bool:
+    """A torch.nn activation, or a library's parameter-free activation module (``NewGELUActivation``,
+    ``SiLUActivation``, ...) recognised by its class name."""
+    if isinstance(m, _ACTIVATION_MODULES):
+        return True
+    name = type(m).__name__.lower()
+    return any(part in name for part in _ACTIVATION_NAME_PARTS) and not any(True for _ in m.parameters()) \
+        and not any(True for _ in m.children())
+
+
 def _keeps_sign_module(m: nn.Module) -> bool:
     """Output elements are input elements or zeros (so ``x >= 0`` stays true)."""
     if isinstance(m, nn.Upsample):
@@ -153,7 +218,12 @@ def _target_name(node: fx.Node) -> str:
 
 
 def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
-    """Nodes whose value is a float tensor (or tuple of them) computed from a float input placeholder."""
+    """Nodes that carry relevance: float tensors (or tuples of them) computed from a float input placeholder or
+    from an embedding of integer inputs (token ids), on a path to the output.
+
+    Statistics that rescale a tensor (``rsqrt(mean(x²) + eps)`` of RMSNorm, variances, norms) count as
+    constants: normalisations are explained with their scale held fixed (reference §3).
+    """
     active: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
         info = n.meta.get("lrpfx_value")
@@ -161,9 +231,71 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
             info.tuple_len is not None and info.dtype is not None and info.dtype.is_floating_point))
         if not floaty or n.op == "output":
             continue
-        if n.op == "placeholder" or any(a in active for a in n.all_input_nodes):
+        if n.op == "placeholder" or embedding_source(gm, n) is not None:
             active[n] = True
-    return active
+        elif any(a in active for a in n.all_input_nodes) and not is_statistic(n) \
+                and op_name(n) not in _SHAPE_ONLY_NAMES:
+            active[n] = True
+    return _on_path_to_output(gm, active)
+
+
+def _on_path_to_output(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Dict[fx.Node, bool]:
+    """Drop active nodes whose value reaches the output only through constants (a statistic's inputs)."""
+    live = set()
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op == "placeholder" and n in active:
+            live.add(n)  # inputs always get a relevance, zeros if nothing reaches them
+        elif n in active and any(u.op == "output" or u in live for u in n.users):
+            live.add(n)
+    return {n: True for n in active if n in live}
+
+
+def op_name(n: fx.Node) -> str:
+    """The bare op name: ``rsqrt`` for ``aten.rsqrt.default``, ``torch.rsqrt`` and ``Tensor.rsqrt``."""
+    if n.op == "call_method":
+        return out_of_place_method(n.target)
+    if n.op != "call_function":
+        return ""
+    if isinstance(n.target, torch._ops.OpOverload):
+        return n.target._opname
+    return getattr(n.target, "__name__", "")
+
+
+def is_statistic(n: fx.Node) -> bool:
+    """A variance, a norm, or ``1/sqrt`` of a mean/sum (possibly shifted by an epsilon)."""
+    name = op_name(n)
+    if name in _STATISTIC_NAMES:
+        return True
+    if name not in _NORMALISER_NAMES:
+        return False
+    source = n.args[0] if n.args else None
+    for _ in range(8):
+        if not isinstance(source, fx.Node):
+            return False
+        name = op_name(source)
+        if name in _REDUCTION_NAMES:
+            return True
+        if name not in _THROUGH_NAMES or not source.args:
+            return False
+        source = next((a for a in source.args if isinstance(a, fx.Node)), None)
+    return False
+
+
+def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
+    """For an embedding lookup of a model input (token ids, possibly reshaped), that input's placeholder."""
+    if n.op == "call_module":
+        if not isinstance(gm.get_submodule(n.target), nn.Embedding):
+            return None
+        indices = n.args[0] if n.args else None
+    elif n.op == "call_function" and n.target in _EMBEDDING_FUNCTIONS:
+        indices = _arg(n, 1 - _EMBEDDING_FUNCTIONS[n.target], "input")
+    else:
+        return None
+    for _ in range(8):  # through .to(), .view() and friends
+        if not isinstance(indices, fx.Node) or indices.op == "placeholder":
+            break
+        indices = indices.args[0] if indices.args else None
+    return indices if isinstance(indices, fx.Node) and indices.op == "placeholder" else None
 
 
 def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
@@ -176,6 +308,8 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
         acts = [a for a in n.all_input_nodes if a in active]
         if n.op == "placeholder":
             info = NodeInfo(n, "input", n.name, "input")
+        elif embedding_source(gm, n) is not None:
+            info = _classify_embedding(gm, n)
         elif n.op == "call_module":
             info = _classify_module(n, gm.get_submodule(n.target), acts)
         elif n.op == "call_function":
@@ -185,8 +319,38 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
         else:
             info = NodeInfo(n, "unknown", n.name, n.op)
         info.activations = acts
+        info.name = n.meta.get("lrpfx_module", info.name)  # export front-end: the op's module path
+        info.module = info.module if info.module is not None else n.meta.get("lrpfx_module_object")
         infos[n] = info
+    for info in infos.values():
+        if info.kind == "matmul":
+            info.extra["softmax_operand"] = _softmax_operand(info, infos)
     return infos
+
+
+def _classify_embedding(gm: fx.GraphModule, n: fx.Node) -> NodeInfo:
+    """A lookup of token ids: where relevance stops (reported as the ids' relevance, shaped [..., H])."""
+    source = embedding_source(gm, n)
+    if n.op == "call_module":
+        info = NodeInfo(n, "embedding", n.target, "Embedding", module=gm.get_submodule(n.target))
+        info.weight = f"{n.target}.weight"
+    else:
+        info = NodeInfo(n, "embedding", n.name, _target_name(n))
+        info.weight = _arg(n, _EMBEDDING_FUNCTIONS[n.target], "weight")
+    info.extra = {"source": source}
+    return info
+
+
+def _softmax_operand(info: NodeInfo, infos: Dict[fx.Node, NodeInfo]) -> Optional[int]:
+    """Which operand of a product is a softmax output (attention weights), through copies and casts."""
+    for index, operand in enumerate(info.node.args[:2]):
+        node = operand
+        while isinstance(node, fx.Node) and node in infos and infos[node].kind in ("identity", "structural") \
+                and infos[node].x is not None:
+            node = infos[node].x
+        if isinstance(node, fx.Node) and node in infos and infos[node].kind == "softmax":
+            return index
+    return None
 
 
 def _single(acts):
@@ -286,7 +450,16 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
         info.weight = f"{name}.weight" if m.weight is not None else None
         info.bias = f"{name}.bias" if getattr(m, "bias", None) is not None else None
         return info
-    elif isinstance(m, _ACTIVATION_MODULES):
+    elif isinstance(m, getattr(nn, "RMSNorm", ())):
+        info.kind = "layer_norm"
+        info.extra = {"normalized_ndim": len(m.normalized_shape), "centered": False,
+                      "ln_eps": m.eps if m.eps is not None else torch.finfo(x.meta["lrpfx_value"].dtype).eps}
+        info.weight = f"{name}.weight" if m.weight is not None else None
+        return info
+    elif isinstance(m, nn.Softmax) and m.dim is not None:
+        info.kind, info.extra = "softmax", {"dim": m.dim}
+        return info
+    elif is_activation_module(m):
         info.kind = "activation"
         info.nonneg = isinstance(m, _NONNEG_MODULES)
         info.extra = {"relu": isinstance(m, _RELU_MODULES), "zero_at_zero": not isinstance(m, _NONZERO_AT_ZERO_MODULES)}
@@ -324,11 +497,30 @@ def _is_constant(value, active) -> bool:
 
 def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     t = OUT_OF_PLACE_FUNCTIONS.get(n.target, n.target)
+    t = _ATEN_AS_TORCH.get(t, t)
     info = NodeInfo(n, "unknown", n.name, _target_name(n))
     x = _single(acts)
     info.x = x
     first = n.args[0] if n.args else None
-    if t is F.linear and x is not None and first is x:
+    if n.target in _ATEN_IDENTITY and x is not None and first is x:
+        info.kind = "identity"
+    elif n.target in _ATEN_RESHAPE and x is not None and first is x:
+        info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
+    elif n.target in _ATEN_STRUCTURAL:
+        info.kind, info.extra = "structural", {"reshape": False, "copies": True,
+                                               "keeps_sign": n.target not in _ATEN_SIGN_CHANGING}
+    elif t in _SOFTMAX_FUNCTIONS and x is not None and first is x and isinstance(_arg(n, 1, "dim"), int):
+        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": _arg(n, 1, "dim")}
+    elif t in _MATMUL_FUNCTIONS:
+        _classify_matmul(info, n, active)
+    elif t is F.rms_norm and x is not None and first is x:
+        shape = _arg(n, 1, "normalized_shape")
+        eps = _arg(n, 3, "eps")
+        info.kind = "layer_norm"
+        info.extra = {"normalized_ndim": len(shape) if isinstance(shape, (tuple, list)) else 1, "centered": False,
+                      "ln_eps": eps if eps is not None else torch.finfo(x.meta["lrpfx_value"].dtype).eps}
+        info.weight = _arg(n, 2, "weight")
+    elif t is F.linear and x is not None and first is x:
         info.kind, info.layer = "linear", Linear()
         info.weight, info.bias = _arg(n, 1, "weight"), _arg(n, 2, "bias")
     elif t in _CONV_FUNCTIONS and x is not None and first is x:
@@ -372,7 +564,8 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif t in _RESHAPE_FUNCTIONS and x is not None and first is x:
         info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
     elif t in _STRUCTURAL_FUNCTIONS:
-        keeps_sign = t is not F.interpolate and not (t is F.pad and _arg(n, 3, "value", 0) not in (0, 0.0, None))
+        keeps_sign = t not in (F.interpolate, torch.masked_fill, torch.where) and not (
+            t is F.pad and _arg(n, 3, "value", 0) not in (0, 0.0, None))
         info.kind, info.extra = "structural", {"reshape": False, "copies": t is not F.interpolate,
                                                "keeps_sign": keeps_sign}
     else:
@@ -387,7 +580,11 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     x = _single(acts)
     info.x = x
     self_is_x = x is not None and n.args and n.args[0] is x
-    if name in _ACTIVATION_METHODS and self_is_x:
+    if name == "softmax" and self_is_x and isinstance(_arg(n, 1, "dim"), int):
+        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": _arg(n, 1, "dim")}
+    elif name in ("matmul", "bmm", "__matmul__"):
+        _classify_matmul(info, n, active)
+    elif name in _ACTIVATION_METHODS and self_is_x:
         info.kind, info.nonneg = "activation", name in _NONNEG_METHODS
         info.extra = {"relu": name == "relu", "zero_at_zero": name not in _NONZERO_AT_ZERO_METHODS}
     elif name in _IDENTITY_METHODS and self_is_x:
@@ -395,7 +592,7 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     elif name in _RESHAPE_METHODS and self_is_x:
         info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
     elif name in _STRUCTURAL_METHODS:
-        info.kind, info.extra = "structural", {"reshape": False, "copies": True, "keeps_sign": True}
+        info.kind, info.extra = "structural", {"reshape": False, "copies": True, "keeps_sign": name != "masked_fill"}
     elif name in _REDUCE_METHODS and self_is_x:
         info.kind = "reduce"
     else:
@@ -412,6 +609,21 @@ _EVAL_IDENTITY_BY_NAME = {"torchvision.ops.stochastic_depth.stochastic_depth": 3
 def _eval_identity(n: fx.Node) -> bool:
     position = _EVAL_IDENTITY_BY_NAME.get(_target_name(n))
     return position is not None and _arg(n, position, "training", True) is False
+
+
+def _classify_matmul(info: NodeInfo, n: fx.Node, active) -> None:
+    """``a @ b`` of at least 2-D operands, one or both of them activations."""
+    operands = list(n.args[:2])
+    if len(operands) != 2 or any(isinstance(o, fx.Node) and _rank(o) < 2 for o in operands):
+        return
+    flags = tuple(not _is_constant(o, active) for o in operands)
+    if any(flags) and all(isinstance(o, fx.Node) for o in operands):
+        info.kind, info.extra = "matmul", {"active": flags}
+
+
+def _rank(node: fx.Node) -> int:
+    value = node.meta.get("lrpfx_value")
+    return len(value.shape) if value is not None and value.is_tensor else 0
 
 
 def _arith_kind(t, add, sub, mul, div, neg) -> Optional[str]:

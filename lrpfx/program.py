@@ -20,7 +20,7 @@ from torch import nn
 from . import rules as R
 from .errors import RuleError
 from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
-from .rules import affine, elementwise, structural
+from .rules import affine, attention, elementwise, structural
 from .rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
 from .trace import source_line
@@ -102,15 +102,14 @@ class ProgramBuilder:
 
     # ---- forward -----------------------------------------------------------------------------------------
     def copy_forward(self):
-        inputs: List[fx.Node] = []
-        target = None
+        inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for n in inputs:  # first: the target placeholder (it has a default) must follow them
+            self.env[n] = self.graph.node_copy(n, lambda a: self.env[a])
+        target = self.graph.placeholder("target", default_value=None)
         output = None
         for n in self.gm.graph.nodes:
-            if n.op != "placeholder" and target is None:
-                target = self.graph.placeholder("target", default_value=None)
             if n.op == "placeholder":
-                new = self.graph.node_copy(n, lambda a: self.env[a])
-                inputs.append(n)
+                continue
             elif n.op == "get_attr":
                 new = self.attr("params." + n.target, attribute(self.gm, n.target))
             elif n.op == "output":
@@ -120,8 +119,6 @@ class ProgramBuilder:
                 new = self.graph.node_copy(n, lambda a: self.env[a])
                 self._make_out_of_place(new)
             self.env[n] = new
-        if target is None:
-            target = self.graph.placeholder("target", default_value=None)
         return inputs, target, output
 
     def _make_out_of_place(self, new: fx.Node) -> None:
@@ -164,21 +161,29 @@ class ProgramBuilder:
         self.contribute(output, r_out)
         recorded: Dict[fx.Node, fx.Node] = {}
         input_relevance: Dict[fx.Node, fx.Node] = {}
+        embedded: Dict[fx.Node, List[fx.Node]] = defaultdict(list)  # token-id input -> its embeddings' relevance
         for n in reversed(list(self.gm.graph.nodes)):
             info = self.infos.get(n)
-            if info is None:
+            if info is None and n not in embedded:
                 continue
             r = self.collect(n)
-            if n.op == "placeholder":
+            if n in embedded:  # integer input: its relevance is that of its embedding outputs, [..., H]
+                r = self._sum(embedded[n])
+            elif n.op == "placeholder":
                 if r is None:
                     r = self.call(torch.zeros_like, [self.env[n]], name=f"r_{n.name}")
-                if self.times_input:
-                    r = self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
+            if r is not None and self.times_input and (n.op == "placeholder" and n not in embedded
+                                                       or info is not None and info.kind == "embedding"):
+                r = self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
+            if n.op == "placeholder":
                 input_relevance[n] = r
             if r is None:
                 continue
-            recorded[n] = r
-            if n.op != "placeholder":
+            if info is not None:
+                recorded[n] = r
+            if info is not None and info.kind == "embedding":
+                embedded[info.extra["source"]].append(r)
+            elif n.op != "placeholder":
                 self.emit(info, r)
         outputs = (self.env[output], tuple(input_relevance.get(n) for n in inputs))
         if self.intermediate:
@@ -214,6 +219,11 @@ class ProgramBuilder:
                                                   name=f"r_{n.name}_in"))
         elif kind == "add" and isinstance(rule, (R.Norm, R.Epsilon)):
             self.emit_sum(info, rule, r)
+        elif kind == "softmax" and isinstance(rule, R.Softmax):
+            self.contribute(info.x, self.call(attention.softmax, [self.env[info.x], self.env[n], r],
+                                              {"dim": info.extra["dim"]}, name=f"r_{n.name}_in"))
+        elif kind == "matmul" and isinstance(rule, (R.MatmulUniform, R.ConstantAttention)):
+            self.emit_matmul(info, rule, r)
         elif kind == "mul" and isinstance(rule, R.MulUniform):
             operands = list(n.args[:2])
             shares = self.call(elementwise.mul_uniform, [r, *[self.env[o] for o in operands]], name=f"r_{n.name}_in")
@@ -224,7 +234,8 @@ class ProgramBuilder:
                 elementwise.layer_norm,
                 [self.env[info.x], self.value(info.weight), self.value(info.bias), self.env[n], r],
                 {"normalized_ndim": info.extra["normalized_ndim"], "ln_eps": float(info.extra["ln_eps"]),
-                 "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in"))
+                 "eps": rule.eps, "zero_bias": rule.zero_bias, "centered": info.extra.get("centered", True)},
+                name=f"r_{n.name}_in"))
         elif kind == "structural" and info.extra.get("reshape") and isinstance(rule, (R.Structural, R.Gradient)):
             self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r, self.env[n]],
                                               name=f"r_{n.name}_in"))
@@ -316,10 +327,26 @@ class ProgramBuilder:
     def emit_sum(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
         n = info.node
         terms, signs = info.extra["terms"], info.extra["signs"]
-        shares = self.call(elementwise.split_sum, [self.env[n], r, *[self.env[t] for t in terms]],
-                           {"signs": signs, "eps": rule.eps}, name=f"r_{n.name}_in")
+        options = {"signs": signs, "eps": rule.eps}
+        if getattr(rule, "zero_bias", False) and len(terms) < len(n.args[:2]):
+            options["zero_bias"] = True  # a constant summand is there to drop
+        shares = self.call(elementwise.split_sum, [self.env[n], r, *[self.env[t] for t in terms]], options,
+                           name=f"r_{n.name}_in")
         for i, term in enumerate(terms):
             self.contribute(term, self.call(operator.getitem, [shares, i]))
+
+    def emit_matmul(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        n = info.node
+        active = info.extra["active"]
+        weights = info.extra.get("softmax_operand")
+        if isinstance(rule, R.ConstantAttention) and weights is not None:
+            active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
+        a, b = n.args[:2]
+        shares = self.call(attention.matmul, [self.env[a], self.env[b], self.env[n], r],
+                           {"active": active, "eps": rule.eps}, name=f"r_{n.name}_in")
+        for i, operand in enumerate((a, b)):
+            if active[i]:
+                self.contribute(operand, self.call(operator.getitem, [shares, i]))
 
     def emit_replay(self, info: NodeInfo, r: fx.Node, norm_eps: Optional[float] = None, fn=None) -> None:
         """Relevance by the node's own VJP (gradient mode) or as ``x · Jᵀ(r / stab(z))`` (norm mode)."""

@@ -160,9 +160,13 @@ class Pass(Rule):
 
 @dataclass(frozen=True)
 class Norm(Rule):
-    """Split relevance by each input's contribution to the output (pooling, sums, residual adds)."""
+    """Split relevance by each input's contribution to the output (pooling, sums, residual adds).
+
+    On a sum with constant summands (a position embedding, an attention bias) the constants act as a bias and
+    keep their share; ``zero_bias=True`` leaves them out, so the activations get all of it (conservation)."""
 
     eps: float = 1e-6
+    zero_bias: bool = False
     kinds: ClassVar[frozenset] = NORM_KINDS | {"max_pool"}
     name: ClassVar[str] = "norm"
 
@@ -215,6 +219,41 @@ class NormIdentity(Rule):
         _check_eps(self.eps)
 
 
+@dataclass(frozen=True)
+class Softmax(Rule):
+    """AttnLRP's softmax rule: ``R_in = x · (R - s · ΣR)`` along the softmax axis; ``-inf`` inputs get 0."""
+
+    kinds: ClassVar[frozenset] = frozenset({"softmax"})
+    name: ClassVar[str] = "softmax"
+
+
+@dataclass(frozen=True)
+class MatmulUniform(Rule):
+    """AttnLRP's bilinear rule for ``A @ B``: each operand that depends on the input gets the epsilon rule on
+    ``R / n`` (``n`` such operands), ``R_A = A · ((R / stab(n·O)) @ Bᵀ)``, ``R_B = B · (Aᵀ @ (R / stab(n·O)))``."""
+
+    eps: float = 1e-6
+    kinds: ClassVar[frozenset] = frozenset({"matmul"})
+    name: ClassVar[str] = "matmul-uniform"
+
+    def __post_init__(self):
+        _check_eps(self.eps)
+
+
+@dataclass(frozen=True)
+class ConstantAttention(Rule):
+    """CP-LRP: in ``A @ V`` with ``A`` a softmax output (attention weights), ``A`` is held constant and ``V``
+    gets all the relevance by the epsilon rule; the softmax and ``QKᵀ`` get none. A product without a
+    softmax operand falls back to :class:`MatmulUniform`."""
+
+    eps: float = 1e-6
+    kinds: ClassVar[frozenset] = frozenset({"matmul"})
+    name: ClassVar[str] = "constant-attention"
+
+    def __post_init__(self):
+        _check_eps(self.eps)
+
+
 @dataclass(frozen=True, eq=False)
 class PatternNet(Rule):
     """PatternNet (reference §4): the gradient pass with each affine weight replaced by its fitted pattern."""
@@ -240,7 +279,8 @@ def applies_to(rule: Rule, kind: str) -> bool:
 
 __all__ = [
     "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass", "Norm",
-    "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "PatternNet", "PatternAttribution",
+    "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "Softmax", "MatmulUniform",
+    "ConstantAttention", "PatternNet", "PatternAttribution",
     "applies_to",
     "AFFINE_KINDS", "NORM_KINDS", "PASSABLE_KINDS",
 ]

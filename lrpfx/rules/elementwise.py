@@ -8,12 +8,15 @@ import torch
 from .stabilize import divide
 
 
-def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float) -> Tuple[torch.Tensor, ...]:
+def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool = False) -> Tuple[torch.Tensor, ...]:
     """Relevance of each summand of ``z = Σ sign_k · t_k (+ constants)``: ``R_k = sign_k · t_k · r / stab(z)``.
 
     ``signs`` holds -1 for a subtracted term (``a - b``). Constants that are part of ``z`` but not in ``terms``
-    act as a bias and keep their share. Each result is summed down to its term's shape where it was broadcast.
+    act as a bias and keep their share, unless ``zero_bias`` drops them from ``z``. Each result is summed down
+    to its term's shape where it was broadcast.
     """
+    if zero_bias:
+        z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)) * torch.ones_like(z)
     s = divide(r, z, eps)
     keep = target_axes(r, z)
     return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))

@@ -41,7 +41,8 @@ class Replay(nn.Module):
     def _call(self, values):
         args = _fill(self.args_template, values)
         kwargs = _fill(self.kwargs_template, values)
-        return self.fn(*args, **kwargs)
+        out = self.fn(*args, **kwargs)
+        return tuple(out) if isinstance(out, list) else out  # ATen's split returns a list; relevance is a tuple
 
     def forward(self, r, *values) -> Tuple[torch.Tensor, ...]:
         values = list(values)

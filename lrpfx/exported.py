@@ -1,0 +1,313 @@
+"""Second front-end: ``torch.export`` for models ``torch.fx`` cannot trace (Hugging Face transformers, attention).
+
+``torch.export`` runs the model on example inputs and records an ATen-level graph (``aten.linear``,
+``aten.scaled_dot_product_attention``, RMSNorm as ``pow``/``mean``/``rsqrt``/``mul``, ...) with the module path
+of every op in ``nn_module_stack``. :func:`export_graph` turns it into the same kind of ``fx.GraphModule`` the fx
+front-end gives, so one classification (:mod:`lrpfx.ops`) and one program builder serve both:
+
+* the model is called with named inputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...) and fixed
+  options (``use_cache=False``), and reduced to the one tensor to explain (``output=``, default: the logits,
+  the last position's logits for a causal LM), so the graph has one output;
+* export's own guard and assertion nodes go; ops that are the one computation of a module carry that module's
+  path (so rules can be assigned by name and intermediate relevances are keyed by module);
+* activation modules whose code export spelled out (GPT-2's tanh-GELU) and the user's ``leaf_modules`` are
+  collapsed back into one call of the module;
+* fused attention is split into its steps (:func:`decompose_attention`), ``addmm`` with a parameter becomes
+  ``linear``.
+
+Export specialises the graph to the example's shapes: a program built here serves inputs of the same shapes.
+"""
+from __future__ import annotations
+
+import inspect
+import linecache
+import math
+import traceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+
+aten = torch.ops.aten
+_ROOT = "model"  # the user's model inside the wrapper that export sees
+_OWN_FILES = ("/torch/", "/lrpfx/", "<eval_with_key>")
+
+
+class _Call(nn.Module):
+    """The user's model called with named (or positional) tensors and fixed options, reduced to one tensor."""
+
+    def __init__(self, model: nn.Module, names: Optional[Sequence[str]], options: Dict[str, Any],
+                 output: Optional[Callable]):
+        super().__init__()
+        self.model = model
+        self.names, self.options, self.select = names, options, output or default_output
+
+    def forward(self, *tensors):
+        if self.names is None:
+            out = self.model(*tensors, **self.options)
+        else:
+            out = self.model(**dict(zip(self.names, tensors)), **self.options)
+        return self.select(out)
+
+
+def default_output(out):
+    """The tensor to explain: a tensor as is; a model output's ``logits`` — for ``[B, T, V]`` logits (a causal
+    language model) those of the last position."""
+    logits = out
+    if not isinstance(out, torch.Tensor):
+        logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise OutputError(
+            f"the model returns {type(out).__name__}, not a tensor or an output with .logits: pass an output= "
+            "selector, e.g. output=lambda out: out.last_hidden_state[:, 0].sum(-1, keepdim=True)")
+    return logits[:, -1] if logits.dim() == 3 else logits
+
+
+def fixed_options(model: nn.Module) -> Dict[str, Any]:
+    """Keyword options every explanation needs: no key/value cache (it is an extra output, not the logits)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Sequence[torch.Tensor],
+                 options: Dict[str, Any], leaf_modules: Iterable = (), output: Optional[Callable] = None
+                 ) -> fx.GraphModule:
+    """``model`` exported on ``inputs`` and normalised for classification (see the module docstring)."""
+    wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
+    try:
+        program = torch.export.export(wrapper, tuple(inputs), strict=False)
+    except LrpfxError:
+        raise
+    except Exception as exc:  # export raises many types from deep inside the user's code
+        raise TraceError(_export_failure_message(model, exc)) from exc
+    gm = program.module()
+    gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
+    _drop_guards(gm)
+    _name_module_ops(gm, model)
+    collapse_leaves(gm, model, leaf_modules)
+    decompose_attention(gm)
+    _addmm_as_linear(gm)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(k in f.filename for k in _OWN_FILES)]
+    where = ""
+    if frames:
+        f = frames[-1]
+        code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+        where = f"\n  at {f.filename}:{f.lineno}, in {f.name}:\n      {code}"
+    message = str(exc).strip().splitlines()
+    head = "\n".join(message[:6])
+    return (f"could not export {type(model).__name__} with torch.export: {type(exc).__name__}: {head}{where}\n"
+            "Ways out: replace data-dependent Python control flow (an `if` on tensor values) by tensor ops "
+            "(torch.where), or keep that module whole with leaf_modules=[...] and give it a rule by name.")
+
+
+# ---- clean-up -----------------------------------------------------------------------------------------------
+def _drop_guards(gm: fx.GraphModule) -> None:
+    """Remove export's input guards and tensor-metadata assertions (the program checks its inputs itself)."""
+    for n in reversed(list(gm.graph.nodes)):
+        is_guard = n.op == "call_module" and n.target == "_guards_fn"
+        is_assert = n.op == "call_function" and getattr(n.target, "__name__", "").startswith("_assert")
+        if (is_guard or is_assert) and not n.users:
+            gm.graph.erase_node(n)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    result = output.args[0]
+    if isinstance(result, (tuple, list)) and len(result) == 1:
+        output.args = (result[0],)
+
+
+def _module_path(n: fx.Node) -> Tuple[str, ...]:
+    """Module paths of ``n`` from the outermost to the innermost, relative to the user's model."""
+    paths = []
+    for path, _ in (n.meta.get("nn_module_stack") or {}).values():
+        if path == _ROOT or path.startswith(_ROOT + "."):
+            paths.append(path[len(_ROOT) + 1:])
+    return tuple(paths)
+
+
+_COMPUTE_OPS = {aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+                aten.layer_norm.default, aten.embedding.default, aten.addmm.default, aten.mm.default,
+                aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
+                aten.group_norm.default, aten.rms_norm.default}
+
+
+def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Give the one parametrised op of a module (a Linear's ``linear``, a LayerNorm's ``layer_norm``) the
+    module's path and object, so composites match it by name and type as in the fx front-end."""
+    by_scope: Dict[str, List[fx.Node]] = {}
+    for n in gm.graph.nodes:
+        paths = _module_path(n)
+        if n.op == "call_function" and paths and paths[-1] and n.target in _COMPUTE_OPS:
+            by_scope.setdefault(paths[-1], []).append(n)
+    for path, nodes in by_scope.items():
+        if len(nodes) == 1:
+            nodes[0].meta["lrpfx_module"] = path
+            nodes[0].meta["lrpfx_module_object"] = model.get_submodule(path)
+
+
+# ---- leaves ---------------------------------------------------------------------------------------------------
+def collapse_leaves(gm: fx.GraphModule, model: nn.Module, leaf_modules: Iterable = ()) -> None:
+    """Replace the ops of each leaf module by one call of the module: activation modules export spelled out
+    (so they get the activation rule, not the rules of their pieces) and the user's ``leaf_modules``."""
+    from .ops import is_activation_module
+
+    names = {m for m in leaf_modules if isinstance(m, str)}
+    types = tuple(m for m in leaf_modules if isinstance(m, type))
+
+    def requested(path: str, module: nn.Module) -> bool:
+        return path in names or bool(types and isinstance(module, types))
+
+    groups: Dict[str, List[fx.Node]] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        for path in _module_path(n):
+            if not path:
+                continue
+            module = model.get_submodule(path)
+            if requested(path, module) or (is_activation_module(module) and len(_module_ops(gm, path)) > 1):
+                groups.setdefault(path, []).append(n)
+                break
+    for path, nodes in groups.items():
+        _collapse(gm, model, path, nodes, strict=requested(path, model.get_submodule(path)))
+
+
+def _module_ops(gm: fx.GraphModule, path: str) -> List[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_function" and path in _module_path(n)]
+
+
+def _collapse(gm: fx.GraphModule, model: nn.Module, path: str, nodes: List[fx.Node], strict: bool) -> None:
+    inside = set(nodes)
+    inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes
+                                if a not in inside and a.op != "get_attr"))
+    outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        if strict:
+            raise UnsupportedOpError(
+                f"leaf module '{path}' takes {len(inputs)} tensor inputs and gives {len(outputs)} outputs in the "
+                "exported graph; with torch.export only modules with one input and one output can stay whole")
+        return
+    target = f"{_ROOT}.{path}"
+    gm.add_submodule(target, model.get_submodule(path))
+    with gm.graph.inserting_after(outputs[0]):
+        call = gm.graph.call_module(target, (inputs[0],))
+    call.meta["lrpfx_module"] = path
+    call.meta["stack_trace"] = outputs[0].meta.get("stack_trace")
+    outputs[0].replace_all_uses_with(call)
+    for n in reversed(nodes):
+        gm.graph.erase_node(n)
+
+
+# ---- attention ------------------------------------------------------------------------------------------------
+_SDPA = (aten.scaled_dot_product_attention.default, F.scaled_dot_product_attention)
+
+
+def attention_blocked(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], is_causal: bool):
+    """Where a boolean ``mask`` (True: may attend) and the causal pattern forbid attention."""
+    blocked = None if mask is None else ~mask
+    if is_causal:
+        length, source = q.shape[-2], k.shape[-2]
+        causal = torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1)
+        blocked = causal if blocked is None else blocked | causal
+    return blocked
+
+
+def decompose_attention(gm: fx.GraphModule) -> bool:
+    """Split every fused scaled dot-product attention into ``QKᵀ``, scaling, masking, softmax and ``A V``, so
+    each step gets its own relevance rule (the fused kernel computes exactly this). Needs the shapes and dtypes
+    of the operands (``meta['val']`` from export, or ``lrpfx_value`` after a recording run). Returns whether
+    anything changed.
+
+    Forbidden scores are filled with the dtype's most negative number rather than ``-inf``: a query row with
+    every key masked (a padding position) then gives finite weights instead of NaN, which would otherwise leak
+    into every relevance the products sum over; rows with any allowed key are unchanged.
+    """
+    changed = False
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target not in _SDPA:
+            continue
+        q, k, v = n.args[:3]
+        mask = _arg(n, 3, "attn_mask")
+        if _arg(n, 4, "dropout_p", 0.0) not in (0, 0.0):
+            raise UnsupportedOpError(f"attention node '{n.name}' has dropout_p > 0: explain the model in eval mode")
+        causal = bool(_arg(n, 5, "is_causal", False))
+        q_shape, q_dtype = _shape_dtype(n, q)
+        scale = n.kwargs.get("scale")
+        scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else scale
+        g = gm.graph
+        with g.inserting_before(n):
+            if n.kwargs.get("enable_gqa", False):
+                k, v = _repeat_heads(g, n, q_shape, k), _repeat_heads(g, n, q_shape, v)
+            scores = g.call_function(torch.matmul, (q, g.call_function(torch.transpose, (k, -2, -1))))
+            scores = g.call_function(torch.mul, (scores, float(scale)))
+            mask_is_float = isinstance(mask, fx.Node) and _shape_dtype(n, mask)[1].is_floating_point
+            if mask_is_float:
+                scores = g.call_function(torch.add, (scores, mask))
+            if (mask is not None and not mask_is_float) or causal:
+                blocked = g.call_function(attention_blocked, (q, k, None if mask_is_float else mask, causal))
+                scores = g.call_function(torch.masked_fill, (scores, blocked, torch.finfo(q_dtype).min))
+            weights = g.call_function(torch.softmax, (scores, -1))
+            out = g.call_function(torch.matmul, (weights, v))
+        for new in (scores, weights, out):
+            new.meta["stack_trace"] = n.meta.get("stack_trace")
+            new.meta["nn_module_stack"] = n.meta.get("nn_module_stack")
+        n.replace_all_uses_with(out)
+        g.erase_node(n)
+        changed = True
+    if changed:
+        gm.recompile()
+    return changed
+
+
+def _shape_dtype(n: fx.Node, operand) -> Tuple[Tuple[int, ...], torch.dtype]:
+    value = operand.meta.get("val") if isinstance(operand, fx.Node) else None
+    if value is not None and hasattr(value, "dtype"):
+        return tuple(value.shape), value.dtype
+    recorded = operand.meta.get("lrpfx_value") if isinstance(operand, fx.Node) else None
+    if recorded is not None and recorded.is_tensor:
+        return tuple(recorded.shape), recorded.dtype
+    raise UnsupportedOpError(f"attention node '{n.name}': the shape and dtype of its operand {operand} are unknown")
+
+
+def _repeat_heads(g: fx.Graph, n: fx.Node, q_shape, kv: fx.Node) -> fx.Node:
+    """Grouped key/value heads repeated to the query's head count (what ``enable_gqa`` means)."""
+    kv_shape, _ = _shape_dtype(n, kv)
+    return g.call_function(torch.repeat_interleave, (kv, q_shape[-3] // kv_shape[-3]), {"dim": -3})
+
+
+def _arg(n: fx.Node, index: int, name: str, default=None):
+    if len(n.args) > index:
+        return n.args[index]
+    return n.kwargs.get(name, default)
+
+
+def _addmm_as_linear(gm: fx.GraphModule) -> None:
+    """``addmm(b, x, W)`` / ``mm(x, W)`` with a parameter ``W`` (GPT-2's Conv1D) as ``linear(x, Wᵀ, b)``."""
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target not in (aten.addmm.default, aten.mm.default):
+            continue
+        if n.target is aten.addmm.default:
+            if n.kwargs.get("beta", 1) != 1 or n.kwargs.get("alpha", 1) != 1:
+                continue
+            bias, x, weight = n.args[:3]
+        else:
+            (x, weight), bias = n.args[:2], None
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+            continue
+        with gm.graph.inserting_before(n):
+            transposed = gm.graph.call_function(aten.t.default, (weight,))
+            linear = gm.graph.call_function(aten.linear.default, (x, transposed, bias))
+        linear.meta = dict(n.meta)
+        n.replace_all_uses_with(linear)
+        gm.graph.erase_node(n)

@@ -1,0 +1,39 @@
+"""Relevance rules of the transformer operations (reference §3, AttnLRP) as pure functions."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .elementwise import _sum_to, target_axes
+from .stabilize import divide
+
+
+def softmax(x, s, r, *, dim: int):
+    """``R_in = x · (R - s · ΣR)`` along ``dim`` (``s = softmax(x)``).
+
+    Masked scores (``x = -inf``) have ``s = 0`` and no relevance arrives there; they get 0 rather than
+    ``-inf · 0 = NaN``.
+    """
+    axis = dim if dim < 0 else dim - s.dim()  # negative: r may carry a leading target axis
+    total = r.sum(dim=axis, keepdim=True)
+    out = x * (r - s * total)
+    return torch.where(torch.isneginf(x), torch.zeros((), dtype=out.dtype, device=out.device), out)
+
+
+def _t(m: torch.Tensor) -> torch.Tensor:
+    return m.transpose(-1, -2)
+
+
+def matmul(a, b, z, r, *, active: Tuple[bool, bool], eps: float) -> Tuple[Optional[torch.Tensor], ...]:
+    """Bilinear ``z = a @ b``: each active operand gets the epsilon rule on ``r / n`` (``n`` active operands).
+
+    A constant operand gets nothing (``None``); with one active operand this is the epsilon rule of the linear
+    map it defines. Operands that were broadcast over batch axes get their relevance summed back.
+    """
+    n = sum(active)
+    s = divide(r, z * n if n > 1 else z, eps)
+    keep = target_axes(r, z)
+    r_a = _sum_to(a * (s @ _t(b)), a.shape, keep) if active[0] else None
+    r_b = _sum_to(b * (_t(a) @ s), b.shape, keep) if active[1] else None
+    return r_a, r_b
