@@ -2,6 +2,7 @@
 from . import composites, rules
 from .api import Explainer, Explanation, RelevanceProgram, explain, export
 from .composites import Composite
+from .dataset import explain_dataset, load_explanations
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError)
@@ -10,4 +11,4 @@ __version__ = "0.1.0"
 
 __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules", "fit_patterns", "Patterns",
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
-           "OutputError", "__version__"]
+           "OutputError", "explain_dataset", "load_explanations", "__version__"]

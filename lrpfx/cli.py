@@ -1,4 +1,4 @@
-"""The ``lrpfx`` command line: ``demo``, ``explain``, ``graph``, ``bench``.
+"""The ``lrpfx`` command line: ``demo``, ``explain``, ``graph``, ``bench``, ``explain-dataset``, ``evaluate``.
 
 Every failure prints one line, ``lrpfx: error: ...``, and exits non-zero; ``--debug`` shows the traceback.
 """
@@ -55,6 +55,33 @@ package) with every argument passed through.
 """
 
 DEMO_EXAMPLES = "example: lrpfx demo --out digits.png"
+
+EXPLAIN_DATASET_EXAMPLES = """examples:
+  lrpfx explain-dataset --model mypkg.models:build_net --weights net.pt --dataset mypkg.data:test_set --out expl/
+  lrpfx explain-dataset --model torchvision:resnet50 --weights DEFAULT --images val/ --batch-size 8 --out expl/
+  lrpfx explain-dataset --model ./net.py:Net --dataset ./net.py:data --target label --store float32 --out expl/
+  torchrun --nproc_per_node=2 -m lrpfx.cli explain-dataset --model ./net.py:Net --dataset ./net.py:data --out expl/
+
+--dataset is 'module.path:factory' or 'file.py:factory': called without arguments, it returns a map-style
+Dataset (items: an input, or (input, label)), a DataLoader, a tensor [N, ...] or a tuple of tensors (x, y).
+--images is a folder of image files, preprocessed as in 'explain'; when every image sits in a subfolder, the
+subfolder (sorted) is the label. Shards of --shard-size samples go to --out with a manifest.json; running the
+same command again resumes (verified shards are kept). Under torchrun each process explains every
+WORLD_SIZE-th shard (gloo on CPU, nccl on GPUs; --device auto takes cuda:LOCAL_RANK) and rank 0 writes the
+manifest. Read the result with lrpfx.load_explanations(out).
+"""
+
+EVALUATE_EXAMPLES = """examples:
+  lrpfx evaluate --model ./digits.py:trained --dataset ./digits.py:test_set
+  lrpfx evaluate --model mypkg.models:build_net --weights net.pt --dataset mypkg.data:test_set --limit 512 \\
+                 --rules "epsilon,epsilon-plus-flat,alphabeta(2,1),gradient" --patch-size 4 --markdown
+  lrpfx evaluate --model torchvision:resnet18 --weights DEFAULT --images val/ --limit 64 --baseline mean
+
+Per rule: region perturbation (MoRF and LeRF areas under the target-logit curve as patches are deleted in
+order of relevance; LeRF-MoRF is larger for more faithful explanations), the mean of input relevance over the
+initial relevance (1 = conserved), and the Spearman rank correlation between the heatmaps of the trained model
+and of the model with its top layer / all layers randomised (lower = the explanation depends on the weights).
+"""
 
 
 class CliError(LrpfxError):
@@ -146,7 +173,66 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=BENCH_EXAMPLES, formatter_class=formatter, parents=[debug])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/report.py")
     bench.set_defaults(run=run_bench)
+
+    explain_ds = sub.add_parser("explain-dataset", help="explain a whole data set into resumable relevance shards",
+                                description="Explain every sample of a data set and write safetensors shards "
+                                            "plus a manifest.json; resumable, and distributed under torchrun.",
+                                epilog=EXPLAIN_DATASET_EXAMPLES, formatter_class=formatter, parents=[debug])
+    _model_options(explain_ds)
+    _dataset_options(explain_ds)
+    explain_ds.add_argument("--out", required=True, metavar="DIR", help="output folder (created when missing)")
+    explain_ds.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
+    explain_ds.add_argument("--batch-size", type=int, default=32, help="samples per explanation call "
+                                                                      "(default: %(default)s)")
+    sizes = explain_ds.add_mutually_exclusive_group()
+    sizes.add_argument("--shard-size", type=int, default=None,
+                       help="samples per shard (default: about 512, in whole batches)")
+    sizes.add_argument("--num-shards", type=int, default=None, help="split the data set into this many shards")
+    explain_ds.add_argument("--store", choices=("float16", "bfloat16", "float32", "float64"), default="float16",
+                            help="dtype of the stored relevance (default: %(default)s)")
+    explain_ds.add_argument("--compile", action="store_true", help="run the relevance program through torch.compile")
+    explain_ds.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: 0)")
+    explain_ds.add_argument("--no-resume", action="store_true", help="redo every shard even if it verifies")
+    explain_ds.add_argument("--overwrite", action="store_true",
+                            help="replace an out folder that holds another run (other model, rule, ...)")
+    explain_ds.add_argument("--no-progress", action="store_true",
+                            help="no progress bar (it is shown on rank 0 when stderr is a terminal)")
+    explain_ds.set_defaults(run=run_explain_dataset)
+
+    evaluate = sub.add_parser("evaluate", help="compare rules on a data set: perturbation AUCs, conservation, "
+                                               "randomisation",
+                              description="Compare rules on a data set and print a table of faithfulness metrics.",
+                              epilog=EVALUATE_EXAMPLES, formatter_class=formatter, parents=[debug])
+    _model_options(evaluate)
+    _dataset_options(evaluate)
+    evaluate.add_argument("--rules", default="epsilon,epsilon-plus-flat,alpha2beta1,epsilon-gamma-box,gradient",
+                          help="comma-separated presets or rule strings (default: %(default)s)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: %(default)s)")
+    evaluate.add_argument("--patch-size", type=int, default=1, help="side of the deleted patches in pixels "
+                                                                   "(default: %(default)s)")
+    evaluate.add_argument("--steps", type=int, default=None,
+                          help="deletion steps (default: one per patch, at most 32)")
+    evaluate.add_argument("--baseline", default="0",
+                          help="value of deleted pixels: a number, zero, mean or uniform (default: %(default)s)")
+    evaluate.add_argument("--randomization-samples", type=int, default=32,
+                          help="samples for the randomisation check; 0 skips it (default: %(default)s)")
+    evaluate.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    evaluate.set_defaults(run=run_evaluate)
     return parser
+
+
+def _dataset_options(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="SPEC", help="module.path:factory or file.py:factory returning the "
+                                                          "data set")
+    source.add_argument("--images", metavar="DIR", help="a folder of images (labels from subfolders)")
+    p.add_argument("--size", type=int, default=None, help="crop size for --images (default: the weights' "
+                                                          "transforms, else 224)")
+    p.add_argument("--target", default="argmax",
+                   help="argmax, label (the data set's label) or a class index (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    p.set_defaults(device="auto")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -367,26 +453,7 @@ def _load_state_dict(model, path: Path) -> None:
 def _factory_model(source: str, name: str, spec: str) -> LoadedModel:
     from torch import nn
 
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise CliError(f"model file not found: {source} (from --model {spec})")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules.setdefault(path.stem, module)
-        module_spec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(source)
-        except ModuleNotFoundError as exc:
-            raise CliError(f"cannot import '{source}' (from --model {spec}): {exc}") from exc
-    obj: Any = module
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            raise CliError(f"'{source}' has no attribute '{name}' (from --model {spec})")
-        obj = getattr(obj, part)
+    obj: Any = _import_attribute(spec, "--model")
     if not isinstance(obj, nn.Module):
         if not callable(obj):
             raise CliError(f"--model {spec}: '{name}' is neither an nn.Module nor a factory")
@@ -650,6 +717,205 @@ def bench_script() -> Optional[Path]:
         if candidate.is_file():
             return candidate
     return None
+
+
+# ---- data sets --------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageFiles:
+    """A map-style data set over the images under ``root`` (sorted by path), preprocessed as in ``explain``;
+    items are ``(x, label)`` when every image sits in a subfolder (labels: sorted subfolder names), else x."""
+
+    def __init__(self, root: str, loaded: LoadedModel, size: Optional[int]):
+        folder = Path(root)
+        if not folder.is_dir():
+            raise CliError(f"image folder not found: {root}")
+        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        parts = [p.relative_to(folder).parts for p in self.files]
+        self.classes = sorted({q[0] for q in parts}) if all(len(q) > 1 for q in parts) else None
+        self.labels = [self.classes.index(q[0]) for q in parts] if self.classes else None
+        self.loaded, self.size = loaded._replace(model=None), size  # no model in the (picklable) data set
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        x = prepare_image(str(self.files[i]), self.loaded, self.size).x[0]
+        return x if self.labels is None else (x, self.labels[i])
+
+
+def _import_attribute(spec: str, option: str):
+    """The object named by ``module.path:name`` or ``file.py:name`` (a file already loaded, e.g. by --model, is
+    reused, so a model and its data set may share one module and its caches)."""
+    if ":" not in spec or spec.startswith(":") or spec.endswith(":"):
+        raise CliError(f"{option} takes 'module.path:factory' or 'file.py:factory', got '{spec}'")
+    source, name = spec.rsplit(":", 1)
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise CliError(f"file not found: {source} (from {option} {spec})")
+        module = sys.modules.get(path.stem)
+        if module is None or Path(getattr(module, "__file__", "") or "").resolve() != path.resolve():
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules.setdefault(path.stem, module)
+            module_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as exc:
+            raise CliError(f"cannot import '{source}' (from {option} {spec}): {exc}") from exc
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"'{source}' has no attribute '{name}' (from {option} {spec})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_dataset(args, loaded: LoadedModel):
+    """The data set of ``--dataset SPEC`` (the factory's result) or ``--images DIR``, cut to ``--limit``."""
+    import torch
+
+    if args.images:
+        data = ImageFiles(args.images, loaded, args.size)
+    else:
+        obj = _import_attribute(args.dataset, "--dataset")
+        data = obj() if callable(obj) and not isinstance(obj, torch.utils.data.Dataset) else obj
+        if isinstance(data, torch.utils.data.DataLoader):
+            pass
+        elif not (isinstance(data, (torch.Tensor, torch.utils.data.Dataset, tuple, list))
+                  or hasattr(data, "__getitem__")):
+            raise CliError(f"--dataset {args.dataset}: the factory returned {type(data).__name__}, not a data set, "
+                           "a DataLoader or tensors")
+    if args.limit is not None:
+        if args.limit < 1:
+            raise CliError(f"--limit must be >= 1, got {args.limit}")
+        from .dataset import as_source
+
+        source = as_source(data)
+        subset = torch.utils.data.Subset(source.dataset, range(min(args.limit, len(source))))
+        if isinstance(data, torch.utils.data.DataLoader):  # keep its collate_fn and workers
+            return torch.utils.data.DataLoader(subset, batch_size=data.batch_size, collate_fn=data.collate_fn,
+                                               num_workers=data.num_workers)
+        return subset
+    return data
+
+
+def _target_option(text: str):
+    if text == "argmax":
+        return None
+    if text == "label":
+        return "label"
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"--target takes argmax, label or a class index, got '{text}'") from None
+
+
+def _device_option(text: str) -> str:
+    if text == "auto":
+        from .dataset import local_device
+
+        return str(local_device())
+    return text
+
+
+def run_explain_dataset(args) -> int:
+    from .dataset import explain_dataset
+
+    _check_rule(args.rule)
+    target = _target_option(args.target)
+    args.device = _device_option(args.device)
+    loaded = load_model(args.model, args.weights, args.device)
+    data = load_dataset(args, loaded)
+    result = explain_dataset(loaded.model, data, args.rule, args.out, batch_size=args.batch_size, target=target,
+                             compile=args.compile, shard_size=args.shard_size, num_shards=args.num_shards,
+                             resume=not args.no_resume, overwrite=args.overwrite,
+                             progress=not args.no_progress and sys.stderr.isatty(), store=args.store,
+                             num_workers=args.num_workers)
+    s = result.stats
+    if s.rank != 0:
+        return 0
+    world = f" (this process, rank 0 of {s.world_size})" if s.world_size > 1 else ""
+    print(f"model      {loaded.description}")
+    print(f"rule       {args.rule}")
+    print(f"explained  {s.samples} samples{world}: {s.shards_written} shards written, {s.shards_skipped} kept "
+          f"(verified), {s.shards_redone} redone")
+    if s.samples:
+        print(f"speed      {s.samples_per_second:.1f} samples/s{world}; writing shards took "
+              f"{100 * s.write_overhead:.1f}% of the explain time")
+    print(f"wrote      {args.out} ({len(result)} samples in {result.num_shards} shards, {args.store}, "
+          f"manifest.json)")
+    return 0
+
+
+def _split_rules(text: str) -> List[str]:
+    """Comma-separated rule strings; commas inside parentheses belong to the rule (alphabeta(2,1))."""
+    rules, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            rules.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    rules.append(current.strip())
+    rules = [r for r in rules if r]
+    if not rules:
+        raise CliError("--rules is empty")
+    return rules
+
+
+def _baseline_option(text: str):
+    if text in ("zero", "mean", "uniform"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise CliError(f"--baseline takes a number, zero, mean or uniform, got '{text}'") from None
+
+
+def run_evaluate(args) -> int:
+    import json
+
+    from .metrics import evaluate_rules
+
+    rules = _split_rules(args.rules)
+    for rule in rules:
+        _check_rule(rule)
+    target = _target_option(args.target)
+    baseline = _baseline_option(args.baseline)
+    if args.patch_size < 1:
+        raise CliError(f"--patch-size must be >= 1, got {args.patch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise CliError(f"--steps must be >= 1, got {args.steps}")
+    args.device = _device_option(args.device)
+    loaded = load_model(args.model, args.weights, args.device)
+    data = load_dataset(args, loaded)
+    table = evaluate_rules(loaded.model, data, rules, target=target, batch_size=args.batch_size,
+                           patch_size=args.patch_size, steps=args.steps, baseline=baseline,
+                           randomization_samples=args.randomization_samples)
+    print(f"model      {loaded.description}")
+    print(f"data       {args.dataset or args.images}: {_count(data)} samples, target {args.target}, patch "
+          f"{args.patch_size}, baseline {args.baseline}")
+    print(table.to_markdown() if args.markdown else table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(list(table), indent=1) + "\n")
+        print(f"wrote      {args.json}")
+    return 0
+
+
+def _count(data) -> str:
+    try:
+        return str(len(data.dataset if hasattr(data, "dataset") and hasattr(data, "batch_size") else data))
+    except TypeError:
+        return "?"
 
 
 def run_bench(args) -> int:

@@ -9,6 +9,7 @@ program's code reads as the algorithm. Parameters are shared with the user's mod
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence
@@ -75,6 +76,8 @@ class ProgramBuilder:
         self.attrs: Dict[str, Any] = {}
         self.attr_nodes: Dict[str, fx.Node] = {}
         self.contrib: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
+        self.descriptions: Dict[fx.Node, fx.Node] = {}
+        self.target: Optional[fx.Node] = None
         self.tuple_contrib: Dict[fx.Node, Dict[int, List[fx.Node]]] = defaultdict(lambda: defaultdict(list))
 
     # ---- helpers ------------------------------------------------------------------------------------------
@@ -100,12 +103,27 @@ class ProgramBuilder:
     def contribute(self, node: fx.Node, relevance: fx.Node) -> None:
         self.contrib[node].append(relevance)
 
+    def after(self, n: fx.Node, fn, args, kwargs=None, name=None) -> fx.Node:
+        """A node computed in the forward, right after original node ``n``'s value: a step that needs only a
+        summary of the value (its shape, a per-row statistic) then does not keep the value alive."""
+        anchor = self.env[n]
+        if anchor.op == "placeholder":
+            anchor = self.target  # the last placeholder
+        with self.graph.inserting_after(anchor):
+            return self.graph.create_node("call_function", fn, tuple(args), kwargs or {}, name=name)
+
+    def described(self, n: fx.Node) -> fx.Node:
+        """Shape, dtype and device of ``n``'s value (:class:`structural.Described`), taken in the forward."""
+        if n not in self.descriptions:
+            self.descriptions[n] = self.after(n, structural.describe, [self.env[n]], name=f"{n.name}_described")
+        return self.descriptions[n]
+
     # ---- forward -----------------------------------------------------------------------------------------
     def copy_forward(self):
         inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         for n in inputs:  # first: the target placeholder (it has a default) must follow them
             self.env[n] = self.graph.node_copy(n, lambda a: self.env[a])
-        target = self.graph.placeholder("target", default_value=None)
+        target = self.target = self.graph.placeholder("target", default_value=None)
         output = None
         for n in self.gm.graph.nodes:
             if n.op == "placeholder":
@@ -215,18 +233,21 @@ class ProgramBuilder:
             if self.infos[info.x].shape == info.shape:
                 self.contribute(info.x, r)  # the identity rule is no step at all
             else:
-                self.contribute(info.x, self.call(elementwise.pass_to, [r, self.env[info.x], self.env[n]],
-                                                  name=f"r_{n.name}_in"))
+                self.contribute(info.x, self.call(elementwise.pass_to, [r, self.described(info.x),
+                                                                        self.described(n)], name=f"r_{n.name}_in"))
         elif kind == "add" and isinstance(rule, (R.Norm, R.Epsilon)):
             self.emit_sum(info, rule, r)
         elif kind == "softmax" and isinstance(rule, R.Softmax):
-            self.contribute(info.x, self.call(attention.softmax, [self.env[info.x], self.env[n], r],
-                                              {"dim": info.extra["dim"]}, name=f"r_{n.name}_in"))
+            dim = info.extra["dim"]
+            lse = self.after(n, torch.logsumexp, [self.env[info.x], dim], {"keepdim": True}, name=f"{n.name}_lse")
+            self.contribute(info.x, self.call(attention.softmax_from_output, [self.env[n], lse, r], {"dim": dim},
+                                              name=f"r_{n.name}_in"))
         elif kind == "matmul" and isinstance(rule, (R.MatmulUniform, R.ConstantAttention)):
             self.emit_matmul(info, rule, r)
         elif kind == "mul" and isinstance(rule, R.MulUniform):
             operands = list(n.args[:2])
-            shares = self.call(elementwise.mul_uniform, [r, *[self.env[o] for o in operands]], name=f"r_{n.name}_in")
+            shares = self.call(elementwise.mul_uniform, [r, *[self.described(o) for o in operands]],
+                               name=f"r_{n.name}_in")
             for i, operand in enumerate(operands):
                 self.contribute(operand, self.call(operator.getitem, [shares, i]))
         elif kind == "layer_norm" and isinstance(rule, R.NormIdentity):
@@ -237,7 +258,7 @@ class ProgramBuilder:
                  "eps": rule.eps, "zero_bias": rule.zero_bias, "centered": info.extra.get("centered", True)},
                 name=f"r_{n.name}_in"))
         elif kind == "structural" and info.extra.get("reshape") and isinstance(rule, (R.Structural, R.Gradient)):
-            self.contribute(info.x, self.call(structural.reshape_back, [self.env[info.x], r, self.env[n]],
+            self.contribute(info.x, self.call(structural.reshape_back, [self.described(info.x), r, self.described(n)],
                                               name=f"r_{n.name}_in"))
         elif kind == "max_pool" and isinstance(rule, R.Norm):
             self.contribute(info.x, self.call(affine.norm, [self.env[info.x], r],
@@ -342,7 +363,9 @@ class ProgramBuilder:
         if isinstance(rule, R.ConstantAttention) and weights is not None:
             active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
         a, b = n.args[:2]
-        shares = self.call(attention.matmul, [self.env[a], self.env[b], self.env[n], r],
+        sizes = [math.prod(self.infos[v].shape) if v in self.infos else 0 for v in (n, a, b)]
+        z = None if sizes[0] > sizes[1] + sizes[2] else self.env[n]  # recompute attention scores, don't keep them
+        shares = self.call(attention.matmul, [self.env[a], self.env[b], z, r],
                            {"active": active, "eps": rule.eps}, name=f"r_{n.name}_in")
         for i, operand in enumerate((a, b)):
             if active[i]:
@@ -365,10 +388,14 @@ class ProgramBuilder:
         else:
             args, kwargs = (slot(info.x),), {}
         active = [i for i, v in enumerate(graph_values) if v in self.infos]
-        replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps)
+        # structural ops are linear in their activations: the VJP needs their shapes, not their values
+        linear = norm_eps is None and info.kind == "structural" and all(
+            self.infos[graph_values[i]].node.meta["lrpfx_value"].is_tensor for i in active)
+        replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps, linear=linear)
         path = f"steps.{n.name}"
         self.attrs[path] = replay
-        pulled = self.graph.call_module(path, (r, *[self.env[v] for v in graph_values]))
+        values = [self.described(v) if linear and i in active else self.env[v] for i, v in enumerate(graph_values)]
+        pulled = self.graph.call_module(path, (r, *values))
         pulled.name = f"r_{n.name}_in"
         for j, i in enumerate(active):
             self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))

@@ -260,4 +260,21 @@ def test_compiled_transformer_program_equals_eager():
     x = token_inputs(left_padding=True)
     eager = lrpfx.Explainer(model, "attnlrp")(x)
     compiled = lrpfx.Explainer(model, "attnlrp", compile=True)(x)
-    torch.testing.assert_close(compiled.relevance, eager.relevance, rtol=1e-7, atol=1e-10)
+    # LLaMA's RMSNorm computes in float32 even in a float64 model; compiled kernels round those parts differently
+    scale = eager.relevance.abs().max().item()
+    torch.testing.assert_close(compiled.relevance, eager.relevance, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_sentence_example_prints_a_token_heatmap(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "explain_sentence.py"
+    spec = importlib.util.spec_from_file_location("explain_sentence", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--steps", "10", "--sentence", "the music was great"])
+    printed = capsys.readouterr().out
+    assert "\x1b[48;2;" in printed and "\x1b[0m" in printed  # coloured backgrounds, reset
+    for word in ("great", "music"):
+        assert word in printed

@@ -21,6 +21,20 @@ def softmax(x, s, r, *, dim: int):
     return torch.where(torch.isneginf(x), torch.zeros((), dtype=out.dtype, device=out.device), out)
 
 
+def softmax_from_output(s, lse, r, *, dim: int):
+    """:func:`softmax` from the output and the per-row ``lse = logsumexp(x)``: ``x = log(s) + lse``.
+
+    The program keeps ``s`` (the relevance of the product it feeds needs it anyway) and the small ``lse``
+    instead of the full score tensor. Where ``s == 0`` (masked or underflowed scores) no relevance arrives
+    and the result is 0, as in :func:`softmax`.
+    """
+    axis = dim if dim < 0 else dim - s.dim()
+    out = s * r.sum(dim=axis, keepdim=True)
+    torch.sub(r, out, out=out)  # in place on our own temporaries: two score-sized buffers at a time, not five
+    x = torch.log(s).add_(lse)
+    return out.mul_(x).masked_fill_(s == 0, 0.0)
+
+
 def _t(m: torch.Tensor) -> torch.Tensor:
     return m.transpose(-1, -2)
 
@@ -29,8 +43,10 @@ def matmul(a, b, z, r, *, active: Tuple[bool, bool], eps: float) -> Tuple[Option
     """Bilinear ``z = a @ b``: each active operand gets the epsilon rule on ``r / n`` (``n`` active operands).
 
     A constant operand gets nothing (``None``); with one active operand this is the epsilon rule of the linear
-    map it defines. Operands that were broadcast over batch axes get their relevance summed back.
+    map it defines. Operands that were broadcast over batch axes get their relevance summed back. ``z=None``
+    recomputes the product (the program does so where it is larger than both operands: attention scores).
     """
+    z = a @ b if z is None else z
     n = sum(active)
     s = divide(r, z * n if n > 1 else z, eps)
     keep = target_axes(r, z)

@@ -7,12 +7,34 @@ for anything else (``Gradient`` rule, winner-takes-all max pooling). In ``norm``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .stabilize import divide
+
+
+class Described(NamedTuple):
+    """What a relevance step needs to know about a value whose numbers it never reads: shape, dtype, device.
+
+    Steps of linear ops (views, permutes, slices, products split by counts, ...) take this instead of the value,
+    so the program frees the value as soon as the forward is done with it.
+    """
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def stand_in(self) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+
+
+def describe(x: torch.Tensor) -> Described:
+    return Described(x.shape, x.dtype, x.device)
 
 
 class Replay(nn.Module):
@@ -25,7 +47,7 @@ class Replay(nn.Module):
     """
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, active: Sequence[int], describe: str,
-                 norm_eps: Optional[float] = None):
+                 norm_eps: Optional[float] = None, linear: bool = False):
         super().__init__()
         self.fn = fn
         self.args_template = args
@@ -33,9 +55,12 @@ class Replay(nn.Module):
         self.active = tuple(active)
         self.describe = describe
         self.norm_eps = norm_eps
+        # a linear op's VJP does not depend on the point: its active values arrive as Described stand-ins
+        self.linear = linear
 
     def extra_repr(self) -> str:
         mode = "gradient" if self.norm_eps is None else f"norm, eps={self.norm_eps}"
+        mode += ", linear" if self.linear else ""
         return f"{self.describe}, {mode}"
 
     def _call(self, values):
@@ -46,7 +71,7 @@ class Replay(nn.Module):
 
     def forward(self, r, *values) -> Tuple[torch.Tensor, ...]:
         values = list(values)
-        active_values = [values[i] for i in self.active]
+        active_values = [values[i].stand_in() if self.linear else values[i] for i in self.active]
 
         def replay(*acts):
             for i, a in zip(self.active, acts):
@@ -91,7 +116,8 @@ def _fill(template: Any, values) -> Any:
 
 
 def reshape_back(x, r, z):
-    """Relevance through view/reshape/flatten/unflatten: the same numbers in the input's shape."""
+    """Relevance through view/reshape/flatten/unflatten: the same numbers in the input's shape (``x`` and ``z``
+    may be :class:`Described`)."""
     return r.reshape(*r.shape[:r.dim() - z.dim()], *x.shape)
 
 
