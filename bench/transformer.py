@@ -7,8 +7,8 @@ Floor: one input gradient — the target logit's gradient with respect to the in
 frozen, on the same model (HF's own attention). lrpfx eager and compiled (``compile=True``) explain the same
 token ids with the ``attnlrp`` composite. LXT 2.1 (efficient mode) needs transformers 4.52.4 and runs in its side
 environment (``tests/lxt_env.py``) on the same weights, saved to a temporary file; its own floor is timed there too,
-so its ratio is measured side by side. Peak memory: growth of the peak RSS over a forward-only baseline, each
-method in a fresh process. Writes the table to ``bench/RESULTS_transformer.md``.
+so its ratio is measured side by side. Peak memory: growth of the resident set during one call after a warm-up
+call, each method in a fresh process. Writes the table to ``bench/RESULTS_transformer.md``.
 """
 from __future__ import annotations
 
@@ -86,14 +86,53 @@ def _shape_args(args):
             "--vocab", str(args.vocab), "--seq", str(args.seq), "--batch", str(args.batch)]
 
 
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them), so the next call's allocations show in RSS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def rss_growth_during(fn) -> float:
+    """Peak resident memory while ``fn`` runs, minus the resident memory just before (MiB), sampled every
+    millisecond: unlike ``ru_maxrss`` it does not hide a call under an earlier peak (import, export, build)."""
+    import gc
+    import threading
+
+    gc.collect()
+    _release_free_memory()
+    base = peak = _current_rss_mib()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _current_rss_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, _current_rss_mib()) - base
+
+
 def measure_memory_here(args, method: str) -> None:
     model, ids = make_model(args)
     run = methods(model, ids)[method]
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=False)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    run()  # build (export, compile) first: the measurement is of one explanation
+    print(rss_growth_during(run))
 
 
 def lxt_times(args, model) -> dict:

@@ -239,7 +239,8 @@ class ProgramBuilder:
             self.emit_sum(info, rule, r)
         elif kind == "softmax" and isinstance(rule, R.Softmax):
             dim = info.extra["dim"]
-            lse = self.after(n, torch.logsumexp, [self.env[info.x], dim], {"keepdim": True}, name=f"{n.name}_lse")
+            lse = self.after(n, attention.log_normaliser, [self.env[info.x], self.env[n]], {"dim": dim},
+                             name=f"{n.name}_lse")
             self.contribute(info.x, self.call(attention.softmax_from_output, [self.env[n], lse, r], {"dim": dim},
                                               name=f"r_{n.name}_in"))
         elif kind == "matmul" and isinstance(rule, (R.MatmulUniform, R.ConstantAttention)):

@@ -21,6 +21,12 @@ def softmax(x, s, r, *, dim: int):
     return torch.where(torch.isneginf(x), torch.zeros((), dtype=out.dtype, device=out.device), out)
 
 
+def log_normaliser(x, s, *, dim: int):
+    """``logsumexp(x)`` along ``dim`` without another pass of ``exp``: ``max(x) - log(max(s))``, since the largest
+    score has the largest weight and ``s = exp(x - lse)``."""
+    return x.amax(dim, keepdim=True) - torch.log(s.amax(dim, keepdim=True))
+
+
 def softmax_from_output(s, lse, r, *, dim: int):
     """:func:`softmax` from the output and the per-row ``lse = logsumexp(x)``: ``x = log(s) + lse``.
 
