@@ -7,6 +7,8 @@ gradient with respect to the input, parameters frozen.
 from __future__ import annotations
 
 import copy
+import resource
+import time
 from typing import Callable, Dict
 
 import torch
@@ -104,3 +106,45 @@ def methods(model_name: str, model: nn.Module, x: torch.Tensor, compiled: bool =
     if peers and model_name.startswith("vgg"):
         table["captum/epsilon"] = captum_method(model, x)
     return table
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them), so the next call's allocations show in RSS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def rss_growth_during(fn) -> float:
+    """Peak resident memory while ``fn`` runs, minus the resident memory just before (MiB), sampled every
+    millisecond: unlike ``ru_maxrss`` it does not hide a call under an earlier peak (import, export, build)."""
+    import gc
+    import threading
+
+    gc.collect()
+    _release_free_memory()
+    base = peak = _current_rss_mib()
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _current_rss_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, _current_rss_mib()) - base

@@ -58,24 +58,22 @@ def time_methods(model_name: str, batch: int, size: int, rounds: int, device: st
 
 
 def peak_memory(model_name: str, batch: int, size: int, method: str, device: str) -> float:
-    """Peak memory growth in MiB of one call of ``method`` over a forward-only baseline, in a fresh process."""
+    """Peak memory growth in MiB of one call of ``method`` after a warm-up call, in a fresh process: CUDA's peak
+    allocation, or on the CPU the resident set sampled during the call (freed heap handed back first)."""
     code = f"""
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from common import make_model, methods
+from common import make_model, methods, rss_growth_during
 torch.manual_seed(0)
 model = make_model({model_name!r}, device={device!r})
 x = torch.randn({batch}, 3, {size}, {size}, device={device!r})
 run = methods({model_name!r}, model, x, compiled={'compiled' in method}, peers={method.split('/')[0] in ('zennit', 'captum')})[{method!r}]
-with torch.no_grad():
-    model(x)
+run()
 if {device!r}.startswith('cuda'):
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     run(); torch.cuda.synchronize(); print((torch.cuda.max_memory_allocated() - base) / 2**20)
 else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    print(rss_growth_during(run))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -130,11 +128,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip Zennit and Captum")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (slow: a process each)")
     parser.add_argument("--scaling", action="store_true", help="also time ResNet18/34/50/101 (depth scaling)")
+    parser.add_argument("--skip-timing", action="store_true", help="only the memory and scaling sections")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = parser.parse_args(argv)
 
     results, raw = {}, {}
-    for model in args.models:
+    for model in ([] if args.skip_timing else args.models):
         for batch in args.batches:
             print(f"{model} batch {batch} ...", flush=True)
             med = time_methods(model, batch, args.size, args.rounds, args.device, not args.no_compile,
@@ -158,7 +157,7 @@ def main(argv=None) -> int:
             for batch in args.batches:
                 fl = peak_memory(model, batch, args.size, "floor", args.device)
                 ours = [peak_memory(model, batch, args.size, f"lrpfx-eager/{c}", args.device) for c in COMPOSITES]
-                ratios = ", ".join(f"{m / fl:.2f}" for m in ours)
+                ratios = ", ".join(f"{m / fl:.2f}" if fl > 0 else "–" for m in ours)
                 lines.append(f"| {model} | {batch} | {fl:.0f} | " + " | ".join(f"{m:.0f}" for m in ours)
                              + f" | {ratios} |")
                 print(lines[-1], flush=True)

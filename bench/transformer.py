@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+from common import rss_growth_during  # noqa: E402
 
 
 def llama_config(layers: int, hidden: int, heads: int, vocab: int):
@@ -84,48 +85,6 @@ def peak_memory(args, method: str) -> float:
 def _shape_args(args):
     return ["--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
             "--vocab", str(args.vocab), "--seq", str(args.seq), "--batch", str(args.batch)]
-
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them), so the next call's allocations show in RSS."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def rss_growth_during(fn) -> float:
-    """Peak resident memory while ``fn`` runs, minus the resident memory just before (MiB), sampled every
-    millisecond: unlike ``ru_maxrss`` it does not hide a call under an earlier peak (import, export, build)."""
-    import gc
-    import threading
-
-    gc.collect()
-    _release_free_memory()
-    base = peak = _current_rss_mib()
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _current_rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak, _current_rss_mib()) - base
 
 
 def measure_memory_here(args, method: str) -> None:

@@ -278,3 +278,15 @@ def test_sentence_example_prints_a_token_heatmap(capsys):
     assert "\x1b[48;2;" in printed and "\x1b[0m" in printed  # coloured backgrounds, reset
     for word in ("great", "music"):
         assert word in printed
+
+
+def test_inputs_embeds_get_the_same_relevance_as_the_token_ids():
+    model = llama()
+    x = token_inputs(left_padding=True)
+    by_ids = lrpfx.Explainer(model, "attnlrp")(x, target=torch.tensor([1, 2]))
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(x["input_ids"])
+    by_embeds = lrpfx.Explainer(model, "attnlrp")({"inputs_embeds": embeds, "attention_mask": x["attention_mask"]},
+                                                  target=torch.tensor([1, 2]))
+    torch.testing.assert_close(by_embeds.relevance, by_ids.relevance, rtol=1e-10, atol=1e-12)
+    assert by_embeds.token_ids is None and by_ids.token_ids is not None
