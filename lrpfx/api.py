@@ -18,7 +18,7 @@ from torch import nn
 from . import canonize, ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import InputError, LrpfxError, RuleError, TargetError, TraceError, UnsupportedOpError
-from .exported import decompose_attention, export_graph
+from .exported import decompose_attention, export_graph, input_shape_pattern
 from .program import ProgramBuilder
 from .rules import Rule, applies_to
 from .trace import record_values, source_line, trace
@@ -182,9 +182,22 @@ def split_inputs(x: Inputs) -> ModelInputs:
 
 
 def _signature(inputs: ModelInputs, static: bool = False) -> tuple:
-    # the batch size is free for fx programs (traced shape-generically); exported programs are shape-specialised
-    shapes = tuple((tuple(t.shape if static else t.shape[1:]), t.dtype, t.device.type) for t in inputs.tensors)
+    """Cache key of the inputs. fx programs are traced shape-generically in the batch axis; named inputs go to
+    the export front-end, whose programs carry the shapes they serve (checked by :func:`_serves`)."""
+    def shape(t):
+        if static:
+            return tuple(t.shape)
+        return t.dim() if inputs.names is not None else tuple(t.shape[1:])
+
+    shapes = tuple((shape(t), t.dtype, t.device.type) for t in inputs.tensors)
     return shapes, inputs.names, repr(inputs.options)
+
+
+def _serves(pattern: tuple, inputs: ModelInputs) -> bool:
+    """Whether inputs fit a program's shape pattern (``None``: any size on that axis)."""
+    return len(pattern) == len(inputs.tensors) and all(
+        len(p) == t.dim() and all(d is None or d == n for d, n in zip(p, t.shape))
+        for p, t in zip(pattern, inputs.tensors))
 
 
 def needs_export(model: nn.Module) -> bool:
@@ -281,8 +294,8 @@ class Explainer:
         key = (_signature(inputs), intermediate, target_is_relevance)
         with FX_LOCK:
             entry = self._cache.get(key)
-            if entry is not None and entry.static and entry.shapes != _signature(inputs, static=True):
-                key = key + (_signature(inputs, static=True),)  # an exported program serves one shape only
+            if entry is not None and not _serves(entry.shapes, inputs):
+                key = key + (_signature(inputs, static=True),)  # export fixed an axis: a program per shape
                 entry = self._cache.get(key)
             if entry is None:
                 entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
@@ -349,8 +362,11 @@ class Explainer:
         run = program.graph_module
         if self.compile:
             run = torch.compile(run, mode=self.mode, dynamic=None)
-        static = frontend == "export"
-        return _Entry(program, run, out_info.shape, static, _signature(inputs, static=True))
+        if frontend == "export":
+            pattern = input_shape_pattern(gm)
+        else:  # fx: any batch size
+            pattern = tuple((None, *t.shape[1:]) for t in inputs.tensors)
+        return _Entry(program, run, out_info.shape, pattern)
 
     # ---- running --------------------------------------------------------------------------------------------
     def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None) -> Explanation:
@@ -443,13 +459,12 @@ def _check_target(target, out_shape, batch: int, device) -> Optional[torch.Tenso
 
 class _Entry(NamedTuple):
     """A built program with what running it needs: the callable (compiled or not), the output shape recorded
-    at build time (validates targets), and whether it is specialised to the build inputs' shapes."""
+    at build time (validates targets), and the input shapes it serves."""
 
     program: RelevanceProgram
     run: Callable
     out_shape: Tuple[int, ...]
-    static: bool
-    shapes: tuple
+    shapes: tuple  # per input, its shape with None where any size is served
 
 
 def _primary_input(named: Dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ front-end gives, so one classification (:mod:`lrpfx.ops`) and one program builde
 * fused attention is split into its steps (:func:`decompose_attention`), ``addmm`` with a parameter becomes
   ``linear``.
 
-Export specialises the graph to the example's shapes: a program built here serves inputs of the same shapes.
+Every input axis is exported as dynamic where the model allows it (batch, sequence length), so one program
+serves other batch sizes and lengths; :func:`input_shape_pattern` says which axes stayed fixed.
 """
 from __future__ import annotations
 
@@ -81,8 +82,15 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                  ) -> fx.GraphModule:
     """``model`` exported on ``inputs`` and normalised for classification (see the module docstring)."""
     wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
+    # every axis may vary (batch, sequence length); export keeps an axis fixed where the model needs it fixed
+    dynamic = (tuple(tuple(torch.export.Dim.AUTO for _ in t.shape) for t in inputs),)
     try:
-        program = torch.export.export(wrapper, tuple(inputs), strict=False)
+        try:
+            program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
+        except LrpfxError:
+            raise
+        except Exception:  # some models only export for fixed shapes
+            program = torch.export.export(wrapper, tuple(inputs), strict=False)
     except LrpfxError:
         raise
     except Exception as exc:  # export raises many types from deep inside the user's code
@@ -97,6 +105,17 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], ...]:
+    """Per input, its shape with ``None`` for the axes export kept dynamic: the shapes the program serves."""
+    pattern = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            value = n.meta.get("val")
+            shape = getattr(value, "shape", ())
+            pattern.append(tuple(d if isinstance(d, int) else None for d in shape))
+    return tuple(pattern)
 
 
 def _export_failure_message(model: nn.Module, exc: BaseException) -> str:

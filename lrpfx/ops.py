@@ -125,6 +125,8 @@ _ATEN_SIGN_CHANGING = {aten.masked_fill.Scalar, aten.pad.default, aten.constant_
 _SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax}
 _MATMUL_FUNCTIONS = {torch.matmul, torch.bmm, operator.matmul}
 _EMBEDDING_FUNCTIONS = {F.embedding: 1, aten.embedding.default: 0}  # -> position of the weight argument
+_ID_PRESERVING_NAMES = {"to", "_to_copy", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
+                        "contiguous", "clone", "alias", "long", "int", "flatten", "type_as", "detach"}
 _NORMALISER_NAMES = {"rsqrt", "sqrt", "reciprocal"}  # of a statistic: 1/sigma-like values
 _STATISTIC_NAMES = {"var", "std", "norm", "vector_norm", "linalg_vector_norm", "var_mean", "std_mean"}
 _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
@@ -291,9 +293,11 @@ def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
         indices = _arg(n, 1 - _EMBEDDING_FUNCTIONS[n.target], "input")
     else:
         return None
-    for _ in range(8):  # through .to(), .view() and friends
+    for _ in range(8):  # through .to(), .view() and friends: ops that keep the ids' values
         if not isinstance(indices, fx.Node) or indices.op == "placeholder":
             break
+        if op_name(indices) not in _ID_PRESERVING_NAMES:
+            return None  # e.g. positions from arange(size(ids)): depend on the ids' shape, not their values
         indices = indices.args[0] if indices.args else None
     return indices if isinstance(indices, fx.Node) and indices.op == "placeholder" else None
 

@@ -290,3 +290,17 @@ def test_inputs_embeds_get_the_same_relevance_as_the_token_ids():
                                                   target=torch.tensor([1, 2]))
     torch.testing.assert_close(by_embeds.relevance, by_ids.relevance, rtol=1e-10, atol=1e-12)
     assert by_embeds.token_ids is None and by_ids.token_ids is not None
+
+
+def test_one_exported_program_serves_other_batch_sizes_and_lengths():
+    model = gpt2()
+    ex = lrpfx.Explainer(model, "attnlrp")
+    ex(token_inputs(left_padding=True))
+    ids = torch.randint(1, VOCAB, (3, 9), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :3] = 0
+    longer = ex({"input_ids": ids, "attention_mask": mask})
+    assert len(ex._cache) == 1  # no second export
+    fresh = lrpfx.Explainer(model, "attnlrp")({"input_ids": ids, "attention_mask": mask})
+    torch.testing.assert_close(longer.relevance, fresh.relevance, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(longer.output, model_logits(model, {"input_ids": ids, "attention_mask": mask}))
