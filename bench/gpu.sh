@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# GPU benchmark: the same report on CUDA at batch 32 (installs nothing; prints the table last).
+# GPU run (installs nothing): correctness on CUDA against the CPU first, then the CNN report at batch 32 and the
+# transformer benchmark on CUDA; the tables are printed last. Budget: about 8 minutes on an H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python bench/gpu_check.py
 python bench/report.py --device cuda --batches 32 --rounds 10 --models vgg16 resnet50 --out bench/RESULTS-gpu.md
+python bench/transformer.py --device cuda --batch 8 --rounds 10 --out bench/RESULTS_transformer-gpu.md
+cat bench/RESULTS-gpu.md bench/RESULTS_transformer-gpu.md

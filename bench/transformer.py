@@ -41,11 +41,17 @@ def make_model(args):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(llama_config(args.layers, args.hidden, args.heads, args.vocab)).eval()
+    device = getattr(args, "device", "cpu")
+    model = LlamaForCausalLM(llama_config(args.layers, args.hidden, args.heads, args.vocab)).eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-    return model, ids
+    return model, ids.to(device)
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def methods(model, ids):
@@ -63,14 +69,16 @@ def methods(model, ids):
             "lrpfx-compiled": lambda: compiled({"input_ids": ids}).relevance}
 
 
-def time_all(table, rounds):
+def time_all(table, rounds, device="cpu"):
     for run in table.values():
         run()  # warm-up: builds and compiles the programs
     times = {name: [] for name in table}
     for _ in range(rounds):
         for name, run in table.items():
+            sync(device)
             start = time.perf_counter()
             run()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -123,6 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (LXT and memory are CPU-only here)")
     parser.add_argument("--no-lxt", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
@@ -134,13 +143,14 @@ def main(argv=None) -> int:
     from report import machine
 
     model, ids = make_model(args)
-    med = time_all(methods(model, ids), args.rounds)
+    med = time_all(methods(model, ids), args.rounds, args.device)
     print(json.dumps(med, indent=1), flush=True)
-    lxt = {} if args.no_lxt else lxt_times(args, model)
+    on_cpu = args.device == "cpu"  # LXT's side environment and the RSS measurement are CPU-only
+    lxt = {} if args.no_lxt or not on_cpu else lxt_times(args, model)
     print("lxt:", lxt, flush=True)
-    memory = {} if args.no_memory else {m: peak_memory(args, m) for m in ("floor", "lrpfx-eager", "lrpfx-compiled")}
+    memory = {} if args.no_memory or not on_cpu else {m: peak_memory(args, m) for m in ("floor", "lrpfx-eager", "lrpfx-compiled")}
     floor = med["floor"]
-    shape = (f"LLaMA-like: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocab {args.vocab}, "
+    shape = (f"{args.device}, LLaMA-like: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocab {args.vocab}, "
              f"sequence {args.seq}, batch {args.batch}, float32, random weights")
     lines = ["# Transformer benchmark (AttnLRP)", "", f"Machine: {machine()}.", "", f"Model: {shape}. "
              f"Medians of {args.rounds} rounds round-robin after a warm-up; ratios to the floor of the same run.", "",

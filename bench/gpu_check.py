@@ -1,0 +1,66 @@
+"""GPU correctness check, run by bench/gpu.sh before the GPU benchmarks (never by CI: CI has no GPU).
+
+The same explanations on CUDA and on the CPU must agree: a CNN (ResNet18, epsilon-gamma-box) and a tiny LLaMA
+(AttnLRP through the torch.export front-end), eager and compiled. Exits non-zero on a mismatch.
+
+    python bench/gpu_check.py            # needs torch.cuda.is_available()
+    python bench/gpu_check.py --device cpu   # the same comparisons against itself (a dry run of the script)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def compare(name: str, got: torch.Tensor, expected: torch.Tensor, tolerance: float) -> bool:
+    error = ((got.cpu().double() - expected.double()).abs().max() / expected.abs().max()).item()
+    ok = error < tolerance
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: max|diff|/max|cpu| = {error:.2e} (tolerance {tolerance:.0e})",
+          flush=True)
+    return ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device", flush=True)
+        return 2
+    import torchvision
+    import transformers
+
+    import lrpfx
+
+    results = []
+    torch.manual_seed(0)
+    cnn = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(4, 3, 64, 64)
+    reference = lrpfx.explain(cnn, x, "epsilon-gamma-box")
+    cnn_dev, x_dev = cnn.to(args.device), x.to(args.device)
+    for compiled in (False, True):
+        got = lrpfx.Explainer(cnn_dev, "epsilon-gamma-box", compile=compiled)(x_dev).relevance
+        results.append(compare(f"resnet18 epsilon-gamma-box {'compiled' if compiled else 'eager'}", got,
+                               reference, 1e-3))
+
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=128, vocab_size=100)
+    llm = transformers.LlamaForCausalLM(config).double().eval()
+    ids = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :4] = 0
+    reference = lrpfx.Explainer(llm, "attnlrp")({"input_ids": ids, "attention_mask": mask}).relevance
+    llm_dev = llm.to(args.device)
+    inputs = {"input_ids": ids.to(args.device), "attention_mask": mask.to(args.device)}
+    for compiled in (False, True):
+        got = lrpfx.Explainer(llm_dev, "attnlrp", compile=compiled)(inputs).relevance
+        results.append(compare(f"llama attnlrp float64 {'compiled' if compiled else 'eager'}", got, reference,
+                               1e-5))
+    print(f"{sum(results)}/{len(results)} GPU checks passed", flush=True)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
