@@ -21,9 +21,7 @@ serves other batch sizes and lengths; :func:`input_shape_pattern` says which axe
 from __future__ import annotations
 
 import inspect
-import linecache
 import math
-import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -32,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+from .ops import call_arg as _arg, is_activation_module
+from .trace import failure_location
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
-_OWN_FILES = ("/torch/", "/lrpfx/", "<eval_with_key>")
 
 
 class _Call(nn.Module):
@@ -119,15 +118,9 @@ def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], 
 
 
 def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(k in f.filename for k in _OWN_FILES)]
-    where = ""
-    if frames:
-        f = frames[-1]
-        code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
-        where = f"\n  at {f.filename}:{f.lineno}, in {f.name}:\n      {code}"
-    message = str(exc).strip().splitlines()
-    head = "\n".join(message[:6])
-    return (f"could not export {type(model).__name__} with torch.export: {type(exc).__name__}: {head}{where}\n"
+    head = "\n".join(str(exc).strip().splitlines()[:6])
+    return (f"could not export {type(model).__name__} with torch.export: {type(exc).__name__}: {head}"
+            f"{failure_location(exc)}\n"
             "Ways out: replace data-dependent Python control flow (an `if` on tensor values) by tensor ops "
             "(torch.where), or keep that module whole with leaf_modules=[...] and give it a rule by name.")
 
@@ -179,31 +172,23 @@ def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:
 def collapse_leaves(gm: fx.GraphModule, model: nn.Module, leaf_modules: Iterable = ()) -> None:
     """Replace the ops of each leaf module by one call of the module: activation modules export spelled out
     (so they get the activation rule, not the rules of their pieces) and the user's ``leaf_modules``."""
-    from .ops import is_activation_module
-
     names = {m for m in leaf_modules if isinstance(m, str)}
     types = tuple(m for m in leaf_modules if isinstance(m, type))
 
-    def requested(path: str, module: nn.Module) -> bool:
-        return path in names or bool(types and isinstance(module, types))
+    def requested(path: str) -> bool:
+        return path in names or bool(types and isinstance(model.get_submodule(path), types))
 
-    groups: Dict[str, List[fx.Node]] = {}
+    groups: Dict[str, List[fx.Node]] = {}  # outermost leaf module -> its ops, in graph order
     for n in gm.graph.nodes:
         if n.op != "call_function":
             continue
-        for path in _module_path(n):
-            if not path:
-                continue
-            module = model.get_submodule(path)
-            if requested(path, module) or (is_activation_module(module) and len(_module_ops(gm, path)) > 1):
-                groups.setdefault(path, []).append(n)
-                break
+        path = next((p for p in _module_path(n)
+                     if p and (requested(p) or is_activation_module(model.get_submodule(p)))), None)
+        if path is not None:
+            groups.setdefault(path, []).append(n)
     for path, nodes in groups.items():
-        _collapse(gm, model, path, nodes, strict=requested(path, model.get_submodule(path)))
-
-
-def _module_ops(gm: fx.GraphModule, path: str) -> List[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and path in _module_path(n)]
+        if requested(path) or len(nodes) > 1:  # an activation exported as one op needs no collapsing
+            _collapse(gm, model, path, nodes, strict=requested(path))
 
 
 def _collapse(gm: fx.GraphModule, model: nn.Module, path: str, nodes: List[fx.Node], strict: bool) -> None:
@@ -303,12 +288,6 @@ def _repeat_heads(g: fx.Graph, n: fx.Node, q_shape, kv: fx.Node) -> fx.Node:
     """Grouped key/value heads repeated to the query's head count (what ``enable_gqa`` means)."""
     kv_shape, _ = _shape_dtype(n, kv)
     return g.call_function(torch.repeat_interleave, (kv, q_shape[-3] // kv_shape[-3]), {"dim": -3})
-
-
-def _arg(n: fx.Node, index: int, name: str, default=None):
-    if len(n.args) > index:
-        return n.args[index]
-    return n.kwargs.get(name, default)
 
 
 def _addmm_as_linear(gm: fx.GraphModule) -> None:

@@ -18,21 +18,11 @@ def flipping_curve(model: nn.Module, x: torch.Tensor, order_scores: torch.Tensor
     """Target logit after deleting pixels in decreasing ``order_scores`` order, ``steps`` chunks at a time.
 
     ``order_scores`` has one score per pixel (``[B, H, W]`` or ``[B, *x.shape[2:]]``); deleting sets every channel
-    of a pixel to ``baseline``. Returns ``[B, steps + 1]`` logits (column 0: nothing deleted). All perturbed
-    inputs of a sample go through the model in one batch.
+    of a pixel to ``baseline``. Returns ``[B, steps + 1]`` logits (column 0: nothing deleted): the most-relevant-
+    first :func:`perturbation_curve` with one-pixel patches and this order.
     """
-    b = x.shape[0]
-    flat = order_scores.reshape(b, -1)
-    n = flat.shape[1]
-    rank = torch.empty_like(flat, dtype=torch.long)
-    rank.scatter_(1, flat.argsort(dim=1, descending=True), torch.arange(n, device=x.device).expand(b, n))
-    cut = torch.linspace(0, n, steps + 1, device=x.device).round().long()  # pixels deleted after each step
-    deleted = rank.unsqueeze(1) < cut.view(1, -1, 1)  # [B, steps+1, n]
-    mask = deleted.view(b, steps + 1, 1, *x.shape[2:])
-    perturbed = torch.where(mask, torch.as_tensor(baseline, dtype=x.dtype, device=x.device), x.unsqueeze(1))
-    with torch.no_grad():
-        out = model(perturbed.flatten(0, 1)).view(b, steps + 1, -1)
-    return out.gather(2, target.view(b, 1, 1).expand(b, steps + 1, 1)).squeeze(2)
+    per_pixel = order_scores.reshape(x.shape[0], 1, *x.shape[2:])  # one channel: the scores as they are
+    return perturbation_curve(model, x, per_pixel, target, order="morf", steps=steps, baseline=baseline)
 
 
 def pixel_flipping(model: nn.Module, x: torch.Tensor, relevance: torch.Tensor, target: Optional[torch.Tensor] = None,

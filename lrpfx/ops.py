@@ -290,7 +290,7 @@ def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
             return None
         indices = n.args[0] if n.args else None
     elif n.op == "call_function" and n.target in _EMBEDDING_FUNCTIONS:
-        indices = _arg(n, 1 - _EMBEDDING_FUNCTIONS[n.target], "input")
+        indices = call_arg(n, 1 - _EMBEDDING_FUNCTIONS[n.target], "input")
     else:
         return None
     for _ in range(8):  # through .to(), .view() and friends: ops that keep the ids' values
@@ -312,8 +312,8 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
         acts = [a for a in n.all_input_nodes if a in active]
         if n.op == "placeholder":
             info = NodeInfo(n, "input", n.name, "input")
-        elif embedding_source(gm, n) is not None:
-            info = _classify_embedding(gm, n)
+        elif (source := embedding_source(gm, n)) is not None:
+            info = _classify_embedding(gm, n, source)
         elif n.op == "call_module":
             info = _classify_module(n, gm.get_submodule(n.target), acts)
         elif n.op == "call_function":
@@ -332,15 +332,14 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
     return infos
 
 
-def _classify_embedding(gm: fx.GraphModule, n: fx.Node) -> NodeInfo:
+def _classify_embedding(gm: fx.GraphModule, n: fx.Node, source: fx.Node) -> NodeInfo:
     """A lookup of token ids: where relevance stops (reported as the ids' relevance, shaped [..., H])."""
-    source = embedding_source(gm, n)
     if n.op == "call_module":
         info = NodeInfo(n, "embedding", n.target, "Embedding", module=gm.get_submodule(n.target))
         info.weight = f"{n.target}.weight"
     else:
         info = NodeInfo(n, "embedding", n.name, _target_name(n))
-        info.weight = _arg(n, _EMBEDDING_FUNCTIONS[n.target], "weight")
+        info.weight = call_arg(n, _EMBEDDING_FUNCTIONS[n.target], "weight")
     info.extra = {"source": source}
     return info
 
@@ -388,7 +387,7 @@ def _pool_kwargs(n: fx.Node, names) -> Dict[str, Any]:
     """Arguments of a functional pooling call by name (adaptive pools take ``output_size`` first)."""
     if "adaptive" in _target_name(n):
         names = ("output_size", "return_indices")
-    values = {name: _arg(n, i + 1, name, None) for i, name in enumerate(names)}
+    values = {name: call_arg(n, i + 1, name, None) for i, name in enumerate(names)}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -489,7 +488,8 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
     return info
 
 
-def _arg(n: fx.Node, index: int, name: str, default=None):
+def call_arg(n: fx.Node, index: int, name: str, default=None):
+    """Argument ``index`` (positional) or ``name`` (keyword) of a call node."""
     if len(n.args) > index:
         return n.args[index]
     return n.kwargs.get(name, default)
@@ -513,47 +513,47 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     elif n.target in _ATEN_STRUCTURAL:
         info.kind, info.extra = "structural", {"reshape": False, "copies": True,
                                                "keeps_sign": n.target not in _ATEN_SIGN_CHANGING}
-    elif t in _SOFTMAX_FUNCTIONS and x is not None and first is x and isinstance(_arg(n, 1, "dim"), int):
-        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": _arg(n, 1, "dim")}
+    elif t in _SOFTMAX_FUNCTIONS and x is not None and first is x and isinstance(call_arg(n, 1, "dim"), int):
+        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": call_arg(n, 1, "dim")}
     elif t in _MATMUL_FUNCTIONS:
         _classify_matmul(info, n, active)
     elif t is F.rms_norm and x is not None and first is x:
-        shape = _arg(n, 1, "normalized_shape")
-        eps = _arg(n, 3, "eps")
+        shape = call_arg(n, 1, "normalized_shape")
+        eps = call_arg(n, 3, "eps")
         info.kind = "layer_norm"
         info.extra = {"normalized_ndim": len(shape) if isinstance(shape, (tuple, list)) else 1, "centered": False,
                       "ln_eps": eps if eps is not None else torch.finfo(x.meta["lrpfx_value"].dtype).eps}
-        info.weight = _arg(n, 2, "weight")
+        info.weight = call_arg(n, 2, "weight")
     elif t is F.linear and x is not None and first is x:
         info.kind, info.layer = "linear", Linear()
-        info.weight, info.bias = _arg(n, 1, "weight"), _arg(n, 2, "bias")
+        info.weight, info.bias = call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
     elif t in _CONV_FUNCTIONS and x is not None and first is x:
         dim = _CONV_FUNCTIONS[t]
-        w = _arg(n, 1, "weight")
-        kw = {"stride": _arg(n, 3, "stride", 1), "padding": _arg(n, 4, "padding", 0),
-              "dilation": _arg(n, 5, "dilation", 1), "groups": _arg(n, 6, "groups", 1)}
+        w = call_arg(n, 1, "weight")
+        kw = {"stride": call_arg(n, 3, "stride", 1), "padding": call_arg(n, 4, "padding", 0),
+              "dilation": call_arg(n, 5, "dilation", 1), "groups": call_arg(n, 6, "groups", 1)}
         try:
             info.layer = _conv_layer(kw, dim, w.meta["lrpfx_value"].shape)
         except (AttributeError, KeyError):  # weight without recorded shape: leave it unknown
             return info
-        info.kind, info.weight, info.bias = "conv", w, _arg(n, 2, "bias")
+        info.kind, info.weight, info.bias = "conv", w, call_arg(n, 2, "bias")
     elif t in _CONV_T_FUNCTIONS and x is not None and first is x:
         dim = _CONV_T_FUNCTIONS[t]
         info.kind = "conv_transpose"
-        info.layer = ConvTranspose(dim, _tuple(_arg(n, 3, "stride", 1), dim), _tuple(_arg(n, 4, "padding", 0), dim),
-                                   _tuple(_arg(n, 5, "output_padding", 0), dim), _tuple(_arg(n, 7, "dilation", 1), dim),
-                                   _arg(n, 6, "groups", 1))
-        info.weight, info.bias = _arg(n, 1, "weight"), _arg(n, 2, "bias")
-    elif t is F.batch_norm and x is not None and first is x and not _arg(n, 5, "training", False):
+        info.layer = ConvTranspose(dim, _tuple(call_arg(n, 3, "stride", 1), dim), _tuple(call_arg(n, 4, "padding", 0), dim),
+                                   _tuple(call_arg(n, 5, "output_padding", 0), dim), _tuple(call_arg(n, 7, "dilation", 1), dim),
+                                   call_arg(n, 6, "groups", 1))
+        info.weight, info.bias = call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
+    elif t is F.batch_norm and x is not None and first is x and not call_arg(n, 5, "training", False):
         info.kind = "batchnorm"
-        info.extra = {"mean": _arg(n, 1, "running_mean"), "var": _arg(n, 2, "running_var"),
-                      "bn_weight": _arg(n, 3, "weight"), "bn_bias": _arg(n, 4, "bias"), "eps": _arg(n, 7, "eps", 1e-5)}
+        info.extra = {"mean": call_arg(n, 1, "running_mean"), "var": call_arg(n, 2, "running_var"),
+                      "bn_weight": call_arg(n, 3, "weight"), "bn_bias": call_arg(n, 4, "bias"), "eps": call_arg(n, 7, "eps", 1e-5)}
     elif t is F.layer_norm and x is not None and first is x:
-        shape = _arg(n, 1, "normalized_shape")
+        shape = call_arg(n, 1, "normalized_shape")
         info.kind = "layer_norm"
         info.extra = {"normalized_ndim": len(shape) if isinstance(shape, (tuple, list)) else 1,
-                      "ln_eps": _arg(n, 4, "eps", 1e-5)}
-        info.weight, info.bias = _arg(n, 2, "weight"), _arg(n, 3, "bias")
+                      "ln_eps": call_arg(n, 4, "eps", 1e-5)}
+        info.weight, info.bias = call_arg(n, 2, "weight"), call_arg(n, 3, "bias")
     elif t in _ACTIVATION_FUNCTIONS and x is not None and first is x:
         info.kind, info.nonneg = "activation", t in _NONNEG_FUNCTIONS
         info.extra = {"relu": t in _RELU_FUNCTIONS, "zero_at_zero": t not in _NONZERO_AT_ZERO_FUNCTIONS}
@@ -569,7 +569,7 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
         info.kind, info.extra = "structural", {"reshape": True, "copies": True, "keeps_sign": True}
     elif t in _STRUCTURAL_FUNCTIONS:
         keeps_sign = t not in (F.interpolate, torch.masked_fill, torch.where) and not (
-            t is F.pad and _arg(n, 3, "value", 0) not in (0, 0.0, None))
+            t is F.pad and call_arg(n, 3, "value", 0) not in (0, 0.0, None))
         info.kind, info.extra = "structural", {"reshape": False, "copies": t is not F.interpolate,
                                                "keeps_sign": keeps_sign}
     else:
@@ -584,8 +584,8 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     x = _single(acts)
     info.x = x
     self_is_x = x is not None and n.args and n.args[0] is x
-    if name == "softmax" and self_is_x and isinstance(_arg(n, 1, "dim"), int):
-        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": _arg(n, 1, "dim")}
+    if name == "softmax" and self_is_x and isinstance(call_arg(n, 1, "dim"), int):
+        info.kind, info.nonneg, info.extra = "softmax", True, {"dim": call_arg(n, 1, "dim")}
     elif name in ("matmul", "bmm", "__matmul__"):
         _classify_matmul(info, n, active)
     elif name in _ACTIVATION_METHODS and self_is_x:
@@ -612,7 +612,7 @@ _EVAL_IDENTITY_BY_NAME = {"torchvision.ops.stochastic_depth.stochastic_depth": 3
 
 def _eval_identity(n: fx.Node) -> bool:
     position = _EVAL_IDENTITY_BY_NAME.get(_target_name(n))
-    return position is not None and _arg(n, position, "training", True) is False
+    return position is not None and call_arg(n, position, "training", True) is False
 
 
 def _classify_matmul(info: NodeInfo, n: fx.Node, active) -> None:

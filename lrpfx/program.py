@@ -167,6 +167,21 @@ class ProgramBuilder:
             return None
         return self._sum(parts)
 
+    def _input_relevance(self, n: fx.Node, embedded: Optional[List[fx.Node]]) -> Optional[fx.Node]:
+        """An input's relevance: that of its embeddings for token ids; zeros for a float input nothing reached;
+        None for an input that carries none (a mask)."""
+        if embedded:
+            return self._sum(embedded)
+        r = self.collect(n)
+        if r is None and n in self.infos:
+            r = self.call(torch.zeros_like, [self.env[n]], name=f"r_{n.name}")
+        return None if r is None else self._times_input(n, r)
+
+    def _times_input(self, n: fx.Node, r: fx.Node) -> fx.Node:
+        if not self.times_input:
+            return r
+        return self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
+
     def _sum(self, parts: List[fx.Node]) -> fx.Node:
         total = parts[0]
         for p in parts[1:]:
@@ -178,31 +193,24 @@ class ProgramBuilder:
         r_out = self.call(initial_relevance, [self.env[output], target], {"start": self.start}, name="r_output")
         self.contribute(output, r_out)
         recorded: Dict[fx.Node, fx.Node] = {}
-        input_relevance: Dict[fx.Node, fx.Node] = {}
+        input_relevance: Dict[fx.Node, Optional[fx.Node]] = {}
         embedded: Dict[fx.Node, List[fx.Node]] = defaultdict(list)  # token-id input -> its embeddings' relevance
         for n in reversed(list(self.gm.graph.nodes)):
             info = self.infos.get(n)
-            if info is None and n not in embedded:
-                continue
-            r = self.collect(n)
-            if n in embedded:  # integer input: its relevance is that of its embedding outputs, [..., H]
-                r = self._sum(embedded[n])
-            elif n.op == "placeholder":
-                if r is None:
-                    r = self.call(torch.zeros_like, [self.env[n]], name=f"r_{n.name}")
-            if r is not None and self.times_input and (n.op == "placeholder" and n not in embedded
-                                                       or info is not None and info.kind == "embedding"):
-                r = self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
             if n.op == "placeholder":
-                input_relevance[n] = r
+                r = input_relevance[n] = self._input_relevance(n, embedded.get(n))
+                if info is not None:
+                    recorded[n] = r
+                continue
+            r = self.collect(n) if info is not None else None
             if r is None:
                 continue
-            if info is not None:
-                recorded[n] = r
-            if info is not None and info.kind == "embedding":
+            if info.kind == "embedding":  # where relevance stops: it is the ids' relevance, [..., H]
+                r = recorded[n] = self._times_input(n, r)
                 embedded[info.extra["source"]].append(r)
-            elif n.op != "placeholder":
-                self.emit(info, r)
+                continue
+            recorded[n] = r
+            self.emit(info, r)
         outputs = (self.env[output], tuple(input_relevance.get(n) for n in inputs))
         if self.intermediate:
             keys = intermediate_keys(self.infos)
@@ -391,7 +399,7 @@ class ProgramBuilder:
         active = [i for i, v in enumerate(graph_values) if v in self.infos]
         # structural ops are linear in their activations: the VJP needs their shapes, not their values
         linear = norm_eps is None and info.kind == "structural" and all(
-            self.infos[graph_values[i]].node.meta["lrpfx_value"].is_tensor for i in active)
+            graph_values[i].meta["lrpfx_value"].is_tensor for i in active)
         replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps, linear=linear)
         path = f"steps.{n.name}"
         self.attrs[path] = replay

@@ -138,17 +138,17 @@ RGB = Tuple[int, int, int]
 
 
 def _colours(tokens: Sequence[str], scores: Scores, normalize: Normalize) -> List[Tuple[RGB, RGB, float]]:
-    """(background, foreground, score) per token: white fading to red (positive) or blue (negative)."""
+    """(background, foreground, score) per token: the ``bwr`` map of :mod:`lrpfx.image` (white fading to red
+    for positive, blue for negative), on the same symmetric scale as image heatmaps."""
+    from .image import colorize, normalize as scale_symmetric
+
     values = _score_list(tokens, scores)
-    scale = _scale(values, normalize)
+    scaled = scale_symmetric(values, bound=_scale(values, normalize))
     out = []
-    for v in values:
-        a = min(abs(v) / scale, 1.0) if scale > 0 else 0.0
-        fade = round(255 * (1 - a))
-        background = (255, fade, fade) if v > 0 else (fade, fade, 255) if v < 0 else (255, 255, 255)
+    for v, a, background in zip(values, scaled.tolist(), colorize(scaled, "bwr").tolist()):
         # dark text stops being readable on saturated red/blue
-        foreground = (255, 255, 255) if a > 0.6 else (0, 0, 0)
-        out.append((background, foreground, v))
+        foreground = (255, 255, 255) if abs(a) > 0.6 else (0, 0, 0)
+        out.append((tuple(background), foreground, v))
     return out
 
 

@@ -138,12 +138,17 @@ def _defaults_after(model: nn.Module, num_inputs: int) -> dict:
     return concrete
 
 
-def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
+def failure_location(exc: BaseException) -> str:
+    """``\n  at file:line, in function:\n      code`` for the user's innermost frame of ``exc``, or ''."""
     frame = _user_frame(exc)
-    where = ""
-    if frame is not None:
-        code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
-        where = f"\n  at {frame.filename}:{frame.lineno}, in {frame.name}:\n      {code}"
+    if frame is None:
+        return ""
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    return f"\n  at {frame.filename}:{frame.lineno}, in {frame.name}:\n      {code}"
+
+
+def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
+    where = failure_location(exc)
     return (
         f"could not trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}{where}\n"
         "Ways out: (1) if this is data-dependent control flow (an `if` or loop on tensor values), mark the "

@@ -122,10 +122,16 @@ def test_byte_level_bpe():
 
 
 def test_wordpiece():
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, pre_tokenizers
 
-    fast = _fast(models.WordPiece(unk_token="[UNK]"), pre_tokenizers.Whitespace(), decoders.WordPiece(),
-                 trainers.WordPieceTrainer(vocab_size=70, special_tokens=["[UNK]"]))
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    # a fixed vocabulary: a trained one's merges depend on tie order, and sub-word pieces may not appear
+    pieces = ["[UNK]", "the", "cat", "##hed", "##ral", "home", "##work"]
+    core = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.Whitespace(), decoders.WordPiece()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=core)
     ids = fast("the cathedral homework")["input_ids"]
     assert any(t.startswith("##") for t in fast.convert_ids_to_tokens(ids))
     tokens = token_strings(fast, ids)

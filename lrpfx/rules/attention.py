@@ -13,12 +13,12 @@ def softmax(x, s, r, *, dim: int):
     """``R_in = x · (R - s · ΣR)`` along ``dim`` (``s = softmax(x)``).
 
     Masked scores (``x = -inf``) have ``s = 0`` and no relevance arrives there; they get 0 rather than
-    ``-inf · 0 = NaN``.
+    ``-inf · 0 = NaN``. Computed in place on its own temporaries: two score-sized buffers at a time.
     """
     axis = dim if dim < 0 else dim - s.dim()  # negative: r may carry a leading target axis
-    total = r.sum(dim=axis, keepdim=True)
-    out = x * (r - s * total)
-    return torch.where(torch.isneginf(x), torch.zeros((), dtype=out.dtype, device=out.device), out)
+    out = s * r.sum(dim=axis, keepdim=True)
+    torch.sub(r, out, out=out)
+    return out.mul_(x).masked_fill_(torch.isneginf(x), 0.0)
 
 
 def log_normaliser(x, s, *, dim: int):
@@ -28,17 +28,13 @@ def log_normaliser(x, s, *, dim: int):
 
 
 def softmax_from_output(s, lse, r, *, dim: int):
-    """:func:`softmax` from the output and the per-row ``lse = logsumexp(x)``: ``x = log(s) + lse``.
+    """:func:`softmax` from the output and the per-row ``lse = logsumexp(x)``, with ``x = log(s) + lse``.
 
     The program keeps ``s`` (the relevance of the product it feeds needs it anyway) and the small ``lse``
-    instead of the full score tensor. Where ``s == 0`` (masked or underflowed scores) no relevance arrives
-    and the result is 0, as in :func:`softmax`.
+    instead of the full score tensor. Where ``s == 0`` (masked or underflowed scores) ``x`` is ``-inf`` and the
+    result is 0, as for masked scores.
     """
-    axis = dim if dim < 0 else dim - s.dim()
-    out = s * r.sum(dim=axis, keepdim=True)
-    torch.sub(r, out, out=out)  # in place on our own temporaries: two score-sized buffers at a time, not five
-    x = torch.log(s).add_(lse)
-    return out.mul_(x).masked_fill_(s == 0, 0.0)
+    return softmax(torch.log(s).add_(lse), s, r, dim=dim)
 
 
 def _t(m: torch.Tensor) -> torch.Tensor:

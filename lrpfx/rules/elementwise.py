@@ -16,7 +16,7 @@ def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool 
     to its term's shape where it was broadcast.
     """
     if zero_bias:
-        z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)) * torch.ones_like(z)
+        z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)).expand(z.shape)
     s = divide(r, z, eps)
     keep = target_axes(r, z)
     return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))
