@@ -7,7 +7,10 @@ caches it — compiled with ``torch.compile`` when asked — and runs it without
 from __future__ import annotations
 
 import contextlib
+import difflib
+import fnmatch
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -17,10 +20,10 @@ from torch import nn
 
 from . import canonize, ops
 from .composites import FIRST_KINDS, Composite, as_composite
-from .errors import InputError, LrpfxError, RuleError, TargetError, TraceError, UnsupportedOpError
+from .errors import InputError, LrpfxError, LrpfxWarning, RuleError, TargetError, TraceError, UnsupportedOpError
 from .exported import decompose_attention, export_graph, input_shape_pattern
 from .program import ProgramBuilder
-from .rules import Rule, applies_to
+from .rules import Pass, Rule, applies_to
 from .trace import record_values, source_line, trace
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
@@ -46,6 +49,7 @@ class Explanation:
     intermediate: Dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: Dict[str, Any] = field(default_factory=dict)
     token_ids: Optional[torch.Tensor] = None
+    activations: Dict[str, torch.Tensor] = field(default_factory=dict)  # conditional runs: forward values asked for
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -220,13 +224,48 @@ def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tu
         rule, reason = composite.rule_for(info, is_first=(n is first))
         if rule is None:
             raise UnsupportedOpError(_unsupported_message(info))
+        if isinstance(rule, Pass) and not passes_through(info):
+            raise RuleError(
+                f"Pass() cannot apply to node '{n.name}' ({info.op}){source_line(n)}: the identity rule needs one "
+                "activation input broadcast to one tensor output; assign Gradient() (or a rule of this kind) with "
+                f"Composite(by_name={{'{info.name}': Gradient()}})")
         if not applies_to(rule, info.kind):
             raise RuleError(
                 f"rule {rule.describe()} cannot apply to node '{n.name}' ({info.op}, kind '{info.kind}')"
                 f"{source_line(n)}; assign a rule that fits this kind with "
                 f"Composite(by_name={{'{info.name}': ...}})")
         rules[n], reasons[n] = rule, reason
+    _check_patterns_match(infos, composite)
     return rules, reasons
+
+
+def _check_patterns_match(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> None:
+    """A ``by_name`` glob that names no node is a typo or a pattern meant for another model: say so."""
+    names = sorted({i.name for i in infos.values()} | {n.name for n in infos})
+    for pattern, _ in composite.by_name:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+            hint = f"close matches: {close}" if close else f"node names include {names[:12]}"
+            raise RuleError(f"by_name pattern {pattern!r} matches no node of this model; {hint}. The rule table "
+                            "(lrpfx.export(model, x).rule_table()) lists every node with its name")
+
+
+def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, ops.NodeInfo]) -> None:
+    """Refuse a graph in which relevance would silently stop at a node lrpfx does not track, and say so when an
+    input's relevance is zero because the output does not depend on it."""
+    node = ops.untracked_dependency(gm, infos)
+    if node is not None:
+        value = node.meta["lrpfx_value"]
+        what = "a nested tuple or other container" if not value.is_tensor and value.tuple_len is None else \
+            f"a value lrpfx does not track ({value})"
+        raise UnsupportedOpError(
+            f"the output depends on the input through node '{node.name}' ({ops.op_label(node)}){source_line(node)}, "
+            f"which returns {what}; lrpfx cannot propagate relevance through it and would return a wrong zero. "
+            "Ways out: make the op return one tensor or a flat tuple of tensors (unpack nested results in a "
+            "wrapper module), or replace it by ops lrpfx knows (see the rule table of a model without it).")
+    for n in ops.unreached_inputs(gm, infos):
+        warnings.warn(f"the output does not depend on input '{n.name}': its relevance is zero by the model's "
+                      "structure, not by a rule", LrpfxWarning, stacklevel=4)
 
 
 def rule_table(infos: Dict[fx.Node, ops.NodeInfo], rules: Dict[fx.Node, Rule], reasons: Dict) -> RuleTable:
@@ -243,13 +282,29 @@ def rule_table(infos: Dict[fx.Node, ops.NodeInfo], rules: Dict[fx.Node, Rule], r
     return table
 
 
+def passes_through(info: ops.NodeInfo) -> bool:
+    """Whether the identity rule can apply: one activation input, broadcast (or equal) to one tensor output."""
+    value = info.node.meta["lrpfx_value"]
+    if info.x is None or not value.is_tensor:
+        return False
+    x_shape = info.x.meta["lrpfx_value"].shape
+    try:
+        return tuple(torch.broadcast_shapes(x_shape, value.shape)) == tuple(value.shape)
+    except RuntimeError:
+        return False
+
+
 def _unsupported_message(info: ops.NodeInfo) -> str:
     n = info.node
+    key = f"Composite(by_name={{'{info.name}': ...}})"
+    ways = ["Gradient() to route the relevance by the op's gradient (exact for ops that select or move values: "
+            "max/min over an axis, sort, topk; an approximation for ops that mix values)"]
+    if passes_through(info):
+        ways.insert(0, "Pass() if it is elementwise (the relevance passes to its input unchanged)")
     return (
-        f"no relevance rule for node '{n.name}' ({info.op}){source_line(n)}. lrpfx does not know how relevance "
-        f"flows through this op. Assign a rule with Composite(by_name={{'{info.name}': Pass()}}) if it is "
-        f"elementwise, Structural() if it only moves values, or Gradient() for its plain gradient; or keep a "
-        f"module whole with leaf_modules=[...] and assign its rule by name."
+        f"no relevance rule for node '{info.name}' ({info.op}){source_line(n)}. lrpfx does not know how relevance "
+        f"flows through this op. Assign a rule with {key}: " + "; or ".join(ways) +
+        ". Or keep the module that contains it whole with leaf_modules=[...] and assign that module's rule by name."
     )
 
 
@@ -288,17 +343,17 @@ class Explainer:
         says the program will be given initial relevances (float targets) rather than class indices."""
         return self._entry(split_inputs(x), intermediate, target_is_relevance).program
 
-    def _entry(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool) -> "_Entry":
+    def _entry(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
-        key = (_signature(inputs), intermediate, target_is_relevance)
+        key = (_signature(inputs), intermediate, target_is_relevance) + (() if plan is None else (plan,))
         with FX_LOCK:
             entry = self._cache.get(key)
             if entry is not None and not _serves(entry.shapes, inputs):
                 key = key + (_signature(inputs, static=True),)  # export fixed an axis: a program per shape
                 entry = self._cache.get(key)
             if entry is None:
-                entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance)
+                entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance, plan)
             return entry
 
     def _graph(self, inputs: ModelInputs) -> Tuple[fx.GraphModule, str]:
@@ -338,17 +393,21 @@ class Explainer:
         return gm
 
     def _unexplained(self, gm: fx.GraphModule) -> bool:
-        """Whether some node has no rule (an op no table knows and the composite does not name)."""
-        return any(self.composite.rule_for(info, False)[0] is None for info in ops.classify(gm).values()
-                   if info.kind not in ("input", "embedding"))
+        """Whether some node has no rule (an op no table knows and the composite does not name), or the output
+        depends on the input through a node lrpfx does not track."""
+        infos = ops.classify(gm)
+        return ops.untracked_dependency(gm, infos) is not None or any(
+            self.composite.rule_for(info, False)[0] is None for info in infos.values()
+            if info.kind not in ("input", "embedding"))
 
-    def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool) -> "_Entry":
+    def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         with eval_mode(self.model):
             gm, frontend = self._graph(inputs)
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         infos = ops.classify(gm)
+        check_dependencies(gm, infos)
         rules, reasons = choose_rules(infos, self.composite)
         canonize.fold_batchnorms(infos, rules)
         canonize.mark_nonnegative(infos)
@@ -356,8 +415,10 @@ class Explainer:
         output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         canonize.mark_positive_only(infos, rules, output,
                                     proportional_start=self.composite.start == "logit" and not target_is_relevance)
+        # a condition plan (lrpfx.concepts) names the masked nodes, the gates and the recorded nodes
+        options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
         builder = ProgramBuilder(gm, infos, rules, start=self.composite.start,
-                                 times_input=self.composite.times_input, intermediate=intermediate)
+                                 times_input=self.composite.times_input, **options)
         program = RelevanceProgram(builder.build(), table, self.composite)
         run = program.graph_module
         if self.compile:
@@ -369,11 +430,18 @@ class Explainer:
         return _Entry(program, run, out_info.shape, pattern)
 
     # ---- running --------------------------------------------------------------------------------------------
-    def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None) -> Explanation:
+    def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None, conditions=None,
+                 condition_batch_size: Optional[int] = None) -> Explanation:
         """Explain ``x`` (a tensor, a tuple of tensors, or a dict of named inputs such as
         ``{"input_ids": ids, "attention_mask": mask}``). ``targets=[3, 5, 7]`` (or a LongTensor ``[K]`` or
         ``[B, K]``) gives K explanations per sample from one forward pass: ``relevance`` then has shape
-        ``[B, K, ...]`` (``relevance[:, k]`` is target k), and so has every intermediate relevance."""
+        ``[B, K, ...]`` (``relevance[:, k]`` is target k), and so has every intermediate relevance.
+        ``conditions=[{"y": 3, "features.28": [50]}, ...]`` gives K conditional relevances, ``[B, K, ...]``, run
+        ``condition_batch_size`` at a time (:func:`lrpfx.concepts.explain_conditions`)."""
+        if conditions is not None:
+            from .concepts.relevance import explain_conditions
+            return explain_conditions(self, x, conditions, target=target, targets=targets,
+                                      intermediate=intermediate, batch_size=condition_batch_size)
         inputs = split_inputs(x)
         self._check_inputs(inputs.tensors)
         # build (or fetch) the one program this call needs; its recorded output shape validates the target

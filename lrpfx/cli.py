@@ -343,6 +343,9 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu") ->
             hint = f"; did you mean --model torchvision:{spec}?"
         raise CliError(f"--model takes 'torchvision:NAME' or 'module.path:factory', got '{spec}'{hint}")
     source, name = spec.rsplit(":", 1)
+    import torch
+
+    torch.manual_seed(0)  # random weights (no --weights) are the same on every run of the same command
     if source == "torchvision":
         loaded = _torchvision_model(name, weights)
     else:
@@ -350,10 +353,21 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu") ->
         if weights is not None:
             _load_state_dict(loaded.model, _weights_file(weights, spec))
             loaded = loaded._replace(description=f"{spec} (weights {weights})")
-    import torch
-
     model = loaded.model.to(torch.device(device)).eval()
     return loaded._replace(model=model)
+
+
+def check_writable(path, option: str = "--out") -> Path:
+    """Fail before the work, not after it, when ``path`` cannot be written."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"{option} '{path}': the folder '{folder}' does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"{option} '{path}': the folder '{folder}' is not writable; choose another path")
+    if path.is_dir():
+        raise CliError(f"{option} '{path}' is a folder; give a file name")
+    return path
 
 
 def _torchvision_has(name: str) -> bool:
@@ -563,6 +577,7 @@ def _check_rule(rule: str):
 def run_demo(args) -> int:
     from . import demo as demo_module
 
+    check_writable(args.out)
     demo_module.run(out=args.out, epochs=args.epochs, dataset=args.dataset)
     return 0
 
@@ -573,9 +588,11 @@ def run_explain(args) -> int:
     from . import image as img
     from .api import Explainer
 
-    out = Path(args.out)
+    out = check_writable(args.out)
     if out.suffix.lower() != ".png":
         raise CliError(f"--out must be a .png file, got '{args.out}'")
+    if args.save_relevance:
+        check_writable(args.save_relevance, "--save-relevance")
     if args.topk < 0:
         raise CliError("--topk must be >= 0")
     if not 0 <= args.alpha <= 1:
@@ -665,7 +682,7 @@ def run_graph(args) -> int:
     from .api import export
     from .exporting import relevance_steps, save, split_nodes
 
-    outs = [Path(o) for o in args.out]
+    outs = [check_writable(o) for o in args.out]
     for o in outs:
         if o.suffix.lower() not in GRAPH_SUFFIXES:
             raise CliError(f"--out '{o}': use one of {', '.join(GRAPH_SUFFIXES)}")

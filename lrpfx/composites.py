@@ -6,6 +6,7 @@ A :class:`Composite` is immutable and hashable. Resolution for one node, most sp
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -130,9 +131,10 @@ def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, zero_bias: bool = False) -> Co
                      label="epsilon-alpha2beta1-flat")
 
 
-def AttnLRP(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
-    """AttnLRP (reference §3): epsilon on linear/conv nodes, the softmax rule, uniform bilinear products and
-    gates, LayerNorm/RMSNorm with the scale held constant, the identity on GELU/SiLU."""
+def AttnLRP(epsilon: float = 0.0, zero_bias: bool = False) -> Composite:
+    """AttnLRP (Achtibat et al., ICML 2024): epsilon on linear/conv nodes, the softmax rule, uniform bilinear
+    products and gates, LayerNorm/RMSNorm with the scale held constant, the identity on GELU/SiLU. The default
+    ``epsilon=0`` is the reference implementation's (LXT 2.1, gradient × input of its modified backward)."""
     return Composite(**_transformer_rules(epsilon, zero_bias, MatmulUniform(epsilon)), label="attnlrp")
 
 
@@ -144,13 +146,22 @@ def CPLRP(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
 
 def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[str, Any]:
     return dict(conv=Epsilon(epsilon, zero_bias), linear=Epsilon(epsilon, zero_bias),
-                by_type=(("matmul", matmul), ("layer_norm", NormIdentity(epsilon, zero_bias)),
-                         ("add", Norm(epsilon, zero_bias))))
+                by_type=(("matmul", matmul), ("layer_norm", NormIdentity(epsilon, zero_bias)))
+                + _proportional_steps(epsilon, zero_bias))
+
+
+def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
+    """Norm with the given stabiliser on every step that splits relevance in proportion to contributions (sums,
+    average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0."""
+    return tuple((kind, Norm(eps, zero_bias)) for kind in ("add", "avg_pool", "reduce"))
 
 
 def single(rule: Rule, label: Optional[str] = None) -> Composite:
-    """One rule on every conv and linear node, §2 defaults elsewhere."""
-    return Composite(conv=rule, linear=rule, label=label or rule.describe())
+    """One rule on every conv and linear node, the kind defaults elsewhere; its epsilon (if it has one) is also
+    the stabiliser of sums and average pools."""
+    eps = getattr(rule, "eps", None)
+    by_type = _proportional_steps(float(eps), getattr(rule, "zero_bias", False)) if eps is not None else ()
+    return Composite(conv=rule, linear=rule, by_type=by_type, label=label or rule.describe())
 
 
 def gradient(times_input: bool = False) -> Composite:
@@ -205,11 +216,25 @@ def _parse_number(text: str, whole: str) -> float:
         raise RuleError(f"rule string {whole!r}: {text.strip()!r} is not a number") from None
 
 
-def known_rule_strings() -> str:
-    return ", ".join(sorted(set(PRESETS) | set(_RULE_NAMES) | set(PATTERN_PRESETS)))
+# rule names that make sense as ``rule=`` for a whole model (they apply to conv and linear nodes)
+_MODEL_RULE_NAMES = ("epsilon", "zero", "gamma", "zplus", "alpha1beta0", "alpha2beta1", "alphabeta", "zbox", "flat",
+                     "wsquare", "gamma+epsilon")
 
 
-def parse_rule(rule: Union[str, Rule]) -> Rule:
+def known_rule_strings(for_model: bool = False) -> str:
+    """The rule strings a user can pass: presets and model-wide rules for ``rule=``, every rule name for a
+    composite's mappings."""
+    names = set(PRESETS) | set(PATTERN_PRESETS) | set(_MODEL_RULE_NAMES) if for_model else set(_RULE_NAMES)
+    return ", ".join(sorted(names))
+
+
+def _did_you_mean(word: str, for_model: bool) -> str:
+    names = known_rule_strings(for_model).split(", ")
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def parse_rule(rule: Union[str, Rule], for_model: bool = False) -> Rule:
     """A rule object from a rule object or a rule string such as ``"epsilon(0.1)"`` or ``"zbox(-3,3)"``."""
     if isinstance(rule, Rule):
         return rule
@@ -217,7 +242,9 @@ def parse_rule(rule: Union[str, Rule]) -> Rule:
         raise RuleError(f"expected a rule string or a lrpfx.rules object, got {type(rule).__name__}")
     match = _CALL.match(rule.lower())
     if not match or match.group(1) not in _RULE_NAMES:
-        raise RuleError(f"unknown rule {rule!r}; known rules: {known_rule_strings()}")
+        word = match.group(1) if match else rule.strip().lower()
+        raise RuleError(f"unknown rule {rule!r}; {_did_you_mean(word, for_model)}known rules: "
+                        f"{known_rule_strings(for_model)}")
     name, params = match.group(1), match.group(2)
     values = [] if not params or not params.strip() else [_parse_number(p, rule) for p in params.split(",")]
     try:
@@ -236,7 +263,7 @@ def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite
         return patterns(patterns_, attribution=rule.strip().lower() == "patternattribution")
     if isinstance(rule, str) and rule.strip().lower() in PRESETS:
         return PRESETS[rule.strip().lower()]()
-    parsed = parse_rule(rule)
+    parsed = parse_rule(rule, for_model=True)
     return single(parsed, label=rule if isinstance(rule, str) else None)
 
 

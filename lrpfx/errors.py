@@ -27,3 +27,8 @@ class InputError(LrpfxError, ValueError):
 
 class OutputError(LrpfxError, ValueError):
     """The model's output is not a single tensor and no ``output=`` selector says which tensor to explain."""
+
+
+class LrpfxWarning(UserWarning):
+    """Something is true of this explanation that a user would not expect, e.g. an input the output does not
+    depend on (its relevance is zero because nothing reaches it, not because a rule gave zero)."""

@@ -151,7 +151,9 @@ def _module_path(n: fx.Node) -> Tuple[str, ...]:
 _COMPUTE_OPS = {aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
                 aten.layer_norm.default, aten.embedding.default, aten.addmm.default, aten.mm.default,
                 aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
-                aten.group_norm.default, aten.rms_norm.default}
+                aten.group_norm.default, aten.rms_norm.default,
+                # recurrent layers export as one fused op: it carries the module's path (``rnn``, not ``gru``)
+                aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input}
 
 
 def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:

@@ -207,6 +207,11 @@ def _keeps_sign_module(m: nn.Module) -> bool:
     return True
 
 
+def op_label(node: fx.Node) -> str:
+    """A readable name of what a node calls: ``torch.nn.functional.relu``, ``Tensor.view``, a module path."""
+    return _target_name(node)
+
+
 def _target_name(node: fx.Node) -> str:
     t = node.target
     if node.op == "call_method":
@@ -250,6 +255,49 @@ def _on_path_to_output(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Dict[
         elif n in active and any(u.op == "output" or u in live for u in n.users):
             live.add(n)
     return {n: True for n in active if n in live}
+
+
+def untracked_dependency(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Optional[fx.Node]:
+    """The first node through which the output depends on an input's values although lrpfx does not track it
+    (a nested-tuple result, say), or None. Such a node would silently cut the relevance to zero.
+
+    Values that are held constant by design do not count: statistics (the scale of a normalisation), shape-only
+    ops, and integer or boolean values (indices, masks, routing decisions carry no relevance).
+    """
+    depends = set()
+    for n in gm.graph.nodes:
+        value = n.meta.get("lrpfx_value")
+        if n.op == "output" or value is None or not value.holds_float:
+            continue
+        if n in active and (n.op == "placeholder" or embedding_source(gm, n) is not None):
+            depends.add(n)
+        elif any(a in depends for a in n.all_input_nodes) and not is_statistic(n) \
+                and op_name(n) not in _SHAPE_ONLY_NAMES:
+            depends.add(n)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    live, frontier = set(), [a for a in output.all_input_nodes if a in depends]
+    while frontier:  # dependent nodes on a dependent path to the output
+        n = frontier.pop()
+        if n not in live:
+            live.add(n)
+            frontier.extend(a for a in n.all_input_nodes if a in depends)
+    return next((n for n in gm.graph.nodes if n in live and n not in active), None)
+
+
+def unreached_inputs(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> List[fx.Node]:
+    """Input placeholders that carry relevance but on which the output does not depend (their relevance is
+    zero by the model's structure)."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    reached, frontier = set(), [a for a in output.all_input_nodes if a in active]
+    while frontier:
+        n = frontier.pop()
+        if n not in reached:
+            reached.add(n)
+            frontier.extend(a for a in n.all_input_nodes if a in active)
+            source = embedding_source(gm, n)
+            if source is not None:
+                frontier.append(source)
+    return [n for n in gm.graph.nodes if n.op == "placeholder" and n in active and n not in reached]
 
 
 def op_name(n: fx.Node) -> str:

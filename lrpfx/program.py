@@ -51,6 +51,19 @@ def fill_tuple(values, *relevances, present: tuple):
     return tuple(pieces[i] if i in pieces else v.new_zeros((*lead, *v.shape)) for i, v in enumerate(values))
 
 
+def add_relevance(a, b):
+    """Sum of two relevances of one value: tensors, or tuples of them for tuple-valued nodes."""
+    if isinstance(a, tuple):
+        return tuple(x + y for x, y in zip(a, b))
+    return a + b
+
+
+def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
+    """Conditional relevance (:mod:`lrpfx.concepts`): ``r`` times a per-condition gate ``[K]`` of 0/1, broadcast
+    over a value of ``ndim`` axes; ``r`` gains the leading condition axis if it had none."""
+    return r * gate.view(-1, *([1] * ndim)).to(r.dtype)
+
+
 def rule_kwargs(rule: R.Rule) -> Dict[str, Any]:
     """The hyper-parameters of an affine rule as keyword arguments of its rule function."""
     if isinstance(rule, R.AlphaBeta):
@@ -68,8 +81,19 @@ class ProgramBuilder:
     """Writes one relevance program. Used once: ``ProgramBuilder(...).build()``."""
 
     def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule], *,
-                 start: str, times_input: bool, intermediate: bool):
+                 start: str, times_input: bool, intermediate, masked: Sequence[fx.Node] = (),
+                 gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = ()):
+        """``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
+        for conditional relevance (:mod:`lrpfx.concepts`): the program then takes an input ``conditions``, a tuple
+        of one mask per ``masked`` node (multiplied into the relevance arriving there), then one gate ``[K]`` per
+        ``gated_edges`` (consumer, producer) contribution and one per ``gated_nodes`` relevance; ``values`` are
+        nodes whose forward values are returned as a last output."""
         self.gm, self.infos, self.rules = gm, infos, rules
+        self.masked = {n: i for i, n in enumerate(masked)}
+        self.edge_gates = {e: len(masked) + i for i, e in enumerate(gated_edges)}
+        self.node_gates = {n: len(masked) + len(gated_edges) + i for i, n in enumerate(gated_nodes)}
+        self.values, self.conditions, self.emitting = tuple(values), None, None
+        self.condition_items: Dict[int, fx.Node] = {}
         self.start, self.times_input, self.intermediate = start, times_input, intermediate
         self.graph = fx.Graph()
         self.env: Dict[fx.Node, fx.Node] = {}
@@ -101,7 +125,25 @@ class ProgramBuilder:
         raise TypeError(f"unexpected parameter source {source!r}")
 
     def contribute(self, node: fx.Node, relevance: fx.Node) -> None:
+        gate = self.edge_gates.get((self.emitting, node))
+        if gate is not None:  # this contribution bypasses a conditioned node
+            relevance = self.call(gate_relevance, [relevance, self.condition(gate)],
+                                  {"ndim": len(node.meta["lrpfx_value"].shape)})
         self.contrib[node].append(relevance)
+
+    def condition(self, i: int) -> fx.Node:
+        if i not in self.condition_items:
+            self.condition_items[i] = self.call(operator.getitem, [self.conditions, i], name=f"condition_{i}")
+        return self.condition_items[i]
+
+    def conditioned(self, n: fx.Node, r: fx.Node) -> fx.Node:
+        """The relevance at ``n`` times its condition mask, or gated where it bypasses a condition."""
+        if n in self.masked:
+            r = self.call(operator.mul, [r, self.condition(self.masked[n])], name=f"r_{n.name}_masked")
+        if n in self.node_gates:
+            r = self.call(gate_relevance, [r, self.condition(self.node_gates[n])],
+                          {"ndim": len(n.meta["lrpfx_value"].shape)}, name=f"r_{n.name}_gated")
+        return r
 
     def after(self, n: fx.Node, fn, args, kwargs=None, name=None) -> fx.Node:
         """A node computed in the forward, right after original node ``n``'s value: a step that needs only a
@@ -123,6 +165,8 @@ class ProgramBuilder:
         inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         for n in inputs:  # first: the target placeholder (it has a default) must follow them
             self.env[n] = self.graph.node_copy(n, lambda a: self.env[a])
+        if self.masked or self.edge_gates or self.node_gates:
+            self.conditions = self.graph.placeholder("conditions")
         target = self.target = self.graph.placeholder("target", default_value=None)
         output = None
         for n in self.gm.graph.nodes:
@@ -157,12 +201,13 @@ class ProgramBuilder:
     # ---- relevance ---------------------------------------------------------------------------------------
     def collect(self, n: fx.Node) -> Optional[fx.Node]:
         """The total relevance of node ``n``'s value: the sum over its consumers' contributions."""
-        if n in self.tuple_contrib:
+        parts = list(self.contrib.get(n, ()))
+        if n in self.tuple_contrib:  # pieces taken one by one; the whole tuple may be consumed as well (cat)
             pieces = self.tuple_contrib[n]
             present = tuple(sorted(pieces))
             summed = [self._sum(pieces[i]) for i in present]
-            return self.call(fill_tuple, [self.env[n], *summed], {"present": present}, name=f"r_{n.name}")
-        parts = self.contrib.get(n)
+            filled = self.call(fill_tuple, [self.env[n], *summed], {"present": present}, name=f"r_{n.name}")
+            return self._sum([filled, *parts], add=add_relevance)
         if not parts:
             return None
         return self._sum(parts)
@@ -182,10 +227,10 @@ class ProgramBuilder:
             return r
         return self.call(operator.mul, [r, self.env[n]], name=f"r_{n.name}_times_input")
 
-    def _sum(self, parts: List[fx.Node]) -> fx.Node:
+    def _sum(self, parts: List[fx.Node], add=operator.add) -> fx.Node:
         total = parts[0]
         for p in parts[1:]:
-            total = self.call(operator.add, [total, p])
+            total = self.call(add, [total, p])
         return total
 
     def build(self) -> fx.GraphModule:
@@ -209,13 +254,19 @@ class ProgramBuilder:
                 r = recorded[n] = self._times_input(n, r)
                 embedded[info.extra["source"]].append(r)
                 continue
+            r = self.conditioned(n, r)
             recorded[n] = r
+            self.emitting = n
             self.emit(info, r)
         outputs = (self.env[output], tuple(input_relevance.get(n) for n in inputs))
         if self.intermediate:
             keys = intermediate_keys(self.infos)
-            ordered = {keys[n]: recorded[n] for n in self.gm.graph.nodes if n in recorded and n in keys}
+            ordered = {keys[n]: recorded[n] for n in self.gm.graph.nodes if n in recorded and n in keys
+                       and (self.intermediate is True or n in self.intermediate)}
             outputs = outputs + (ordered,)
+        if self.values:
+            keys = intermediate_keys(self.infos)
+            outputs = outputs + ({keys[n]: self.env[n] for n in self.values},)
         self.graph.output(outputs)
         self.graph.lint()
         return fx.GraphModule(self.attrs, self.graph, class_name="RelevanceProgram")
@@ -226,7 +277,7 @@ class ProgramBuilder:
         kind = info.kind
         n = info.node
         if n.op == "call_function" and n.target is operator.getitem and _is_tuple_node(n.args[0]):
-            self.tuple_contrib[n.args[0]][n.args[1]].append(r)
+            self.emit_tuple_item(n, r)
             return
         if kind == "batchnorm" and info.fold_from is not None:
             self.emit_folded(info, r)
@@ -287,6 +338,17 @@ class ProgramBuilder:
         else:  # assignment validation should have caught this
             raise RuleError(f"rule {rule.describe()} cannot apply to node '{n.name}' of kind '{kind}'"
                             f"{source_line(n)}")
+
+    def emit_tuple_item(self, n: fx.Node, r: fx.Node) -> None:
+        """``pieces[i]`` or ``pieces[a:b:c]`` of a tuple-valued node (split, chunk, unbind): the relevance goes to
+        the pieces it names, with negative indices and slices resolved against the tuple's recorded length."""
+        source, index = n.args[0], n.args[1]
+        positions = range(source.meta["lrpfx_value"].tuple_len)
+        if isinstance(index, slice):
+            for j, i in enumerate(positions[index]):
+                self.tuple_contrib[source][i].append(self.call(operator.getitem, [r, j]))
+        else:
+            self.tuple_contrib[source][positions[index]].append(r)
 
     def emit_affine(self, info: NodeInfo, rule: R.Rule, w, b, layer, x: fx.Node, r: fx.Node,
                     z: Optional[fx.Node] = None) -> None:

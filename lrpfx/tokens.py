@@ -27,8 +27,8 @@ def token_strings(tokenizer, ids) -> List[str]:
     a dict {id: str}, a sequence of strings indexed by id, or None (the ids themselves as strings).
     """
     ids = _id_list(ids)
-    if tokenizer is None:
-        return [str(i) for i in ids]
+    if tokenizer is None:  # the ids themselves, space-separated like words (joined they would run together)
+        return [("" if k == 0 else " ") + str(i) for k, i in enumerate(ids)]
     if hasattr(tokenizer, "convert_ids_to_tokens"):
         raw = [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
         return _clean(raw, _scheme(tokenizer, raw))

@@ -7,8 +7,9 @@ example inputs and stores, per node, whether it produced a tensor (and its shape
 from __future__ import annotations
 
 import inspect
-import operator
 import linecache
+import operator
+import os
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Tuple
@@ -19,7 +20,17 @@ from torch import nn
 
 from .errors import InputError, OutputError, TraceError
 
-_OWN_FILES = ("/torch/", "/lrpfx/", "<eval_with_key>")
+# Frames of lrpfx and torch themselves, told apart from the user's by where the packages are installed (a user's
+# project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
+_OWN_DIRS = tuple(os.path.realpath(os.path.dirname(p)) + os.sep for p in (__file__, torch.__file__))
+_GENERATED = ("<eval_with_key>",)
+
+
+def is_own_file(filename: str) -> bool:
+    """Whether a traceback's file is lrpfx's or torch's own code (or fx-generated), not the user's."""
+    if any(tag in filename for tag in _GENERATED):
+        return True
+    return os.path.realpath(filename).startswith(_OWN_DIRS)
 
 
 class LrpfxTracer(fx.Tracer):
@@ -39,7 +50,7 @@ class LrpfxTracer(fx.Tracer):
 
 def _user_frame(exc: BaseException) -> Optional[traceback.FrameSummary]:
     """The innermost frame of the traceback that belongs to the user's code (not torch, not lrpfx)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(k in f.filename for k in _OWN_FILES)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_own_file(f.filename)]
     return frames[-1] if frames else None
 
 
@@ -158,14 +169,29 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
     )
 
 
+def apply_selector(gm: fx.GraphModule, output: Callable, result):
+    """``output(result)`` recorded into the graph: the selector runs on fx proxies of the traced output, so one
+    that computes (``o[0][:, :2]``, ``o.sum(dim=(2, 3))``, ``torch.cat(o, 1)``) becomes nodes before the output."""
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    tracer = fx.proxy.GraphAppendingTracer(gm.graph)
+    tracer.record_stack_traces = True
+    proxies = fx.node.map_arg(result, lambda n: fx.Proxy(n, tracer))
+    try:
+        with gm.graph.inserting_before(out_node):
+            selected = output(proxies)
+    except Exception as exc:
+        raise OutputError(f"the output= selector failed on the traced output {result!r}: {type(exc).__name__}: "
+                          f"{exc}{failure_location(exc)}\nA selector picks or computes the tensor to explain from "
+                          "what forward returns, e.g. output=lambda out: out[0] or output=lambda out: out['logits']"
+                          ) from exc
+    return fx.node.map_aggregate(selected, lambda v: v.node if isinstance(v, fx.Proxy) else v)
+
+
 def _select_output(gm: fx.GraphModule, output: Optional[Callable]) -> None:
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     result = out_node.args[0]
     if output is not None:
-        try:
-            result = output(result)
-        except Exception as exc:
-            raise OutputError(f"the output= selector failed on the traced output {result!r}: {exc}") from exc
+        result = apply_selector(gm, output, result)
     if not isinstance(result, fx.Node):
         raise OutputError(
             f"{gm.__class__.__name__}.forward returns {type(result).__name__} {result!r}, not one tensor: pass an "
@@ -185,18 +211,30 @@ class ValueInfo:
     shape: Tuple[int, ...] = ()
     dtype: Optional[torch.dtype] = None
     tuple_len: Optional[int] = None  # set when the node produced a tuple/list of tensors
+    holds_float: bool = False  # a float tensor, or a (nested) container with one: a value relevance could flow through
 
     @property
     def is_float_tensor(self) -> bool:
         return self.is_tensor and self.dtype is not None and (self.dtype.is_floating_point or self.dtype.is_complex)
 
 
-def _describe(value) -> ValueInfo:
+def _holds_float(value) -> bool:
     if isinstance(value, torch.Tensor):
-        return ValueInfo(True, tuple(value.shape), value.dtype)
+        return value.is_floating_point() or value.is_complex()
+    if isinstance(value, (tuple, list)):
+        return any(_holds_float(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_float(v) for v in value.values())
+    return False
+
+
+def _describe(value) -> ValueInfo:
+    floats = _holds_float(value)
+    if isinstance(value, torch.Tensor):
+        return ValueInfo(True, tuple(value.shape), value.dtype, holds_float=floats)
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
-        return ValueInfo(False, (), value[0].dtype, tuple_len=len(value))
-    return ValueInfo(False)
+        return ValueInfo(False, (), value[0].dtype, tuple_len=len(value), holds_float=floats)
+    return ValueInfo(False, holds_float=floats)
 
 
 class _Recorder(fx.Interpreter):
@@ -216,13 +254,19 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.T
         return _Recorder(gm).run(*inputs)
 
 
+def _stack_file(line: str) -> str:
+    """The file of a ``File "path", line N, in f`` stack-trace line."""
+    start = line.find('"') + 1
+    return line[start:line.find('"', start)]
+
+
 def source_line(node: fx.Node) -> str:
     """`` (at file:line: code)`` for a node traced from the user's code, or an empty string."""
     stack = node.meta.get("stack_trace")
     if not stack:
         return ""
     lines = [ln.strip() for ln in stack.strip().splitlines()]
-    files = [i for i, ln in enumerate(lines) if ln.startswith("File ") and not any(k in ln for k in _OWN_FILES)]
+    files = [i for i, ln in enumerate(lines) if ln.startswith("File ") and not is_own_file(_stack_file(ln))]
     if not files:
         return ""
     last = files[-1]

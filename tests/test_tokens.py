@@ -87,7 +87,7 @@ def test_simple_vocabularies():
     assert token_strings(vocab, torch.tensor([1, 2])) == ["hello", "world"]
     assert token_strings({7: "x", 9: "y"}, [9, 7]) == ["y", "x"]
     assert token_strings(lambda i: f"t{i}", [3]) == ["t3"]
-    assert token_strings(None, torch.tensor([5, 6])) == ["5", "6"]
+    assert token_strings(None, torch.tensor([5, 6, 7])) == ["5", " 6", " 7"]  # readable when joined
     with pytest.raises(ValueError, match="outside the vocabulary"):
         token_strings(vocab, [3])
     with pytest.raises(ValueError, match="not in the vocabulary"):

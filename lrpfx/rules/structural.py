@@ -76,17 +76,33 @@ class Replay(nn.Module):
         def replay(*acts):
             for i, a in zip(self.active, acts):
                 values[i] = a
-            return self._call(values)
+            return _float_parts(self._call(values))
 
-        z, pullback = torch.func.vjp(replay, *active_values)
-        first = r[0] if isinstance(r, tuple) else r
-        first_z = z[0] if isinstance(z, tuple) else z
-        if first.dim() > first_z.dim():  # several targets at once: pull each back (vmap over the target axis)
-            pullback = torch.func.vmap(pullback)
-        if self.norm_eps is None:
-            return tuple(pullback(r))
-        grads = pullback(divide(r, z, self.norm_eps))
+        if isinstance(r, tuple):  # a tuple result (values, indices): relevance flows through the float parts only
+            r = _float_parts(r)
+        try:
+            z, pullback = torch.func.vjp(replay, *active_values)
+            first = r[0] if isinstance(r, tuple) else r
+            first_z = z[0] if isinstance(z, tuple) else z
+            if first.dim() > first_z.dim():  # several targets at once: pull each back (vmap over the target axis)
+                pullback = torch.func.vmap(pullback)
+            if self.norm_eps is None:
+                return tuple(pullback(r))
+            grads = pullback(divide(r, z, self.norm_eps))
+        except RuntimeError as exc:  # an op without a usable derivative (a fused kernel, an integer op, ...)
+            from ..errors import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"the relevance step of {self.describe} replays the op to differentiate it, and PyTorch could not: "
+                f"{exc}. Assign this node another rule (Pass() for an elementwise op) or rewrite the op") from exc
         return tuple(a * g for a, g in zip(active_values, grads))
+
+
+def _float_parts(value):
+    """A tuple result without its integer/boolean parts (indices, masks), which carry no relevance."""
+    if isinstance(value, tuple):
+        return tuple(v for v in value if not isinstance(v, torch.Tensor) or v.is_floating_point() or v.is_complex())
+    return value
 
 
 class Slot:
