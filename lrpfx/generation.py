@@ -179,7 +179,9 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     each generated token is the argmax of the logits that get explained); the key/value cache when the model
     takes one. Returns the ids and the attention mask grown by ones (None if none was given)."""
     params = _forward_parameters(model)
-    cached = {"use_cache", "past_key_values"} <= params
+    # the cache argument and output field: ``cache`` in recent transformers, ``past_key_values`` before
+    cache = next((name for name in ("cache", "past_key_values") if name in params), None)
+    cached = cache is not None and "use_cache" in params
     ids, mask, step, past = input_ids, attention_mask, input_ids, None
     with eval_mode(model), torch.no_grad():
         for _ in range(max_new_tokens):
@@ -187,13 +189,13 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
             if "logits_to_keep" in params:
                 inputs["logits_to_keep"] = 1
             if cached:
-                inputs.update(use_cache=True, past_key_values=past)
+                inputs.update({"use_cache": True, cache: past})
             out = model(**inputs)
             token = _logits(out)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, token], 1)
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], 1)
-            past, step = (out.past_key_values, token) if cached else (None, ids)
+            past, step = (getattr(out, cache), token) if cached else (None, ids)
     return ids, mask
 
 

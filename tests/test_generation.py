@@ -113,6 +113,28 @@ def test_a_reused_explainer_serves_other_prompt_lengths_and_leaves_the_model_alo
     assert not torch.allclose(first.matrix[:, :, 1:], shorter.matrix)
 
 
+class NoCache(torch.nn.Module):
+    """A causal LM whose forward takes no cache: generation recomputes the whole sequence at every step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).logits
+
+
+def test_greedy_generation_with_and_without_a_cache_agree():
+    from lrpfx.generation import greedy_generate
+
+    model = llama()
+    ids, mask = prompt(padded=True)
+    cached, grown = greedy_generate(model, ids, 4, mask)
+    plain, _ = greedy_generate(NoCache(model), ids, 4, mask)
+    assert torch.equal(cached, plain) and torch.equal(grown[:, P:], torch.ones(B, 4, dtype=torch.long))
+
+
 # ---- bad inputs ------------------------------------------------------------------------------------------------
 def bert_mlm():
     return _seeded(transformers.BertForMaskedLM, transformers.BertConfig(
