@@ -89,11 +89,11 @@ def structure_key(model: nn.Module) -> Optional[Tuple]:
     for name, m in model.named_modules(remove_duplicate=False):
         config = []
         for attr, value in vars(m).items():
-            if isinstance(value, torch.Tensor):
-                return None
-            if attr.startswith("_") or attr == "training":
+            if attr in _MODULE_INTERNALS:
                 continue
-            if value is None or isinstance(value, (bool, int, float, str, tuple, list)):
+            if _holds_tensor(value):
+                return None
+            if not attr.startswith("_") and attr != "training" and _is_plain(value):
                 config.append((attr, repr(value)))
         modules.append((name, type(m), tuple(sorted(config))))
     first: Dict[int, int] = {}
@@ -102,3 +102,26 @@ def structure_key(model: nn.Module) -> Optional[Tuple]:
         tensors.append((name, isinstance(t, nn.Parameter), tuple(t.shape), t.dtype, str(t.device),
                         first.setdefault(id(t), i)))
     return type(model), tuple(modules), tuple(tensors)
+
+
+_MODULE_INTERNALS = ("_parameters", "_buffers", "_modules")
+
+
+def _holds_tensor(value, depth: int = 3) -> bool:
+    """A tensor, or a list/tuple/set/dict holding one (a few levels deep)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_tensor(v, depth - 1) for v in value)
+    return False
+
+
+def _is_plain(value) -> bool:
+    """Configuration that changes what a module computes: numbers, strings, flags and tuples of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_is_plain(v) for v in value)

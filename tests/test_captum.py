@@ -140,8 +140,9 @@ def test_tuple_inputs_additional_args_and_tuple_targets(branches, target):
                                                              additional_forward_args=(mask, True))
     ours = LRP(model).attribute((a, b), target=target, additional_forward_args=(mask, True))
     assert isinstance(ours, tuple) and [o.shape for o in ours] == [a.shape, b.shape]
-    for o, t in zip(ours, theirs):
-        assert relative(o, t) < EXACT
+    errors = [relative(o, t) for o, t in zip(ours, theirs)]
+    print(f"\nLRP tuple inputs, additional args, target={target}: relative errors {errors[0]:.1e}, {errors[1]:.1e}")
+    assert max(errors) < EXACT
     # the flag is a fixed argument: use_b=False gives b no relevance, as in Captum
     _, rb = LRP(model).attribute((a, b), target=target, additional_forward_args=(mask, False))
     assert rb.abs().max() == 0

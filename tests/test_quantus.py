@@ -163,25 +163,31 @@ def test_mprt_copies_are_explained_with_their_own_weights(digits):
 
 
 class ScaledCNN(nn.Module):
-    """A model holding a plain (unregistered) tensor attribute: a shared program could not follow it."""
+    """A model holding a plain (unregistered) tensor attribute, or one inside a list: a shared program could not
+    follow it."""
 
-    def __init__(self):
+    def __init__(self, boxed: bool):
         super().__init__()
         self.net = demo.digits_cnn().double()
-        self.scale = torch.tensor(2.0, dtype=torch.float64)
+        self.boxed = boxed
+        self.scale = self.box(torch.tensor(2.0, dtype=torch.float64))
+
+    def box(self, t):
+        return [t] if self.boxed else t
 
     def forward(self, x):
-        return self.net(x * self.scale)
+        return self.net(x * (self.scale[0] if self.boxed else self.scale))
 
 
-def test_model_with_plain_tensor_attribute_gets_its_own_program():
+@pytest.mark.parametrize("boxed", [False, True], ids=["attribute", "in-a-list"])
+def test_model_with_plain_tensor_attribute_gets_its_own_program(boxed):
     clear_cache()
-    model = ScaledCNN().eval()
+    model = ScaledCNN(boxed).eval()
     x = np.random.default_rng(0).random((3, 1, 8, 8))
     y = np.array([1, 2, 3])
     first = explain_func(model, x, y, reduce_axes=())
     other = copy.deepcopy(model)
-    other.scale = torch.tensor(-1.0, dtype=torch.float64)
+    other.scale = other.box(torch.tensor(-1.0, dtype=torch.float64))
     second = explain_func(other, x, y, reduce_axes=())
     np.testing.assert_array_equal(second, lrpfx.explain(other, torch.tensor(x), target=torch.tensor(y)).numpy())
     assert relative(first, second) > 0.1
