@@ -14,15 +14,16 @@ to the relevance program), and ``return_convergence_delta=True`` also returns ``
 sample. Attributions are plain tensors shaped like the inputs (``captum.attr.visualization`` takes them).
 
 The default rule is Captum's: LRP-epsilon with epsilon 1e-9 on every convolution and linear layer (also average
-pooling and sums), relevance passed through activations, winner-takes-all at max pooling. ``rule=`` takes any
-lrpfx rule or composite instead; Captum's per-module ``module.rule = EpsilonRule(eps)`` attributes are honoured.
+pooling and sums), relevance passed through activations; at max pooling the winner gets all of ``R`` (Captum's
+epsilon there gives it ``R·z/(z+1e-9)``: the same up to 1e-9/z). ``rule=`` takes any lrpfx rule or composite
+instead; Captum's per-module ``module.rule = EpsilonRule(eps)`` attributes are honoured.
 Differences: ``target=None`` explains each sample's argmax class (Captum needs one output per sample there);
 BatchNorm after a convolution is folded into it, so that convolution's own output has no relevance of its own
 (ask for the BatchNorm). Captum is not needed to import this module.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn

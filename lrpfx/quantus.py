@@ -16,10 +16,11 @@ relevance shaped like the inputs out, with the channel axis summed as Quantus's 
 the one-hot target as Quantus's Zennit path does; lrpfx's default starts from the target logit.
 
 Quantus calls the function thousands of times with small batches, and its randomisation tests (MPRT) pass deep
-copies of the model with re-initialised layers. Programs are therefore cached per model *structure* (module tree,
-tensor names, shapes, dtypes): the first model of a structure is traced once, and every later call points that
-program at the parameters of the model actually passed (:mod:`lrpfx.rebind`), so a copy is always explained with
-its own weights. A model the program cannot be rebound to gets a program of its own (the last 16 such models are cached).
+copies of the model with re-initialised layers. Programs are therefore cached per model *structure* (module tree
+and configuration, tensor names, shapes, dtypes, devices): a private copy of the first model of a structure is
+traced once, and every call points that program at the tensors of the model actually passed
+(:mod:`lrpfx.rebind`), so a copy is always explained with its own weights. A model the program cannot be rebound
+to (one holding unregistered tensors) gets a program of its own; the last 16 of each kind are cached.
 Quantus itself is not needed to import this module.
 """
 from __future__ import annotations

@@ -97,8 +97,8 @@ def _metrics():
         "PixelFlipping": lambda: quantus.PixelFlipping(features_in_step=4, perturb_baseline="black", **quiet),
         "RegionPerturbation": lambda: quantus.RegionPerturbation(patch_size=2, regions_evaluation=8,
                                                                  perturb_baseline="black", **quiet),
-        "FaithfulnessCorrelation": lambda: quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=8, return_aggregate=False,
-                                                                           perturb_baseline="black", **quiet),
+        "FaithfulnessCorrelation": lambda: quantus.FaithfulnessCorrelation(
+            nr_runs=20, subset_size=8, return_aggregate=False, perturb_baseline="black", **quiet),
         "MPRT": lambda: quantus.MPRT(layer_order="top_down", **quiet),
         "Sparseness": lambda: quantus.Sparseness(**quiet),
         "MaxSensitivity": lambda: quantus.MaxSensitivity(nr_samples=4, lower_bound=0.1, **quiet),
