@@ -160,11 +160,14 @@ def default_concept(info: NodeInfo, infos: Mapping[fx.Node, NodeInfo]) -> Concep
     # [B, C, L] from a 1-d convolution, or [B, T, F] tokens: look for the nearest affine producer
     node: Optional[NodeInfo] = info
     for _ in range(64):
-        if node is None or node.kind in ("conv", "conv_transpose"):
+        if node is None:
+            break
+        if node.kind in ("conv", "conv_transpose"):
             return Channels(0)
         if node.kind in ("linear", "embedding", "layer_norm", "matmul", "input"):
             return Channels(-1)
-        node = infos.get(node.x) if node.x is not None else None
+        source = node.x if node.x is not None else next(iter(node.activations), None)
+        node = infos.get(source) if source is not None else None
     return Channels(-1)
 
 
