@@ -1,4 +1,4 @@
-"""PatternNet / PatternAttribution statistics (reference §4), fitted in one streaming pass.
+"""PatternNet / PatternAttribution statistics (docs/rules.md, PatternNet), fitted in one streaming pass.
 
 For every Linear/Conv node the fit accumulates, per output unit j, float64 running means over the rows of the
 layer input ``X`` (conv: one row per output position, the receptive-field patch), the bias-free output

@@ -1,4 +1,4 @@
-"""The initial relevance at the model output (reference §6)."""
+"""The initial relevance at the model output (docs/rules.md, initial relevance)."""
 from __future__ import annotations
 
 from typing import Optional

@@ -321,3 +321,24 @@ def test_unknown_rule_names_suggest_what_the_user_can_pass(typo, suggestion):
     assert f"did you mean '{suggestion}'" in message or f"'{suggestion}'" in message.split("known rules")[0]
     listed = message.split("known rules: ")[1]
     assert "wta" not in listed and "norm-identity" not in listed  # internal kinds' rules are not model rules
+
+
+# ---- the user's model is never changed -----------------------------------------------------------------------
+_CLOSED_OVER = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+
+def test_tracing_leaves_no_attributes_on_the_users_model():
+    """fx stores tensors a forward closes over on the traced root (``_tensor_constant0``); lrpfx takes them off."""
+    class ClosesOver(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x * _CLOSED_OVER + torch.ones(4))
+
+    model = ClosesOver()
+    attributes, state = set(vars(model)), set(model.state_dict())
+    R = lrpfx.explain(model, torch.randn(2, 4), rule="gradient*input")
+    assert set(vars(model)) == attributes and set(model.state_dict()) == state
+    assert R.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""Affine relevance rules as pure functions (reference §1).
+"""Affine relevance rules as pure functions (docs/rules.md).
 
 Every function takes the layer input ``x``, the weight ``w`` and bias ``b`` the layer used (after BatchNorm
 folding), the forward output ``z`` (bias included) and the incoming relevance ``r`` (shaped like ``z``), and
@@ -70,7 +70,7 @@ def zplus(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, x_nonneg
 
 def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, zero_bias: bool = False,
                x_nonneg: bool = False):
-    """LRP-alpha-beta with the bias split by sign and counted once on each side (reference §1)."""
+    """LRP-alpha-beta with the bias split by sign and counted once on each side (docs/rules.md)."""
     wp, wn = _pos(w), _neg(w)
     keep_bias = b is not None and not zero_bias
     r_pos = _split_terms(layer, x, wp, wn, _pos(b) if keep_bias else None, r, eps, x_nonneg, positive_part=True)
@@ -82,7 +82,7 @@ def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, z
 
 def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = False, x_nonneg: bool = False,
           positive_only: bool = False):
-    """Generalized LRP-gamma (reference §1), sign-aware; positions with ``z == 0`` pass no relevance.
+    """Generalized LRP-gamma (docs/rules.md), sign-aware; positions with ``z == 0`` pass no relevance.
 
     With ``x >= 0`` the products collapse. Let ``zz = xW + b`` (``xW`` with ``zero_bias``) be the forward's output
     and ``t = xW⁺ + b⁺`` (``xW⁺`` with ``zero_bias``); then the denominators are ``zz + γ·t`` where ``z > 0`` and

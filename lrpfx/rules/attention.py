@@ -1,4 +1,4 @@
-"""Relevance rules of the transformer operations (reference §3, AttnLRP) as pure functions."""
+"""Relevance rules of the transformer operations (docs/rules.md; Achtibat et al. 2024, AttnLRP) as pure functions."""
 from __future__ import annotations
 
 from typing import Optional, Tuple

@@ -1,4 +1,4 @@
-"""Relevance rules for sums, products and normalisations (reference §2, §3) as pure functions."""
+"""Relevance rules for sums, products and normalisations (docs/rules.md) as pure functions."""
 from __future__ import annotations
 
 from typing import Tuple
