@@ -6,6 +6,9 @@ and activation at chosen layers.
 """
 from .conditions import Channels, Concept, Heads, MaskFunction, Selection, Units
 from .relevance import ConceptRelevance, concept_relevance, explain_conditions
+from .mining import ConceptMining, ConceptStats, load_mining, mine_concepts
+from .atlas import Reference, atlas_rows, neurons, reference, render_atlas
 
 __all__ = ["Channels", "Concept", "Heads", "MaskFunction", "Selection", "Units", "ConceptRelevance",
-           "concept_relevance", "explain_conditions"]
+           "concept_relevance", "explain_conditions", "ConceptMining", "ConceptStats", "load_mining", "mine_concepts",
+           "Reference", "atlas_rows", "neurons", "reference", "render_atlas"]
