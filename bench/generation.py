@@ -12,7 +12,8 @@ default size, batch 1. Timed side by side, round-robin after a warm-up that buil
 * ``step by step``: 32 explanations, each on the sequence cut before its token;
 * ``32 input gradients``: one forward over the sequence, 32 backward passes (``retain_graph``), each the
   gradient of one generated token's logit with respect to the input embeddings: plain gradients of the same
-  32 targets, the floor of any method that propagates one vector per target;
+  32 targets, the floor of any method that propagates one vector per target; ``(batched)``: the 32 backward
+  passes as one (``is_grads_batched``);
 * with ``--compile`` (default on): ``one explanation`` and ``explain_generated`` with ``compile=True``.
 
 Writes ``bench/RESULTS_generation.md``.
@@ -63,12 +64,20 @@ def methods(model, prompt, ids, compile_too: bool = True):
         picked = logits[:, p - 1:].gather(2, ids[:, p:, None])[..., 0]  # [B, new]
         return [torch.autograd.grad(picked[:, k].sum(), embeds, retain_graph=k < new - 1)[0] for k in range(new)]
 
+    def gradients_batched():
+        embeds = model.get_input_embeddings()(ids[:, :-1]).requires_grad_()
+        logits = model(inputs_embeds=embeds, use_cache=False).logits
+        picked = logits[:, p - 1:].gather(2, ids[:, p:, None])[..., 0]
+        onehots = torch.eye(new, dtype=picked.dtype)[:, None].expand(new, *picked.shape)
+        return torch.autograd.grad(picked, embeds, grad_outputs=onehots, is_grads_batched=True)[0]
+
     table = {
         UNIT: lambda: one({"input_ids": ids[:, :-1]}, target=ids[:, -1]).tokens,
         "explain_generated": lambda: generation.explain(ids, p).matrix,
         "explain_generation": lambda: generation(prompt, new).matrix,
         "step by step": steps,
         "32 input gradients": gradients,
+        "32 input gradients (batched)": gradients_batched,
     }
     if compile_too:
         one_c = lrpfx.Explainer(model, "attnlrp", compile=True)

@@ -84,7 +84,7 @@ class GenerationExplainer:
                              "positions); leave it out")
         self.model, self.rule, self.options = model, rule, options
         self._explainers: Dict[int, Explainer] = {}
-        self._checked = False
+        self._vocab: Optional[int] = None  # the logits' size, once the model passed check_causal_lm
 
     def __call__(self, input_ids: torch.Tensor, max_new_tokens: int = 16, attention_mask=None,
                  batch_size: Optional[int] = None) -> GenerationExplanation:
@@ -147,11 +147,13 @@ class GenerationExplainer:
         return e.tokens, e.output.gather(1, classes)
 
     def _check_model(self, ids: torch.Tensor) -> None:
-        """Once per explainer: the model returns per-position logits and no position sees later tokens."""
-        if self._checked:
-            return
-        self._vocab = check_causal_lm(self.model, ids)
-        self._checked = True
+        """The ids fit the vocabulary; once per explainer: the model returns per-position logits and no position
+        sees later tokens."""
+        _check_vocabulary(self.model, ids)
+        if self._vocab is None:
+            self._vocab = check_causal_lm(self.model, ids)
+        if bool((ids >= self._vocab).any()):  # a target class would land on the next position's logits
+            raise InputError(f"token ids up to {int(ids.max())} but the model has {self._vocab} logits per position")
 
 
 def explain_generation(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 16,
@@ -210,10 +212,7 @@ def check_causal_lm(model: nn.Module, ids: torch.Tensor) -> int:
     if not _takes_input_ids(model):
         raise InputError(f"{type(model).__name__}.forward takes no input_ids: explain_generation needs a causal "
                          "language model called as model(input_ids=..., attention_mask=...)")
-    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
-    rows = getattr(embeddings, "num_embeddings", None)
-    if rows is not None and bool((ids >= rows).any()):
-        raise InputError(f"token ids up to {int(ids.max())} but the model's vocabulary has {rows} entries")
+    _check_vocabulary(model, ids)
     probe = ids[:1, -_PROBE_LENGTH:]
     if probe.shape[1] < 2:
         probe = probe.repeat(1, 2)
@@ -232,9 +231,14 @@ def check_causal_lm(model: nn.Module, ids: torch.Tensor) -> int:
         raise InputError(f"{type(model).__name__} is not causal: changing the last token changes the logits of "
                          "earlier positions (a bidirectional model such as BERT). explain_generation needs a "
                          "decoder-only causal language model")
-    if bool((ids >= vocab).any()):
-        raise InputError(f"token ids up to {int(ids.max())} but the model's vocabulary has {vocab} entries")
     return vocab
+
+
+def _check_vocabulary(model: nn.Module, ids: torch.Tensor) -> None:
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and bool((ids >= rows).any()):
+        raise InputError(f"token ids up to {int(ids.max())} but the model's vocabulary has {rows} entries")
 
 
 def _check_new_tokens(max_new_tokens) -> None:

@@ -180,8 +180,10 @@ def test_already_generated_ids_check_prompt_length_and_mask():
             explain_generated(model, ids, bad)
     with pytest.raises(lrpfx.InputError, match="cover the prompt"):
         explain_generated(model, ids, P, attention_mask=torch.ones(B, P + 1, dtype=torch.long))
+    explainer = GenerationExplainer(model)
+    explainer.explain(ids, P, batch_size=N)  # checks the model once, then every call checks the ids
     with pytest.raises(lrpfx.InputError, match="vocabulary has 50"):
-        explain_generated(model, ids + VOCAB, P)
+        explainer.explain(ids + VOCAB, P)
 
 
 # ---- renderings ----------------------------------------------------------------------------------------------
