@@ -8,7 +8,8 @@ from .conditions import Channels, Concept, Heads, MaskFunction, Selection, Units
 from .relevance import ConceptRelevance, concept_relevance, explain_conditions
 from .mining import ConceptMining, ConceptStats, load_mining, mine_concepts
 from .atlas import Reference, atlas_rows, neurons, reference, render_atlas
+from .graph import ConceptGraph, concept_graph
 
 __all__ = ["Channels", "Concept", "Heads", "MaskFunction", "Selection", "Units", "ConceptRelevance",
            "concept_relevance", "explain_conditions", "ConceptMining", "ConceptStats", "load_mining", "mine_concepts",
-           "Reference", "atlas_rows", "neurons", "reference", "render_atlas"]
+           "Reference", "atlas_rows", "neurons", "reference", "render_atlas", "ConceptGraph", "concept_graph"]

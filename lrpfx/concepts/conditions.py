@@ -246,6 +246,7 @@ class Layout:
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # recorded node -> value shape (no batch)
     concepts: Dict[str, Concept] = field(default_factory=dict)  # recorded node -> default concept
     rename: Dict[str, str] = field(default_factory=dict)  # the program's key of a recorded node -> name asked for
+    lower: Dict[str, List[str]] = field(default_factory=dict)  # conditioned/recorded node -> conv/linear below it
 
     @property
     def has_conditions(self) -> bool:
@@ -279,6 +280,8 @@ class ConditionPlan:
         layout.masked = [(name, tuple(n.meta["lrpfx_value"].shape[1:]), default_concept(infos[n], infos))
                          for name, n in zip(self.masked, masked)]
         by_name = dict(zip(self.masked, masked))
+        for name, n in by_name.items():
+            layout.lower[name] = [keys[m] for m in nearest_affine_below(n, infos) if m in keys]
         edges: Dict[tuple, Set[FrozenSet[str]]] = {}
         nodes: Dict[fx.Node, Set[FrozenSet[str]]] = {}
         consumers = _consumers(infos)
@@ -302,6 +305,7 @@ class ConditionPlan:
             layout.shapes[name] = shape
             layout.concepts[name] = default_concept(infos[n], infos)
             layout.rename[keys[n]] = name  # the program reports a folded conv under its BatchNorm's key
+            layout.lower[name] = [keys[m] for m in nearest_affine_below(n, infos) if m in keys]
         record = set(infos) if self.record is True else {named[name] for name in (self.record or ())}
         self.layouts[self] = layout
         return {"intermediate": record if self.record is not True else True, "masked": masked,
@@ -407,6 +411,28 @@ def _ancestors(nodes: Sequence[fx.Node], infos) -> Set[fx.Node]:
         seen.add(n)
         stack.extend(n.all_input_nodes)
     return seen
+
+
+AFFINE_KINDS = ("conv", "conv_transpose", "linear")
+
+
+def nearest_affine_below(node: fx.Node, infos) -> List[fx.Node]:
+    """The conv/linear nodes nearest below ``node`` (a folded one as its BatchNorm), latest in execution first."""
+    order = {n: i for i, n in enumerate(infos)}
+    found: Set[fx.Node] = set()
+    seen: Set[fx.Node] = set()
+    stack = [a for a in node.all_input_nodes if a in infos]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        info = infos[n]
+        if info.kind in AFFINE_KINDS or info.fold_from is not None:
+            found.add(info.folded_into if info.folded_into is not None else n)
+            continue
+        stack.extend(a for a in n.all_input_nodes if a in infos)
+    return sorted(found, key=lambda n: -order[n])
 
 
 def _levels(nodes: List[fx.Node], infos) -> List[FrozenSet[fx.Node]]:
