@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     evaluate.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     evaluate.set_defaults(run=run_evaluate)
+
+    from .concepts.cli import add_concepts_command
+    add_concepts_command(sub, formatter, [debug])
     return parser
 
 
