@@ -54,7 +54,8 @@ def test_mining_finds_the_planted_concept(tmp_path):
     stats = result["1"]
     assert set(stats.top_relevance[PLANTED].tolist()) == set(where)
     assert set(stats.top_activation[PLANTED].tolist()) == set(where)
-    assert stats.top_relevance.shape == (4, k) and (stats.relevance_values[:, :-1] >= stats.relevance_values[:, 1:]).all()
+    assert stats.top_relevance.shape == (4, k)
+    assert (stats.relevance_values[:, :-1] >= stats.relevance_values[:, 1:]).all()
     # the stored scores are the concept relevance of the sample: check one against a direct explanation
     i = stats.top_relevance[PLANTED, 0].item()
     e = lrpfx.Explainer(model, "epsilon-plus-flat")(data[i][0][None], target=1, intermediate=True)
