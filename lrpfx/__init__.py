@@ -12,4 +12,5 @@ __version__ = "0.1.0"
 
 __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules", "fit_patterns", "Patterns",
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
-           "OutputError", "explain_dataset", "load_explanations", "__version__"]
+           "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
+           "GenerationExplainer", "__version__"]

@@ -6,7 +6,6 @@ caches it — compiled with ``torch.compile`` when asked — and runs it without
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
 import threading
@@ -18,10 +17,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import canonize, ops
+from . import canonize, locks, ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import InputError, LrpfxError, LrpfxWarning, RuleError, TargetError, TraceError, UnsupportedOpError
 from .exported import decompose_attention, export_graph, input_shape_pattern
+from .locks import eval_mode
+from .normalise import normalise
 from .program import ProgramBuilder
 from .rules import Pass, Rule, applies_to
 from .trace import record_values, source_line, trace
@@ -126,7 +127,7 @@ class RelevanceProgram:
         """Run the program: ``target`` is None (argmax), an int, a LongTensor [B] or an initial relevance."""
         if isinstance(target, int) and not isinstance(target, bool):
             target = torch.full((inputs[0].shape[0],), target, dtype=torch.long, device=inputs[0].device)
-        with FX_LOCK, torch.no_grad():
+        with locks.running(), torch.no_grad():
             return self.graph_module(*inputs, target)
 
     def to_dot(self, **options) -> str:
@@ -141,21 +142,22 @@ class RelevanceProgram:
         return save(self, path, example_inputs, **options)
 
 
-# torch.fx's tracer patches torch.nn.Module.__call__ process-wide while it traces, and eval_mode flips shared
-# training flags: tracing, and running models while a trace may be under way, must not overlap across threads.
-FX_LOCK = threading.RLock()
+class _Exclusive:
+    """``with FX_LOCK:`` runs its body alone, as a trace does (:func:`lrpfx.locks.tracing`); kept for code that
+    runs a model outside a program and must not overlap a trace. Program runs use :func:`lrpfx.locks.running`."""
+
+    _held = threading.local()  # per thread, a stack of the entered contexts (re-entrant use nests)
+
+    def __enter__(self):
+        context = locks.tracing()
+        context.__enter__()
+        self._held.__dict__.setdefault("stack", []).append(context)
+
+    def __exit__(self, *exc):
+        return self._held.stack.pop().__exit__(*exc)
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Run ``model`` in eval semantics and hand it back with every module's ``training`` flag as it was."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+FX_LOCK = _Exclusive()
 
 
 def _as_tuple(x) -> Tuple[torch.Tensor, ...]:
@@ -256,8 +258,8 @@ def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, ops.NodeInfo]) -
     node = ops.untracked_dependency(gm, infos)
     if node is not None:
         value = node.meta["lrpfx_value"]
-        what = "a nested tuple or other container" if not value.is_tensor and value.tuple_len is None else \
-            f"a value lrpfx does not track ({value})"
+        container = not value.is_tensor and (value.tuple_len is None or value.nested)
+        what = "a nested tuple or other container" if container else f"a value lrpfx does not track ({value})"
         raise UnsupportedOpError(
             f"the output depends on the input through node '{node.name}' ({ops.op_label(node)}){source_line(node)}, "
             f"which returns {what}; lrpfx cannot propagate relevance through it and would return a wrong zero. "
@@ -347,7 +349,7 @@ class Explainer:
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
         key = (_signature(inputs), intermediate, target_is_relevance) + (() if plan is None else (plan,))
-        with FX_LOCK:
+        with locks.tracing():
             entry = self._cache.get(key)
             if entry is not None and not _serves(entry.shapes, inputs):
                 key = key + (_signature(inputs, static=True),)  # export fixed an axis: a program per shape
@@ -368,7 +370,8 @@ class Explainer:
         try:
             gm = trace(self.model, len(inputs.tensors), self.leaf_modules, self.output)
             record_values(gm, inputs.tensors)
-            if decompose_attention(gm):  # F.scaled_dot_product_attention, split using the recorded shapes
+            changed = decompose_attention(gm)  # F.scaled_dot_product_attention, split using the recorded shapes
+            if normalise(gm) or changed:  # lrpfx.normalise: baddbmm, spelled-out activations, named tuples
                 record_values(gm, inputs.tensors)
         except TraceError as exc:
             if self.frontend != "auto":
@@ -455,7 +458,7 @@ class Explainer:
             target = _check_targets(targets, entry.out_shape, batch, first.device)
         else:
             target = _check_target(target, entry.out_shape, batch, first.device)
-        with FX_LOCK, eval_mode(self.model), torch.no_grad():
+        with locks.running(), eval_mode(self.model), torch.no_grad():
             result = entry.run(*inputs.tensors, target)
         output, relevances = result[0], list(result[1])
         inter = dict(result[2]) if intermediate else {}
@@ -551,7 +554,9 @@ def _token_ids(x: torch.Tensor, relevance) -> Optional[torch.Tensor]:
 
 
 def _per_sample(r: torch.Tensor) -> torch.Tensor:
-    """A multi-target relevance ``[K, B, ...]`` as ``[B, K, ...]``."""
+    """A multi-target relevance ``[K, B, ...]`` as ``[B, K, ...]`` (item by item for a tuple-valued node)."""
+    if isinstance(r, tuple):
+        return tuple(_per_sample(t) for t in r)
     return r.movedim(0, 1)
 
 

@@ -178,7 +178,8 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
     """
     if kind not in ("all", "positive"):
         raise RuleError(f"kind must be 'all' or 'positive', got {kind!r}")
-    from .api import FX_LOCK, eval_mode
+    from .api import eval_mode
+    from .locks import tracing
 
     batches = _batches(loader, max_batches)
     if progress:
@@ -191,7 +192,7 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
             pass
     gm = targets = accumulators = weights = None
     seen = 0
-    with FX_LOCK, eval_mode(model), torch.no_grad():
+    with tracing(), eval_mode(model), torch.no_grad():  # it traces the model as it goes: alone
         for x in batches:
             if device is not None:
                 x = x.to(device)
