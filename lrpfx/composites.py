@@ -16,7 +16,8 @@ from torch import nn
 
 from .errors import RuleError
 from .rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform, MulUniform, Norm,
-                    NormIdentity, Pass, Rule, Softmax, Structural, WinnerTakesAll, WSquare, ZBox, ZPlus)
+                    NormIdentity, Pass, RecurrentLRP, Rule, Softmax, Structural, WinnerTakesAll, WSquare, ZBox,
+                    ZPlus)
 
 _CONV_KINDS = {"conv", "conv_transpose"}
 FIRST_KINDS = {"linear", "conv", "conv_transpose"}
@@ -27,7 +28,7 @@ DEFAULTS: Dict[str, Rule] = {
     "activation": Pass(), "identity": Pass(), "scale": Pass(), "batchnorm": Pass(),
     "max_pool": WinnerTakesAll(), "avg_pool": Norm(), "reduce": Norm(), "add": Norm(),
     "structural": Structural(), "mul": MulUniform(), "layer_norm": NormIdentity(),
-    "softmax": Softmax(), "matmul": MatmulUniform(),
+    "softmax": Softmax(), "matmul": MatmulUniform(), "recurrent": RecurrentLRP(),
 }
 
 
@@ -153,7 +154,8 @@ def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[st
 def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
     """Norm with the given stabiliser on every step that splits relevance in proportion to contributions (sums,
     average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0."""
-    return tuple((kind, Norm(eps, zero_bias)) for kind in ("add", "avg_pool", "reduce"))
+    return tuple((kind, Norm(eps, zero_bias)) for kind in ("add", "avg_pool", "reduce")) + (
+        ("recurrent", RecurrentLRP(eps, zero_bias)),)  # its sums and linear maps take the same epsilon
 
 
 def single(rule: Rule, label: Optional[str] = None) -> Composite:
@@ -204,7 +206,7 @@ _RULE_NAMES: Dict[str, Callable[..., Rule]] = {
     # the seed's (TorchLRP) "gamma+epsilon": gamma and epsilon both 0.1 unless given
     "gamma+epsilon": lambda gamma=0.1, eps=0.1: Gamma(gamma, eps),
     "softmax": Softmax, "matmul-uniform": MatmulUniform, "constant-attention": ConstantAttention,
-    "mul-uniform": MulUniform, "norm-identity": NormIdentity,
+    "mul-uniform": MulUniform, "norm-identity": NormIdentity, "recurrent": RecurrentLRP,
 }
 _CALL = re.compile(r"^\s*([a-z0-9+*\-]+)\s*(?:\((.*)\))?\s*$")
 

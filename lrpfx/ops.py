@@ -15,6 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .recurrent_nodes import is_recurrent, recurrent_call
 from .rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
 
 # ---- module tables --------------------------------------------------------------------------------------
@@ -235,7 +236,8 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
     for n in gm.graph.nodes:
         info = n.meta.get("lrpfx_value")
         floaty = info is not None and (info.is_float_tensor or (
-            info.tuple_len is not None and info.dtype is not None and info.dtype.is_floating_point))
+            info.tuple_len is not None and info.dtype is not None and info.dtype.is_floating_point
+            and (not info.nested or is_recurrent(gm, n))))  # a nested tuple only where a rule reads it
         if not floaty or n.op == "output":
             continue
         if n.op == "placeholder" or embedding_source(gm, n) is not None:
@@ -362,6 +364,11 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
             info = NodeInfo(n, "input", n.name, "input")
         elif (source := embedding_source(gm, n)) is not None:
             info = _classify_embedding(gm, n, source)
+        elif (call := recurrent_call(gm, n)) is not None:
+            module = gm.get_submodule(n.target) if n.op == "call_module" else None
+            info = NodeInfo(n, "recurrent", n.target if module is not None else n.name,
+                            type(module).__name__ if module is not None else _target_name(n), module=module,
+                            layer=call.spec, x=call.x, weight=call.weights, extra={"hx": call.hx})
         elif n.op == "call_module":
             info = _classify_module(n, gm.get_submodule(n.target), acts)
         elif n.op == "call_function":

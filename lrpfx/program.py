@@ -21,7 +21,7 @@ from torch import nn
 from . import rules as R
 from .errors import RuleError
 from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
-from .rules import affine, attention, elementwise, structural
+from .rules import affine, attention, elementwise, recurrent, structural
 from .rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
 from .trace import source_line
@@ -45,16 +45,26 @@ class MethodCall:
 
 
 def fill_tuple(values, *relevances, present: tuple):
-    """Relevance of a tuple-valued node: given pieces at ``present`` indices, zeros elsewhere."""
+    """Relevance of a tuple-valued node: given pieces at ``present`` indices, zeros elsewhere. An item may itself
+    be a flat tuple (an LSTM's ``(out, (h, c))``)."""
     pieces = dict(zip(present, relevances))
-    lead = relevances[0].shape[:relevances[0].dim() - values[present[0]].dim()]
-    return tuple(pieces[i] if i in pieces else v.new_zeros((*lead, *v.shape)) for i, v in enumerate(values))
+    r, v = relevances[0], values[present[0]]
+    while isinstance(r, tuple):
+        r, v = r[0], v[0]
+    lead = r.shape[:r.dim() - v.dim()]
+    return tuple(pieces[i] if i in pieces else _zeros_like_value(v, lead) for i, v in enumerate(values))
+
+
+def _zeros_like_value(v, lead):
+    if isinstance(v, (tuple, list)):
+        return tuple(_zeros_like_value(u, lead) for u in v)
+    return v.new_zeros((*lead, *v.shape))
 
 
 def add_relevance(a, b):
-    """Sum of two relevances of one value: tensors, or tuples of them for tuple-valued nodes."""
+    """Sum of two relevances of one value: tensors, or (nested) tuples of them for tuple-valued nodes."""
     if isinstance(a, tuple):
-        return tuple(x + y for x, y in zip(a, b))
+        return tuple(add_relevance(x, y) for x, y in zip(a, b))
     return a + b
 
 
@@ -205,12 +215,12 @@ class ProgramBuilder:
         if n in self.tuple_contrib:  # pieces taken one by one; the whole tuple may be consumed as well (cat)
             pieces = self.tuple_contrib[n]
             present = tuple(sorted(pieces))
-            summed = [self._sum(pieces[i]) for i in present]
+            summed = [self._sum(pieces[i], add=add_relevance) for i in present]
             filled = self.call(fill_tuple, [self.env[n], *summed], {"present": present}, name=f"r_{n.name}")
             return self._sum([filled, *parts], add=add_relevance)
         if not parts:
             return None
-        return self._sum(parts)
+        return self._sum(parts, add=add_relevance)
 
     def _input_relevance(self, n: fx.Node, embedded: Optional[List[fx.Node]]) -> Optional[fx.Node]:
         """An input's relevance: that of its embeddings for token ids; zeros for a float input nothing reached;
@@ -304,6 +314,8 @@ class ProgramBuilder:
                                               name=f"r_{n.name}_in"))
         elif kind == "matmul" and isinstance(rule, (R.MatmulUniform, R.ConstantAttention)):
             self.emit_matmul(info, rule, r)
+        elif kind == "recurrent" and isinstance(rule, R.RecurrentLRP):
+            self.emit_recurrent(info, rule, r)
         elif kind == "mul" and isinstance(rule, R.MulUniform):
             operands = list(n.args[:2])
             shares = self.call(elementwise.mul_uniform, [r, *[self.described(o) for o in operands]],
@@ -441,6 +453,23 @@ class ProgramBuilder:
         for i, operand in enumerate((a, b)):
             if active[i]:
                 self.contribute(operand, self.call(operator.getitem, [shares, i]))
+
+    def emit_recurrent(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        """An LSTM/GRU/RNN in one step (:func:`lrpfx.rules.recurrent.recurrent`): relevance of the input sequence
+        and of the initial state, which arrives as the layer took it (None, one node, or a tuple of nodes)."""
+        n, hx = info.node, info.extra["hx"]
+        shares = self.call(recurrent.recurrent, [self.env[info.x], fx.node.map_arg(hx, lambda a: self.env[a]),
+                                                 [self.value(w) for w in info.weight], r],
+                           {"spec": info.layer, "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in")
+        if info.x in self.infos:
+            self.contribute(info.x, self.call(operator.getitem, [shares, 0]))
+        if isinstance(hx, fx.Node) and hx in self.infos:
+            self.contribute(hx, self.call(operator.getitem, [shares, 1]))
+        elif isinstance(hx, tuple) and any(h in self.infos for h in hx):
+            r_hx = self.call(operator.getitem, [shares, 1])
+            for j, h in enumerate(hx):
+                if h in self.infos:
+                    self.contribute(h, self.call(operator.getitem, [r_hx, j]))
 
     def emit_replay(self, info: NodeInfo, r: fx.Node, norm_eps: Optional[float] = None, fn=None) -> None:
         """Relevance by the node's own VJP (gradient mode) or as ``x · Jᵀ(r / stab(z))`` (norm mode)."""

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import InputError, OutputError, TraceError
+from .recurrent_nodes import holds_packed, packed_error
 
 # Frames of lrpfx and torch themselves, told apart from the user's by where the packages are installed (a user's
 # project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
@@ -212,6 +213,7 @@ class ValueInfo:
     dtype: Optional[torch.dtype] = None
     tuple_len: Optional[int] = None  # set when the node produced a tuple/list of tensors
     holds_float: bool = False  # a float tensor, or a (nested) container with one: a value relevance could flow through
+    nested: bool = False  # a tuple with flat tuples of tensors among its items (an LSTM's ``(out, (h, c))``)
 
     @property
     def is_float_tensor(self) -> bool:
@@ -234,7 +236,17 @@ def _describe(value) -> ValueInfo:
         return ValueInfo(True, tuple(value.shape), value.dtype, holds_float=floats)
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
         return ValueInfo(False, (), value[0].dtype, tuple_len=len(value), holds_float=floats)
+    if _tuple_of_tensors_or_tuples(value):  # one nesting level; tracked only where a rule reads it (recurrent)
+        first = next(v if isinstance(v, torch.Tensor) else v[0] for v in value)
+        return ValueInfo(False, (), first.dtype, tuple_len=len(value), holds_float=floats, nested=True)
     return ValueInfo(False, holds_float=floats)
+
+
+def _tuple_of_tensors_or_tuples(value) -> bool:
+    def flat(v):
+        return type(v) in (tuple, list) and v and all(isinstance(u, torch.Tensor) for u in v)
+
+    return bool(type(value) in (tuple, list) and value and all(isinstance(v, torch.Tensor) or flat(v) for v in value))
 
 
 class _Recorder(fx.Interpreter):
@@ -244,6 +256,8 @@ class _Recorder(fx.Interpreter):
         except Exception as exc:
             raise InputError(f"the model failed on these inputs at node '{n.name}'{source_line(n)}: "
                              f"{type(exc).__name__}: {exc}") from exc
+        if holds_packed(value):
+            raise packed_error(n, source_line(n))
         n.meta["lrpfx_value"] = _describe(value)
         return value
 

@@ -273,6 +273,9 @@ class PatternAttribution(PatternNet):
     name: ClassVar[str] = "patternattribution"
 
 
+from .recurrent import RecurrentLRP  # noqa: E402  (defined next to its functions; it subclasses Rule)
+
+
 def applies_to(rule: Rule, kind: str) -> bool:
     return "*" in rule.kinds or kind in rule.kinds
 
@@ -280,7 +283,7 @@ def applies_to(rule: Rule, kind: str) -> bool:
 __all__ = [
     "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass", "Norm",
     "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "Softmax", "MatmulUniform",
-    "ConstantAttention", "PatternNet", "PatternAttribution",
+    "ConstantAttention", "PatternNet", "PatternAttribution", "RecurrentLRP",
     "applies_to",
     "AFFINE_KINDS", "NORM_KINDS", "PASSABLE_KINDS",
 ]
