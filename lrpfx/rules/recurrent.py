@@ -199,7 +199,7 @@ def _flatten(r) -> Tuple[torch.Tensor, ...]:
 
 
 def _initial_states(hx, x, spec: RecurrentSpec, groups: List[_Weights]):
-    """``(h0, c0)`` as ``[L·D, B, ·]`` tensors (zeros where not given) and how ``hx`` was structured."""
+    """``(h0, c0)`` as ``[L·D, B, ·]`` tensors, zeros where not given (``c0`` is None but for an LSTM)."""
     h0 = c0 = None
     if isinstance(hx, torch.Tensor):
         h0 = hx
