@@ -65,14 +65,50 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     """
     tracer = LrpfxTracer(leaf_modules)
     concrete = _defaults_after(model, num_inputs)
+    before = _attribute_names(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
         raise TraceError(_trace_failure_message(model, exc)) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    finally:
+        _remove_added_attributes(model, before)
+    _inline_fixed_arguments(gm, concrete)
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
     _select_output(gm, output)
     return gm
+
+
+def _inline_fixed_arguments(gm: fx.GraphModule, fixed: dict) -> None:
+    """fx keeps a placeholder (and a guard) for every argument fixed to its default; the program's inputs must be
+    the explained inputs only (an extra placeholder would swallow the target), so the value goes in its place."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    extra = placeholders[len(placeholders) - len(fixed):] if fixed else []
+    for node, value in zip(extra, fixed.values()):
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.eq:  # the guard's check: value == default
+                for guard in list(user.users):
+                    gm.graph.erase_node(guard)
+                gm.graph.erase_node(user)
+            else:
+                user.args = fx.node.map_arg(user.args, lambda a: value if a is node else a)
+                user.kwargs = fx.node.map_arg(user.kwargs, lambda a: value if a is node else a)
+        gm.graph.erase_node(node)
+    if extra:
+        gm.recompile()
+
+
+def _attribute_names(model: nn.Module) -> dict:
+    return {store: set(getattr(model, store)) for store in ("__dict__", "_parameters", "_buffers", "_modules")}
+
+
+def _remove_added_attributes(model: nn.Module, before: dict) -> None:
+    """fx stores tensors that forward creates or closes over (``_tensor_constant0``) on the traced root, i.e. the
+    user's model; the GraphModule has its own copies by now, so take them off again: the model is never changed."""
+    for store, names in before.items():
+        table = getattr(model, store)
+        for name in set(table) - names:
+            del table[name]
 
 
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
