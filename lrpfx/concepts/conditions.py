@@ -377,7 +377,7 @@ def resolve_node(name: str, lookup: Dict[str, fx.Node], gm: fx.GraphModule, info
                              f"constant, a parameter or a mask); condition on a node between the input and the output")
         close = difflib.get_close_matches(name, list(lookup), n=5, cutoff=0.5)
         hint = f"; close matches: {close}" if close else ""
-        raise InputError(f"unknown node '{name}' in a condition{hint}. Node names are the keys of "
+        raise InputError(f"unknown node '{name}'{hint}. Node names are the keys of "
                          f"Explainer(...)(x, intermediate=True).intermediate")
     info = infos[node]
     if info.kind in ("input", "embedding"):
