@@ -28,12 +28,15 @@ def test_concept_graph_levels_and_export(tmp_path):
     assert layers == {"4", "2", "0"}  # the conv nodes below, found in the program's graph
     assert len([e for e in g.edges if e[0] == ("4", 2)]) == 3 and len(g.edges) == 3 + 3 * 2
     # each child's value is its conditional relevance under the chain from the root
+    paths = []
     for (parent, child), r in g.edges.items():
         path = {parent[0]: [parent[1]], child[0]: [child[1]]}
         if parent != g.root:
             path[g.root[0]] = [g.root[1]]
-        e = ex(x, target=1, conditions=[path], intermediate=[child[0]])
-        assert r == pytest.approx(float(e.intermediate[child[0]][0, 0, child[1]].sum()), rel=1e-9, abs=1e-15)
+        paths.append(path)
+    e = ex(x, target=1, conditions=paths, intermediate=["2", "0"])  # all edges in one pass
+    for k, ((parent, child), r) in enumerate(g.edges.items()):
+        assert r == pytest.approx(float(e.intermediate[child[0]][0, k, child[1]].sum()), rel=1e-9, abs=1e-15)
     # the children of a node are its largest contributions: no unselected concept is larger in magnitude
     e = ex(x, target=1, conditions=[{"4": [2]}], intermediate=["2"])
     all_children = e.intermediate["2"][0, 0].flatten(1).sum(1).abs()
