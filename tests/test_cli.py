@@ -159,6 +159,13 @@ def test_demo_options_unchanged():
     (["explain", "--model", "tinynet:build", "--input", "x.pt", "--target", "99"], "target class out of range"),
     (["graph", "--model", "tinynet:build", "--out", "prog.txt"], "use one of .dot"),
     (["explain", "--model", "tinynet:build"], "one of the arguments --image --input is required"),
+    # an unwritable output is refused before any work is done
+    (["explain", "--model", "tinynet:build", "--input", "x.pt", "--out", "/nonexistent/dir/h.png"],
+     "the folder '/nonexistent/dir' does not exist"),
+    (["explain", "--model", "tinynet:build", "--input", "x.pt", "--save-relevance", "/nonexistent/r.pt"],
+     "--save-relevance"),
+    (["graph", "--model", "tinynet:build", "--out", "/nonexistent/dir/prog.dot"], "does not exist"),
+    (["demo", "--out", "/nonexistent/dir/d.png"], "the folder '/nonexistent/dir' does not exist"),
 ])
 def test_errors_are_one_line(args, message, workdir, capsys, monkeypatch):
     monkeypatch.chdir(workdir)
@@ -196,3 +203,11 @@ def test_bench_passes_arguments_through(monkeypatch, capsys):
     assert cli.main(["bench"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lrpfx: error: bench/report.py not found")
+
+
+def test_random_weights_are_the_same_on_every_run():
+    """Without --weights the model's random weights are seeded: the same command prints the same numbers."""
+    first = cli.load_model("torchvision:resnet18").model.state_dict()
+    torch.manual_seed(1234)  # whatever ran before must not matter
+    second = cli.load_model("torchvision:resnet18").model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -381,3 +381,24 @@ def test_arguments_fixed_to_their_defaults_do_not_swallow_the_target():
         assert isinstance(R, torch.Tensor)
         assert rel_err(R, gradient_times_input(model, x, torch.full((2,), target))) < 1e-12
     assert "mask" not in lrpfx.export(model, x).code
+
+
+def test_export_names_a_recurrent_layer_by_its_attribute():
+    """``by_name`` keys are module paths on both front-ends: an ``nn.GRU`` called ``rnn`` is ``rnn``, not ``gru``."""
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 5, batch_first=True)
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            return self.fc(out[:, -1])
+
+    model, x = Tagger(), torch.randn(2, 6, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # export's note on the layer's flat weights
+        for frontend in ("fx", "export"):
+            table = lrpfx.export(model, x, frontend=frontend).rule_table()
+            assert "rnn" in [row.module for row in table], frontend
+            lrpfx.explain(model, x, frontend=frontend, rule=lrpfx.Composite(by_name={"rnn": Gradient()}))
