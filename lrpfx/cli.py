@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import LrpfxError
+from .exporting import SUFFIXES
+from .progress import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GRAPH_SUFFIXES = (".dot", ".gv", ".svg", ".png", ".pdf", ".py", ".pt2")
 
 EXPLAIN_EXAMPLES = """examples:
   lrpfx explain --model torchvision:resnet50 --weights DEFAULT --image cat.jpg --rule epsilon-gamma-box --out heat.png
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--size", type=int, default=None, help="crop size for --image")
     graph.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
     graph.add_argument("--out", action="append", default=[], metavar="FILE",
-                       help=f"write the program; the suffix picks the format ({', '.join(GRAPH_SUFFIXES)}); "
+                       help=f"write the program; the suffix picks the format ({', '.join(SUFFIXES)}); "
                             "may be repeated")
     graph.add_argument("--table", action="store_true", help="print the rule table")
     graph.add_argument("--code", action="store_true", help="print the program's code")
@@ -294,39 +295,6 @@ def _bench_passthrough(argv: List[str]) -> Optional[Tuple[bool, List[str]]]:
     if rest and rest[0] == "--":
         rest = rest[1:]
     return debug, rest
-
-
-# ---- progress -------------------------------------------------------------------------------------------------
-class _Progress:
-    """Stage progress on stderr with tqdm when it is installed and stderr is a terminal; silent otherwise."""
-
-    def __init__(self, stages: int, desc: str):
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=stages, desc=desc, leave=False, file=sys.stderr,
-                            bar_format="{desc}: {n_fmt}/{total_fmt} {postfix}")
-
-    def stage(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(text)
-
-    def done(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    @contextlib.contextmanager
-    def step(self, text: str):
-        self.stage(text)
-        yield
-        self.done()
 
 
 # ---- models ---------------------------------------------------------------------------------------------------
@@ -603,7 +571,7 @@ def run_explain(args) -> int:
     if not 0 < args.clip <= 100:
         raise CliError(f"--clip is a percentile in (0, 100], got {args.clip}")
     _check_rule(args.rule)
-    progress = _Progress(3, "lrpfx explain")
+    progress = Progress(3, "lrpfx explain", unit="stage")
     try:
         with progress.step("loading the model"):
             loaded = load_model(args.model, args.weights, args.device)
@@ -687,10 +655,10 @@ def run_graph(args) -> int:
 
     outs = [check_writable(o) for o in args.out]
     for o in outs:
-        if o.suffix.lower() not in GRAPH_SUFFIXES:
-            raise CliError(f"--out '{o}': use one of {', '.join(GRAPH_SUFFIXES)}")
+        if o.suffix.lower() not in SUFFIXES:
+            raise CliError(f"--out '{o}': use one of {', '.join(SUFFIXES)}")
     _check_rule(args.rule)
-    progress = _Progress(2 + len(outs), "lrpfx graph")
+    progress = Progress(2 + len(outs), "lrpfx graph", unit="stage")
     try:
         with progress.step("loading the model"):
             loaded = load_model(args.model, args.weights, args.device)

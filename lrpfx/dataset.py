@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, LrpfxError, TargetError
+from .progress import Progress, model_device
 
 FORMAT = "lrpfx-explanations/1"
 SHARD_FORMAT = "lrpfx-shard/1"
@@ -543,35 +544,6 @@ class RunStats:
         return self.write_seconds / self.explain_seconds if self.explain_seconds else 0.0
 
 
-class _Progress:
-    """tqdm over samples (its rate is samples/s) on rank 0 when enabled and tqdm is installed."""
-
-    def __init__(self, enabled: bool, total: int, desc: str):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
-
-    def update(self, n: int, shards: int, total_shards: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"shards {shards}/{total_shards}", refresh=False)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLike], *,
                     batch_size: Optional[int] = None, target=None, compile: bool = False,
                     shard_size: Optional[int] = None, num_shards: Optional[int] = None, resume: bool = True,
@@ -605,7 +577,7 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
     size = resolve_shard_size(length, source.batch_size, shard_size, num_shards)
     shards = plan_shards(length, size)
     explainer = Explainer(model, rule, compile=compile, **explainer_options)
-    device = _model_device(model)
+    device = model_device(model)
     describe_target(target)  # validates the kind of target before any work
     if not (target is None or isinstance(target, (str, int)) or callable(target)) and \
             torch.as_tensor(target).shape != (length,):
@@ -692,7 +664,8 @@ def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, st
             stats.shards_redone += (out_dir / shard.name).exists()
             pending.append(shard)
     stats.verify_seconds = time.perf_counter() - t
-    bar = _Progress(show, sum(s.stop - s.start for s in pending), f"explaining ({explainer.composite.label})")
+    bar = Progress(sum(s.stop - s.start for s in pending), f"explaining ({explainer.composite.label})", unit="sample",
+                   enabled=show)
     try:
         batches = [b for shard in pending for b in shard_batches(shard, source.batch_size)]
         parts: List[Dict[str, torch.Tensor]] = []
@@ -716,7 +689,7 @@ def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, st
                 stats.shards_written += 1
                 stats.samples += done
                 parts, queue = [], queue[1:]
-            bar.update(n, len(entries), len(mine))
+            bar.update(n, f"shards {len(entries)}/{len(mine)}")
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - start_time

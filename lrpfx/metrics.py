@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .progress import model_device
+
 
 def flipping_curve(model: nn.Module, x: torch.Tensor, order_scores: torch.Tensor, target: torch.Tensor,
                    steps: int = 16, baseline: float = 0.0) -> torch.Tensor:
@@ -56,11 +58,6 @@ def conservation(explanation, output: torch.Tensor, target: torch.Tensor) -> Dic
 # inputs ``[B, C, *spatial]`` (channel axis 1: a pixel is deleted in every channel) or ``[B, features]``.
 
 ORDERS = ("morf", "lerf", "random")
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _pixel_scores(relevance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +153,7 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, relevance: torch.Tenso
     the ``baseline`` values. Returns ``[B, steps + 1]`` (column 0: nothing deleted); perturbed inputs go through
     the model ``batch_size`` at a time, on the model's device.
     """
-    device = _device(model)
+    device = model_device(model)
     x, relevance = x.to(device), relevance.to(device)
     target = _resolve_target(model, x, target)
     spatial = tuple(x.shape[2:]) if x.dim() >= 3 else tuple(x.shape[1:])
@@ -218,7 +215,7 @@ def region_perturbation(model: nn.Module, x: torch.Tensor, relevance: torch.Tens
     """Region perturbation (Samek et al.): MoRF and LeRF curves of the target's score as patches of
     ``patch_size`` pixels are deleted in order of relevance, with their areas (see :func:`perturbation_curve`
     for the options; ``patch_size=1`` is pixel flipping)."""
-    device = _device(model)
+    device = model_device(model)
     x = x.to(device)
     target = _resolve_target(model, x, target)
     options = dict(patch_size=patch_size, steps=steps, baseline=baseline, score=score, batch_size=batch_size,
@@ -315,7 +312,7 @@ def randomization_check(model: nn.Module, x: torch.Tensor, rule="epsilon-plus-fl
     (``target``, default its argmax); ``model`` itself is not changed (a copy is randomised)."""
     from .api import Explainer
 
-    device = _device(model)
+    device = model_device(model)
     x = x.to(device)
     target = _resolve_target(model, x, target)
     original = _pixel_scores(Explainer(model, rule, **explainer_options)(x, target=target).relevance, x)
@@ -367,7 +364,7 @@ def conservation_report(model: nn.Module, x: torch.Tensor, rule="epsilon-plus-fl
 
     explainer = Explainer(model, rule, **explainer_options)
     start_one = getattr(explainer.composite, "start", "logit") == "one"
-    device = _device(model)
+    device = model_device(model)
     ratios: Dict[str, List[torch.Tensor]] = {}
     for chunk in x.split(batch_size):
         chunk = chunk.to(device)
@@ -435,7 +432,7 @@ def evaluate_rules(model: nn.Module, data, rules: Sequence, *, target=None, batc
     from .api import Explainer
     from .dataset import iter_batches
 
-    device = _device(model)
+    device = model_device(model)
     explainers = [Explainer(model, rule, **explainer_options) for rule in rules]
     sums = [{"morf_auc": 0.0, "lerf_auc": 0.0, "conservation": 0.0, "seconds": 0.0} for _ in rules]
     count = 0

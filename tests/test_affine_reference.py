@@ -14,8 +14,6 @@ Three routes into lrpfx are checked:
 """
 from __future__ import annotations
 
-import os
-import sys
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Tuple
@@ -29,17 +27,14 @@ from lrpfx.composites import parse_rule, single
 from lrpfx.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, affine
 from lrpfx.rules import layers as L
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
+import reference as ref
 
 DT = torch.float64
 RTOL, ATOL = 1e-9, 1e-12
 
 # torch's own note on asymmetric 'same' padding (the conv2d-bias-same-k2 case): expected, not a problem
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def assert_close(actual, expected, rtol=RTOL, atol=ATOL):

@@ -42,7 +42,6 @@ Example counts: ``LRPFX_FUZZ_PROFILE=ci`` (the default) runs 200 examples over t
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -56,8 +55,7 @@ from torch import nn
 import lrpfx
 from lrpfx.rules import Epsilon, Norm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import slow_reference as sref  # noqa: E402
+import slow_reference as sref
 
 DT = torch.float64
 pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning"),

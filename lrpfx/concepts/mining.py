@@ -18,6 +18,7 @@ import torch
 
 from .. import dataset as ds
 from ..errors import InputError
+from ..progress import model_device
 from .conditions import Concept
 from .relevance import concept_relevance
 
@@ -71,7 +72,7 @@ def mine_concepts(model, data, rule, layers: Sequence[str], out_dir, *, top_k: i
     size = ds.resolve_shard_size(length, source.batch_size, shard_size, num_shards)
     shards = ds.plan_shards(length, size)
     explainer = Explainer(model, rule, **explainer_options)
-    device = ds._model_device(model)
+    device = model_device(model)
     ds.describe_target(target)
     run = ds.describe_run(model, explainer.composite, target, "float32", length, size, type(source.dataset).__name__)
     run["concepts"] = {"layers": layers, "definitions": {k: repr(v) for k, v in sorted((concepts or {}).items())}}
