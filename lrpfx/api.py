@@ -6,6 +6,7 @@ caches it — compiled with ``torch.compile`` when asked — and runs it without
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import threading

@@ -27,7 +27,7 @@ def fold_batchnorms(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule]
         if info.kind != "batchnorm" or info.x is None:
             continue
         producer = infos.get(info.x)
-        if producer is None or producer.kind not in _FOLDABLE_KINDS or len(info.x.users) != 1:
+        if producer is None or producer.kind not in _FOLDABLE_KINDS or producer.layer is None or len(info.x.users) != 1:
             continue
         if not isinstance(rules.get(producer.node), _FOLDING_RULES):
             continue

@@ -153,9 +153,11 @@ def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[st
 
 def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
     """Norm with the given stabiliser on every step that splits relevance in proportion to contributions (sums,
-    average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0."""
+    average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0. An unfolded
+    BatchNorm is the affine map ``x·scale + shift``: Epsilon with the same stabiliser (its shift is a bias)."""
     return tuple((kind, Norm(eps, zero_bias)) for kind in ("add", "avg_pool", "reduce")) + (
-        ("recurrent", RecurrentLRP(eps, zero_bias)),)  # its sums and linear maps take the same epsilon
+        ("recurrent", RecurrentLRP(eps, zero_bias)),  # its sums and linear maps take the same epsilon
+        ("batchnorm", Epsilon(eps, zero_bias)))
 
 
 def single(rule: Rule, label: Optional[str] = None) -> Composite:

@@ -108,9 +108,9 @@ _ATEN_AS_TORCH = {
 }
 _ATEN_IDENTITY = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
                   aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default, aten.detach.default,
-                  aten.type_as.default, aten.feature_dropout.default}
+                  aten.type_as.default, aten.feature_dropout.default, aten.to.other}
 _ATEN_RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
-                 aten.unflatten.int}
+                 aten.unflatten.int, aten.reshape_as.default, aten.view_as.default}
 _ATEN_STRUCTURAL = {
     aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim,
     aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
@@ -118,7 +118,7 @@ _ATEN_STRUCTURAL = {
     aten.unbind.int, aten.narrow.default, aten.index_select.default, aten.gather.default, aten.roll.default,
     aten.flip.default, aten.pad.default, aten.constant_pad_nd.default, aten.repeat.default,
     aten.repeat_interleave.self_int, aten.movedim.int, aten.index.Tensor, aten.masked_fill.Scalar,
-    aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+    aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.expand_as.default,
 }
 # outputs may hold values other than input elements or zeros (a negative fill, a negative constant pad)
 _ATEN_SIGN_CHANGING = {aten.masked_fill.Scalar, aten.pad.default, aten.constant_pad_nd.default}
@@ -135,6 +135,23 @@ _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
 _SHAPE_ONLY_NAMES = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
                      "empty_like", "new_tensor", "size", "sym_size"}
 _THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
+
+# ---- the long tail of architectures (ops found in Hugging Face and timm models), matched by bare op name so
+# one row serves torch functions, Tensor methods and ATen overloads ----------------------------------------------
+# clamp/clip: an activation (Pass); non-negative when the lower bound is >= 0, a ReLU when it is clamp(min=0)
+_CLAMP_NAMES = {"clamp", "clip", "clamp_min", "clamp_max"}
+# max/min over an axis (or of the whole tensor), top-k: winner-takes-all, like max pooling
+_SELECT_NAMES = {"max", "min", "amax", "amin", "topk"}
+# the second argument only supplies a shape or a dtype: relevance flows through the first argument alone
+_LIKE_NAMES = {"type_as", "view_as", "reshape_as", "expand_as", "to"}
+# grouped products of mixture-of-experts blocks: linear in the routed tokens, the expert weights constant
+_GROUPED_MM_NAMES = {"_grouped_mm", "grouped_mm", "grouped_mm_fallback"}
+# sums into a tensor at indices (scatter-add, index_add): split in proportion to the summands, like other sums
+_SCATTER_SUM_NAMES = {"index_add", "scatter_add"}
+# a mixture-of-experts router: top-k of gate probabilities; the routing weights are constants (as in LXT)
+_ROUTER_SCORE_NAMES = {"softmax", "_softmax", "sigmoid"}
+_PASS_THROUGH_NAMES = {"to", "_to_copy", "float", "double", "type_as", "contiguous", "clone", "view", "reshape",
+                       "_unsafe_view", "alias"}
 
 # In-place variants that tracing may record; the program runs their out-of-place forms.
 OUT_OF_PLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
@@ -242,10 +259,34 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
             continue
         if n.op == "placeholder" or embedding_source(gm, n) is not None:
             active[n] = True
-        elif any(a in active for a in n.all_input_nodes) and not is_statistic(n) \
-                and op_name(n) not in _SHAPE_ONLY_NAMES:
+        elif any(a in active for a in n.all_input_nodes) and not constant_by_design(n, active):
             active[n] = True
     return _on_path_to_output(gm, active)
+
+
+def constant_by_design(n: fx.Node, active) -> bool:
+    """A value computed from activations that carries no relevance: a statistic (a normalisation's scale), a
+    shape-only op, a router's top-k weights, or an op of a constant that reads an activation's shape or dtype."""
+    return is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
+        op_name(n) in _LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+
+
+def is_routing(n: fx.Node) -> bool:
+    """Top-k of a gate's probabilities (softmax or sigmoid, through casts and views): a mixture-of-experts router.
+    Its routing weights count as constants (as in LXT), so a token's relevance flows only through the experts
+    that ran for it, scaled by their fixed weights."""
+    if op_name(n) != "topk":
+        return False
+    source = n.args[0] if n.args else None
+    for _ in range(8):
+        if not isinstance(source, fx.Node):
+            return False
+        if op_name(source) in _ROUTER_SCORE_NAMES:
+            return True
+        if op_name(source) not in _PASS_THROUGH_NAMES or not source.args:
+            return False
+        source = source.args[0]
+    return False
 
 
 def _on_path_to_output(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Dict[fx.Node, bool]:
@@ -273,8 +314,7 @@ def untracked_dependency(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Opt
             continue
         if n in active and (n.op == "placeholder" or embedding_source(gm, n) is not None):
             depends.add(n)
-        elif any(a in depends for a in n.all_input_nodes) and not is_statistic(n) \
-                and op_name(n) not in _SHAPE_ONLY_NAMES:
+        elif any(a in depends for a in n.all_input_nodes) and not constant_by_design(n, depends):
             depends.add(n)
     output = next(n for n in gm.graph.nodes if n.op == "output")
     live, frontier = set(), [a for a in output.all_input_nodes if a in depends]
@@ -318,7 +358,7 @@ def is_statistic(n: fx.Node) -> bool:
     name = op_name(n)
     if name in _STATISTIC_NAMES:
         return True
-    if name not in _NORMALISER_NAMES:
+    if name not in _NORMALISER_NAMES and not (name == "pow" and _exponent(n) in (0.5, -0.5)):  # pow(s, 0.5): CLIP
         return False
     source = n.args[0] if n.args else None
     for _ in range(8):
@@ -331,6 +371,12 @@ def is_statistic(n: fx.Node) -> bool:
             return False
         source = next((a for a in source.args if isinstance(a, fx.Node)), None)
     return False
+
+
+def _exponent(n: fx.Node):
+    """The exponent of ``pow(x, e)`` when it is a number, else None."""
+    e = call_arg(n, 1, "exponent")
+    return e if isinstance(e, (int, float)) and not isinstance(e, bool) else None
 
 
 def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
@@ -520,7 +566,8 @@ def _classify_module(n: fx.Node, m: nn.Module, acts) -> NodeInfo:
     elif is_activation_module(m):
         info.kind = "activation"
         info.nonneg = isinstance(m, _NONNEG_MODULES)
-        info.extra = {"relu": isinstance(m, _RELU_MODULES), "zero_at_zero": not isinstance(m, _NONZERO_AT_ZERO_MODULES)}
+        info.extra = {"relu": isinstance(m, _RELU_MODULES), "zero_at_zero": not isinstance(m, _NONZERO_AT_ZERO_MODULES)
+                      and getattr(m, "lrpfx_zero_at_zero", True)}  # a spelled-out activation knows f(0)
         return info
     elif isinstance(m, _IDENTITY_MODULES):
         info.kind = "identity"
@@ -558,6 +605,8 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
     t = OUT_OF_PLACE_FUNCTIONS.get(n.target, n.target)
     t = _ATEN_AS_TORCH.get(t, t)
     info = NodeInfo(n, "unknown", n.name, _target_name(n))
+    if _classify_long_tail(info, n, acts, active):
+        return info
     x = _single(acts)
     info.x = x
     first = n.args[0] if n.args else None
@@ -636,6 +685,8 @@ def _classify_function(n: fx.Node, acts, active) -> NodeInfo:
 def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
     name = out_of_place_method(n.target)
     info = NodeInfo(n, "unknown", n.name, f"Tensor.{name}")
+    if _classify_long_tail(info, n, acts, active):
+        return info
     x = _single(acts)
     info.x = x
     self_is_x = x is not None and n.args and n.args[0] is x
@@ -658,6 +709,70 @@ def _classify_method(n: fx.Node, acts, active) -> NodeInfo:
         _classify_arithmetic(info, _arith_kind(name, _ADD_METHODS, _SUB_METHODS, _MUL_METHODS, _DIV_METHODS,
                                                _NEG_METHODS), n, acts, active)
     return info
+
+
+def _classify_long_tail(info: NodeInfo, n: fx.Node, acts, active) -> bool:
+    """The rows of the long-tail tables (casts and views shaped like another tensor, clamp, max/min/top-k over
+    an axis, powers, grouped expert products, scatter sums, ATen's batch_norm); True when one matched."""
+    name = op_name(n)
+    first = n.args[0] if n.args else None
+    if name in _SCATTER_SUM_NAMES:  # the tensor summed into, the summands, or both may be activations
+        info.kind = "reduce"
+        return True
+    if not (isinstance(first, fx.Node) and first in active):
+        return False
+    info.x = first
+    if name in _LIKE_NAMES and len(acts) > 1:  # x.type_as(y) and friends: y gives a shape or dtype only
+        info.kind, info.extra = {"type_as": ("identity", {}), "to": ("identity", {}),
+                                 "expand_as": ("structural", {"reshape": False, "copies": True, "keeps_sign": True})
+                                 }.get(name, ("structural", {"reshape": True, "copies": True, "keeps_sign": True}))
+        return True
+    if len(acts) != 1:
+        return False
+    if name in _CLAMP_NAMES:
+        return _classify_clamp(info, n, name)
+    if name in _SELECT_NAMES and _selects(n, name):
+        info.kind = "max_pool"  # no window spec: relevance is routed by the op's own gradient (winner takes all)
+        return True
+    if name == "pow" and _exponent(n) is not None:
+        e = _exponent(n)
+        info.kind, info.nonneg = "activation", float(e).is_integer() and int(e) % 2 == 0
+        info.extra = {"relu": False, "zero_at_zero": e > 0}
+        return True
+    if name in _GROUPED_MM_NAMES and isinstance(call_arg(n, 2, "offs"), fx.Node):  # linear in the routed tokens
+        info.kind, info.weight, info.extra = "linear", call_arg(n, 1, "mat2"), {"offs": call_arg(n, 2, "offs")}
+        return True
+    if n.target is aten.batch_norm.default and not call_arg(n, 5, "training", False):
+        info.kind = "batchnorm"
+        info.extra = {"mean": call_arg(n, 3, "running_mean"), "var": call_arg(n, 4, "running_var"),
+                      "bn_weight": call_arg(n, 1, "weight"), "bn_bias": call_arg(n, 2, "bias"),
+                      "eps": call_arg(n, 7, "eps", 1e-5)}
+        return info.extra["mean"] is not None
+    return False
+
+
+def _classify_clamp(info: NodeInfo, n: fx.Node, name: str) -> bool:
+    """clamp/clip with number (or constant tensor) bounds: an activation; clamp(min=0) is a ReLU."""
+    if name == "clamp_min":
+        low, high = call_arg(n, 1, "min"), None
+    elif name == "clamp_max":
+        low, high = None, call_arg(n, 1, "max")
+    else:
+        low, high = call_arg(n, 1, "min"), call_arg(n, 2, "max")
+    numbers = all(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in (low, high))
+    info.kind = "activation"
+    info.nonneg = numbers and low is not None and low >= 0
+    info.extra = {"relu": numbers and low == 0 and high is None,
+                  "zero_at_zero": numbers and (low is None or low <= 0) and (high is None or high >= 0)}
+    return True
+
+
+def _selects(n: fx.Node, name: str) -> bool:
+    """max/min over an axis or of everything (``torch.max(a, b)``, the elementwise maximum, does not select)."""
+    if name in ("amax", "amin", "topk"):
+        return True
+    dim = call_arg(n, 1, "dim")
+    return dim is None or (isinstance(dim, int) and not isinstance(dim, bool))
 
 
 # library functions (by qualified name, so no import is needed) that are the identity in eval mode, with the

@@ -21,7 +21,7 @@ from torch import nn
 from . import rules as R
 from .errors import RuleError
 from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
-from .rules import affine, attention, elementwise, recurrent, structural
+from .rules import affine, attention, elementwise, experts, recurrent, structural
 from .rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
 from .trace import source_line
@@ -293,6 +293,8 @@ class ProgramBuilder:
             self.emit_folded(info, r)
         elif isinstance(rule, R.PatternNet):
             self.emit_pattern(info, rule, r)
+        elif kind == "linear" and info.layer is None:  # no layer spec (a grouped expert product): by its VJP
+            self.emit_linear_map(info, rule, r)
         elif kind in ("linear", "conv", "conv_transpose") and not isinstance(rule, (R.Pass, R.Structural)):
             self.emit_affine(info, rule, self.value(info.weight), self.value(info.bias), info.layer, info.x, r)
         elif kind == "batchnorm" and isinstance(rule, tuple(_AFFINE_FUNCTIONS) + (R.ZBox,)) \
@@ -419,7 +421,26 @@ class ProgramBuilder:
             raise RuleError(f"rule {rule.describe()} cannot apply to affine node '{producer.name}'")
         self.emit_affine(bn, rule, w, b, producer.layer, producer.x, r, z=self.env[bn.node])
 
+    def emit_linear_map(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        """The grouped product of a mixture-of-experts block (:mod:`lrpfx.rules.experts`): epsilon per expert."""
+        n, x, offs = info.node, self.env[info.x], self.env[info.extra["offs"]]
+        if isinstance(rule, R.Epsilon):
+            self.contribute(info.x, self.call(experts.grouped_epsilon, [x, self.value(info.weight), offs, self.env[n], r],
+                                              {"eps": rule.eps}, name=f"r_{n.name}_in"))
+        elif isinstance(rule, R.Gradient):
+            self.contribute(info.x, self.call(experts.grouped_transpose, [r, self.value(info.weight), offs],
+                                              name=f"r_{n.name}_in"))
+        else:
+            raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op}){source_line(info.node)}"
+                            ": it is a linear map without a layer lrpfx can modify; assign Epsilon() or Gradient() "
+                            f"with Composite(by_name={{'{info.name}': Epsilon()}})")
+
     def emit_channel_affine(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
+        """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
+        if isinstance(rule, R.Epsilon) and rule.zero_bias and rule.eps == 0:
+            # one input per output: LRP-0 without the shift gives it the whole relevance, also where x·scale = 0
+            self.contribute(info.x, r)
+            return
         e = info.extra
         scale_shift = self.call(affine.batchnorm_scale_shift,
                                 [self.value(e["mean"]), self.value(e["var"]), self.value(e["bn_weight"]),

@@ -153,11 +153,14 @@ def test_unfoldable_batchnorm_passes_or_takes_epsilon():
         m[0].running_var.uniform_(0.5, 2)
     x = torch.randn(4, 5, dtype=torch.float64)
     target = torch.zeros(4, dtype=torch.long)
-    default = lrpfx.Explainer(m, "epsilon(0)")(x, target=target, intermediate=True)
-    torch.testing.assert_close(default.relevance, default.intermediate["0"])  # Pass
+    default = lrpfx.Explainer(m, lrpfx.Composite(linear=Epsilon(0)))(x, target=target, intermediate=True)
+    torch.testing.assert_close(default.relevance, default.intermediate["0"])  # the kind's default: Pass
     eps = lrpfx.Explainer(m, lrpfx.Composite(linear=Epsilon(0), by_type={"batchnorm": Epsilon(0)}))(x, target=target)
     gi, _ = grad_times_input(m, x, target)
     torch.testing.assert_close(eps.relevance, gi, rtol=1e-10, atol=1e-13)
+    # a single-rule string's epsilon reaches the unfolded BatchNorm too: "zero" is LRP-0 everywhere
+    torch.testing.assert_close(lrpfx.Explainer(m, "epsilon(0)")(x, target=target).relevance, gi, rtol=1e-10,
+                               atol=1e-13)
 
 
 # ---- targets ----------------------------------------------------------------------------------------------
