@@ -7,7 +7,8 @@
 
 Columns: status (``ok`` or the lrpfx error's name), first call (trace or export, build, run), second call
 (the cached program), and conservation: max over samples of ``|Σ R - logit| / |logit|``, R summed over every
-explained input (token ids at their embeddings, pixels, both towers of CLIP). One intra-op thread.
+explained input (token ids at their embeddings, pixels, both towers of CLIP; CLIP's over the batch, as its
+texts serve every image). One intra-op thread.
 """
 from __future__ import annotations
 
@@ -23,22 +24,12 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 TIMEOUT_S = 600
 
 
-def total_relevance(explanation):
-    """Per-sample relevance summed over every explained input."""
-    if explanation.inputs:
-        parts = [r for r in explanation.inputs.values() if r is not None]
-    else:
-        r = explanation.relevance
-        parts = list(r) if isinstance(r, tuple) else [r]
-    return sum(p.flatten(1).sum(1) for p in parts)
-
-
 def run_one(name: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
     import lrpfx
-    from breadth_zoo import ZOO
+    from breadth_zoo import ZOO, explained_logit, total_relevance
     from lrpfx.composites import CPLRP
 
     case = ZOO[name]()
@@ -55,9 +46,8 @@ def run_one(name: str) -> dict:
         row["status"] = type(exc).__name__
         row["error"] = str(exc).splitlines()[0][:300]
         return row
-    out = explanation.output
-    logit = out.gather(1, out.argmax(1, keepdim=True)).squeeze(1)
-    total = total_relevance(explanation)
+    logit = explained_logit(explanation, case.per_sample)
+    total = total_relevance(explanation, case.per_sample)
     row["finite"] = bool(torch.isfinite(total).all())
     row["conservation"] = float(((total - logit).abs() / logit.abs()).max())
     return row
