@@ -322,7 +322,7 @@ class Explainer:
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
-                 patterns=None, frontend: str = "auto"):
+                 patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if frontend not in FRONTENDS:
@@ -332,12 +332,13 @@ class Explainer:
             patterns.check(model)
         composite = as_composite(rule, patterns)
         if start is not None:
-            composite = Composite(**{**composite.__dict__, "start": start})
+            composite = dataclasses.replace(composite, start=start)
         self.composite = composite
         self.compile, self.mode = compile, mode
         self.leaf_modules, self.output = tuple(leaf_modules), output
         self.allow_nonfinite = allow_nonfinite
         self.frontend = frontend
+        self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.exported.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
 
     # ---- building -------------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ class Explainer:
 
     def _exported(self, inputs: ModelInputs) -> fx.GraphModule:
         gm = export_graph(self.model, inputs.names, inputs.tensors, dict(inputs.options), self.leaf_modules,
-                          self.output)
+                          self.output, dynamic=self.dynamic)
         record_values(gm, inputs.tensors)
         return gm
 
