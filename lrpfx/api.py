@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -143,22 +142,6 @@ class RelevanceProgram:
         return save(self, path, example_inputs, **options)
 
 
-class _Exclusive:
-    """``with FX_LOCK:`` runs its body alone, as a trace does (:func:`lrpfx.locks.tracing`); kept for code that
-    runs a model outside a program and must not overlap a trace. Program runs use :func:`lrpfx.locks.running`."""
-
-    _held = threading.local()  # per thread, a stack of the entered contexts (re-entrant use nests)
-
-    def __enter__(self):
-        context = locks.tracing()
-        context.__enter__()
-        self._held.__dict__.setdefault("stack", []).append(context)
-
-    def __exit__(self, *exc):
-        return self._held.stack.pop().__exit__(*exc)
-
-
-FX_LOCK = _Exclusive()
 
 
 def _as_tuple(x) -> Tuple[torch.Tensor, ...]:

@@ -65,7 +65,7 @@ def _chunk_target(chunk: Sequence[Condition], target, out_shape, batch: int, dev
 
 
 def _run_chunk(explainer, entry, plan: ConditionPlan, inputs, chunk, target):
-    from ..api import FX_LOCK, eval_mode
+    from ..locks import eval_mode, running
 
     first = inputs.tensors[0]
     batch = first.shape[0]
@@ -75,7 +75,7 @@ def _run_chunk(explainer, entry, plan: ConditionPlan, inputs, chunk, target):
     args = list(inputs.tensors)
     if plan.layout.has_conditions:
         args.append(plan.tensors(chunk, dtype, first.device))
-    with FX_LOCK, eval_mode(explainer.model), torch.no_grad():
+    with running(), eval_mode(explainer.model), torch.no_grad():
         result = entry.run(*args, t)
     output, relevances = result[0], list(result[1])
     rest = list(result[2:])
