@@ -46,7 +46,19 @@ def lrpfx_method(model: nn.Module, x: torch.Tensor, composite: str, compile: boo
     def run():
         return explainer(x).relevance
 
+    if compile:
+        settle(explainer, lambda: explainer(x))
+        run.choice = explainer.compiled_choice
     return run
+
+
+def settle(explainer, call, calls: int = 8) -> None:
+    """Run a ``compile=True`` explainer until it has chosen compiled or eager (:mod:`lrpfx.faster`), so the timed
+    calls are all of the chosen kind."""
+    for _ in range(calls):
+        call()
+        if all(c is not None for c in explainer.compiled_choice.values()):
+            return
 
 
 def zennit_method(model: nn.Module, x: torch.Tensor, composite: str, model_name: str) -> Callable[[], torch.Tensor]:

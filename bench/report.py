@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import COMPOSITES, make_model, methods  # noqa: E402
 
+CHOICES = {}  # (model, batch, method) -> "compiled" or "eager", what compile=True chose
 TARGETS = {"epsilon": (1.15, None), "epsilon-plus-flat": (1.6, 2.0), "epsilon-gamma-box": (2.2, 3.0)}
 
 
@@ -44,6 +45,9 @@ def time_methods(model_name: str, batch: int, size: int, rounds: int, device: st
             run()
             sync(device)
             usable[name] = run
+            if getattr(run, "choice", None):  # compile=True picks compiled or eager per program (lrpfx.faster)
+                CHOICES[(model_name, batch, name)] = next(iter(run.choice.values()))
+                print(f"  {name}: compile=True chose {CHOICES[(model_name, batch, name)]}", flush=True)
         except Exception as exc:  # a peer that cannot handle the model is reported, not fatal
             print(f"  {name}: skipped ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
     times = {name: [] for name in usable}
@@ -94,7 +98,8 @@ def ratio_table(results, peers: bool) -> list:
             goal, speedup = TARGETS[comp]
             cells = [model, str(batch), comp,
                      f"{eager / floor:.2f}" if eager else "–",
-                     f"{compiled / floor:.2f}" if compiled else "–",
+                     (f"{compiled / floor:.2f}" + (" (eager chosen)" if CHOICES.get(
+                         (model, batch, f"lrpfx-compiled/{comp}")) == "eager" else "")) if compiled else "–",
                      f"{zen / floor:.2f}" if zen else "–",
                      f"{zen / eager:.1f}× faster" if (zen and eager) else "–",
                      f"<= {goal}" + (f" / >= {speedup}× faster" if speedup else "")]

@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
-from common import rss_growth_during  # noqa: E402
+from common import rss_growth_during, settle  # noqa: E402
 
 
 def llama_config(layers: int, hidden: int, heads: int, vocab: int):
@@ -65,6 +65,8 @@ def methods(model, ids):
 
     eager = lrpfx.Explainer(model, "attnlrp")
     compiled = lrpfx.Explainer(model, "attnlrp", compile=True)
+    settle(compiled, lambda: compiled({"input_ids": ids}))  # compiled, or eager where that proved faster
+    print("compile=True chose:", compiled.compiled_choice, flush=True)
     return {"floor": floor, "lrpfx-eager": lambda: eager({"input_ids": ids}).relevance,
             "lrpfx-compiled": lambda: compiled({"input_ids": ids}).relevance}
 

@@ -21,6 +21,7 @@ from . import canonize, locks, ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import InputError, LrpfxError, LrpfxWarning, RuleError, TargetError, TraceError, UnsupportedOpError
 from .exported import decompose_attention, export_graph, input_shape_pattern
+from .faster import FasterOf
 from .locks import eval_mode
 from .normalise import normalise
 from .program import ProgramBuilder
@@ -324,6 +325,13 @@ class Explainer:
         self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.exported.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
 
+    @property
+    def compiled_choice(self) -> Dict[str, Optional[str]]:
+        """With ``compile=True``: per built program (keyed by its input signature), ``"compiled"`` or ``"eager"``,
+        whichever ran faster on the first calls, or None while still undecided (:mod:`lrpfx.faster`)."""
+        return {str(key[0]): entry.run.choice for key, entry in self._cache.items()
+                if isinstance(entry.run, FasterOf)}
+
     # ---- building -------------------------------------------------------------------------------------------
     def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
         """The relevance program for inputs like ``x`` (built and cached on first use). ``target_is_relevance``
@@ -409,8 +417,9 @@ class Explainer:
                                  times_input=self.composite.times_input, **options)
         program = RelevanceProgram(builder.build(), table, self.composite)
         run = program.graph_module
-        if self.compile:
-            run = torch.compile(run, mode=self.mode, dynamic=None)
+        if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.faster)
+            run = FasterOf(run, torch.compile(run, mode=self.mode, dynamic=None),
+                           label=f"the program for inputs {_signature(inputs)}")
         if frontend == "export":
             pattern = input_shape_pattern(gm)
         else:  # fx: any batch size

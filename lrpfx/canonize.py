@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Dict
 
 import torch.fx as fx
+from torch import nn
 
 from . import rules as R
 from .ops import NodeInfo
@@ -100,11 +101,21 @@ def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Ru
     for n, info in infos.items():
         owner = info.kind in ("linear", "conv", "conv_transpose") and info.folded_into is None
         owner = owner or info.fold_from is not None
-        if not owner or n is output:
+        if not (owner or info.kind == "add") or n is output:
             continue
         users = [u for u in n.users if u in infos]
         if len(users) != 1:
             continue
         u = users[0]
-        info.positive_only = (infos[u].kind == "activation" and infos[u].extra.get("relu", False)
-                              and isinstance(rules.get(u), R.Pass) and vanishes.get(u, False))
+        positive_only = (infos[u].kind == "activation" and infos[u].extra.get("relu", False)
+                         and isinstance(rules.get(u), R.Pass) and vanishes.get(u, False))
+        info.positive_only = positive_only and owner
+        if positive_only and _plain_relu(infos[u], n):
+            info.extra["relu_output"] = u  # max(z, 0) is already there: the step divides by it, z can be freed
+
+
+def _plain_relu(info: NodeInfo, x: fx.Node) -> bool:
+    """A ReLU of ``x`` whose output is exactly ``max(x, 0)`` (not ReLU6, which caps it)."""
+    label = info.op.lower()
+    return info.x is x and not isinstance(info.module, nn.ReLU6) and "relu6" not in label \
+        and "hardtanh" not in label

@@ -340,7 +340,8 @@ class ProgramBuilder:
                                               name=f"r_{n.name}_in"))
         elif kind == "max_pool" and info.layer is not None and isinstance(rule, (R.WinnerTakesAll, R.Structural,
                                                                                     R.Gradient)):
-            self.contribute(info.x, self.call(structural.max_pool_wta, [self.env[info.x], r], {"pool": info.layer},
+            args = [self.env[info.x], r] if _is_tuple_node(n) else [self.described(info.x), r, self.pool_winners(info)]
+            self.contribute(info.x, self.call(structural.max_pool_wta, args, {"pool": info.layer},
                                               name=f"r_{n.name}_in"))
         elif kind == "avg_pool" and info.layer is not None and isinstance(rule, (R.Norm, R.Epsilon)):
             self.contribute(info.x, self.call(affine.epsilon, [self.env[info.x], None, None, self.env[n], r],
@@ -352,6 +353,20 @@ class ProgramBuilder:
         else:  # assignment validation should have caught this
             raise RuleError(f"rule {rule.describe()} cannot apply to node '{n.name}' of kind '{kind}'"
                             f"{source_line(n)}")
+
+    def pool_winners(self, info: NodeInfo) -> fx.Node:
+        """The winners of a max pooling, taken by the forward's own pooling (which then returns them too): the
+        relevance step neither pools again nor keeps the pooling's input."""
+        n, old = info.node, self.env[info.node]
+        with self.graph.inserting_before(old):
+            pair = self.call(structural.max_pool_with_winners, [self.env[info.x]], {"pool": info.layer},
+                             name=f"{n.name}_with_winners")
+            values = self.call(operator.getitem, [pair, 0], name=f"{n.name}_pooled")
+            winners = self.call(operator.getitem, [pair, 1], name=f"{n.name}_winners")
+        old.replace_all_uses_with(values)
+        self.graph.erase_node(old)
+        self.env[n] = values
+        return winners
 
     def emit_tuple_item(self, n: fx.Node, r: fx.Node) -> None:
         """``pieces[i]`` or ``pieces[a:b:c]`` of a tuple-valued node (split, chunk, unbind): the relevance goes to
@@ -365,15 +380,20 @@ class ProgramBuilder:
             self.tuple_contrib[source][positions[index]].append(r)
 
     def emit_affine(self, info: NodeInfo, rule: R.Rule, w, b, layer, x: fx.Node, r: fx.Node,
-                    z: Optional[fx.Node] = None) -> None:
+                    z: Optional[fx.Node] = None, out_scale: Optional[fx.Node] = None) -> None:
         n = info.node
         z = self.env[n] if z is None else z
         args = [self.env[x], w, b, z, r]
         kwargs = {"layer": layer, **rule_kwargs(rule)}
+        if out_scale is not None:
+            kwargs["out_scale"] = out_scale
         if isinstance(rule, (R.Gamma, R.ZPlus, R.AlphaBeta)):
             kwargs["x_nonneg"] = self.infos[x].nonneg
         if isinstance(rule, (R.Gamma, R.Epsilon)) and info.positive_only:
             kwargs["positive_only"] = True
+            relu = info.extra.get("relu_output")
+            if relu is not None and not rule.zero_bias and (isinstance(rule, R.Gamma) or rule.eps > 0):
+                args[3], kwargs["z_is_relu"] = self.env[relu], True  # relu(z) in place of z: one pass less
         if isinstance(rule, R.ZBox):
             args += [self._bound(n, "low", rule.low), self._bound(n, "high", rule.high)]
             fn = affine.zbox
@@ -409,6 +429,17 @@ class ProgramBuilder:
         producer = bn.fold_from
         rule = self.rules[producer.node]
         e = bn.extra
+        if isinstance(rule, R.Epsilon) and _weight_outweighs_output(self.gm, producer, bn):
+            # Wᵀ(s·q) = (W·s)ᵀq: scaling the quotient per channel costs less than folding every weight
+            scale_bias = self.call(affine.batchnorm_output_scale,
+                                   [self.value(producer.bias), self.value(e["mean"]), self.value(e["var"]),
+                                    self.value(e["bn_weight"]), self.value(e["bn_bias"])], {"eps": float(e["eps"])},
+                                   name=f"{producer.node.name}_bn_scale")
+            scale = self.call(operator.getitem, [scale_bias, 0], name=f"{producer.node.name}_bn_scale_only")
+            b = self.call(operator.getitem, [scale_bias, 1], name=f"{producer.node.name}_folded_bias")
+            self.emit_affine(bn, rule, self.value(producer.weight), b, producer.layer, producer.x, r,
+                             z=self.env[bn.node], out_scale=scale)
+            return
         folded = self.call(
             affine.fold_batchnorm,
             [self.value(producer.weight), self.value(producer.bias), self.value(e["mean"]), self.value(e["var"]),
@@ -455,7 +486,10 @@ class ProgramBuilder:
         options = {"signs": signs, "eps": rule.eps}
         if getattr(rule, "zero_bias", False) and len(terms) < len(n.args[:2]):
             options["zero_bias"] = True  # a constant summand is there to drop
-        shares = self.call(elementwise.split_sum, [self.env[n], r, *[self.env[t] for t in terms]], options,
+        z, relu = self.env[n], info.extra.get("relu_output")
+        if relu is not None and rule.eps > 0 and not options.get("zero_bias"):
+            z, options["z_is_relu"] = self.env[relu], True  # r vanishes where z <= 0: divide by relu(z) + eps
+        shares = self.call(elementwise.split_sum, [z, r, *[self.env[t] for t in terms]], options,
                            name=f"r_{n.name}_in")
         for i, term in enumerate(terms):
             self.contribute(term, self.call(operator.getitem, [shares, i]))
@@ -520,6 +554,13 @@ class ProgramBuilder:
         pulled.name = f"r_{n.name}_in"
         for j, i in enumerate(active):
             self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))
+
+
+def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInfo) -> bool:
+    """Whether the weight of a conv/linear followed by BatchNorm has more numbers than the layer's output (at the
+    traced batch size): then the BatchNorm scale goes on the quotient, not into a freshly folded weight."""
+    weight = parameter_of(gm, producer.weight)
+    return producer.kind in ("conv", "linear") and weight is not None and weight.numel() > math.prod(bn.shape)
 
 
 def _max_pool_as_avg(info: NodeInfo) -> AvgPool:

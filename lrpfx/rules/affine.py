@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .stabilize import divide, divide_nonneg
+from .stabilize import divide, divide_nonneg, quotient_into
 
 
 def _pos(t):
@@ -32,18 +32,24 @@ def _add_bias(layer, t, b):
     return t if b is None else t + layer.bias_view(b)
 
 
-def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, positive_only: bool = False):
+def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, positive_only: bool = False,
+            z_is_relu: bool = False, out_scale: Optional[torch.Tensor] = None):
     """LRP-epsilon: ``x * Wᵀ (r / stab(z))``; with ``zero_bias`` the bias is left out of ``z``.
 
     ``positive_only=True`` is the graph's proof that ``r`` is zero wherever ``z <= 0``; there the quotient is 0
     whatever the (positive) denominator, so ``stab(z)`` may be taken as ``max(z, 0) + eps``: one pass less.
+    ``z_is_relu=True``: the ``z`` passed is already ``max(z, 0)`` (the ReLU's output), so no pass at all.
+    ``out_scale``: a per-output-channel factor of the weight not folded into ``w`` (a BatchNorm's scale; ``b`` is
+    then the folded bias): ``(W·s)ᵀq = Wᵀ(s·q)``.
     """
     if zero_bias:
         z = _unbiased(layer, z, b)
     if positive_only and eps > 0 and not zero_bias:
-        s = r / z.clamp(min=0).add_(eps)
+        s = quotient_into(r, z + eps if z_is_relu else z.clamp(min=0).add_(eps))
     else:
         s = divide(r, z, eps)
+    if out_scale is not None:
+        s = s.mul_(layer.bias_view(out_scale))  # s is a fresh quotient: ours to overwrite
     return layer.transpose(s, w, x.shape).mul_(x)  # in place on the fresh transpose
 
 
@@ -81,14 +87,15 @@ def alpha_beta(x, w, b, z, r, *, layer, alpha: float, beta: float, eps: float, z
 
 
 def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = False, x_nonneg: bool = False,
-          positive_only: bool = False):
+          positive_only: bool = False, z_is_relu: bool = False):
     """Generalized LRP-gamma (docs/rules.md), sign-aware; positions with ``z == 0`` pass no relevance.
 
     With ``x >= 0`` the products collapse. Let ``zz = xW + b`` (``xW`` with ``zero_bias``) be the forward's output
     and ``t = xW⁺ + b⁺`` (``xW⁺`` with ``zero_bias``); then the denominators are ``zz + γ·t`` where ``z > 0`` and
     ``zz + γ·(zz - t)`` where ``z < 0``: one extra forward product and two transposed products.
     ``positive_only=True`` is the graph's proof that ``r`` is zero wherever ``z <= 0`` (a ReLU follows); the
-    negative branch is then exactly zero and skipped.
+    negative branch is then exactly zero and skipped. ``z_is_relu=True`` (only with ``positive_only`` and a kept
+    bias): the ``z`` passed is ``max(z, 0)``, equal to ``z`` wherever the result is not masked to 0.
     """
     w_pos = _pos(w)
     w_up = w + gamma * w_pos
@@ -189,6 +196,18 @@ def fold_batchnorm(w, b: Optional[torch.Tensor], mean, var, bn_weight, bn_bias, 
     if bn_bias is not None:
         b_folded = b_folded + bn_bias
     return w_folded, b_folded
+
+
+def batchnorm_output_scale(b: Optional[torch.Tensor], mean, var, bn_weight, bn_bias, *, eps: float):
+    """``(s, b')`` of ``BatchNorm(affine(x))`` without touching the weight: the per-channel scale
+    ``s = γ / sqrt(var + eps)`` and the folded bias ``b' = (b - μ)·s + β`` (:func:`fold_batchnorm`)."""
+    scale = torch.rsqrt(var + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight
+    b_folded = -mean * scale if b is None else (b - mean) * scale
+    if bn_bias is not None:
+        b_folded = b_folded + bn_bias
+    return scale, b_folded
 
 
 def batchnorm_scale_shift(mean, var, bn_weight, bn_bias, *, eps: float):

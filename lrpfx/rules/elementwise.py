@@ -5,19 +5,24 @@ from typing import Tuple
 
 import torch
 
-from .stabilize import divide
+from .stabilize import divide, quotient_into
 
 
-def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool = False) -> Tuple[torch.Tensor, ...]:
+def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool = False,
+              z_is_relu: bool = False) -> Tuple[torch.Tensor, ...]:
     """Relevance of each summand of ``z = Σ sign_k · t_k (+ constants)``: ``R_k = sign_k · t_k · r / stab(z)``.
 
     ``signs`` holds -1 for a subtracted term (``a - b``). Constants that are part of ``z`` but not in ``terms``
     act as a bias and keep their share, unless ``zero_bias`` drops them from ``z``. Each result is summed down
-    to its term's shape where it was broadcast.
+    to its term's shape where it was broadcast. ``z_is_relu=True`` (``eps > 0``): the graph proved ``r`` zero
+    wherever ``z <= 0`` and passes ``max(z, 0)``; ``stab(z)`` is then ``z + eps`` wherever it matters.
     """
     if zero_bias:
         z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)).expand(z.shape)
-    s = divide(r, z, eps)
+    if z_is_relu:
+        s = quotient_into(r, z + eps)
+    else:
+        s = divide(r, z, eps)
     keep = target_axes(r, z)
     return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))
 

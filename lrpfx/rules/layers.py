@@ -190,7 +190,11 @@ class MaxPool(NamedTuple):
     adaptive: bool = False
 
     def winners(self, x):
+        return self.pool_with_winners(x)[1]
+
+    def pool_with_winners(self, x):
+        """``(values, indices)``: the pooled values and the flat spatial index of each one's input element."""
         if self.adaptive:
-            return _ADAPTIVE_MAX_POOL[self.dim](x, self.kernel_size, return_indices=True)[1]
+            return _ADAPTIVE_MAX_POOL[self.dim](x, self.kernel_size, return_indices=True)
         return _MAX_POOL[self.dim](x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                                   return_indices=True)[1]
+                                   return_indices=True)

@@ -14,7 +14,7 @@ def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
         shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
         denominator = torch.where(z >= 0, shift, -shift)
         denominator.add_(z)  # in place on our own temporary: one allocation less on the hot path
-        return r / denominator
+        return quotient_into(r, denominator)
     nonzero = z != 0
     return torch.where(nonzero, r / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(r))
 
@@ -25,3 +25,14 @@ def divide_nonneg(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     if eps > 0:
         return r / (z + eps)
     return divide(r, z, eps)
+
+
+def quotient_into(r: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``r / denominator``, written over ``denominator`` (a temporary of the caller's) where that is safe: one
+    allocation of an activation-sized tensor less per step. Otherwise (a target axis to broadcast, another
+    dtype, autograd, functorch or a compiler watching) a fresh quotient."""
+    if torch.compiler.is_compiling() or r.shape != denominator.shape or r.dtype != denominator.dtype \
+            or torch._C._are_functorch_transforms_active() \
+            or (torch.is_grad_enabled() and (r.requires_grad or denominator.requires_grad)):
+        return r / denominator
+    return torch.div(r, denominator, out=denominator)

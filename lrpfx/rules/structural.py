@@ -7,6 +7,7 @@ for anything else (``Gradient`` rule, winner-takes-all max pooling). In ``norm``
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -137,12 +138,20 @@ def reshape_back(x, r, z):
     return r.reshape(*r.shape[:r.dim() - z.dim()], *x.shape)
 
 
-def max_pool_wta(x, r, *, pool):
+def max_pool_with_winners(x, *, pool):
+    """The pooling's values and, per output element, the flat spatial index of the input element it took, from
+    one pass: the forward keeps the winners, so the relevance step pools nothing again."""
+    return pool.pool_with_winners(x)
+
+
+def max_pool_wta(x, r, winners=None, *, pool):
     """Winner-takes-all through max pooling: each output's relevance goes to the input element that won it
-    (summed where one element wins several overlapping windows). Closed form of the pooling's gradient."""
-    index = pool.winners(x).flatten(2)  # [B, C, L_out], flat spatial indices into the input
+    (summed where one element wins several overlapping windows). Closed form of the pooling's gradient.
+    ``winners`` are the indices the forward took (:func:`max_pool_with_winners`; ``x`` may then be
+    :class:`Described`); without them they are found again from ``x``."""
+    index = (pool.winners(x) if winners is None else winners).flatten(2)  # [B, C, L_out], flat spatial indices
     lead = r.shape[:r.dim() - x.dim()]
     flat_r = r.reshape(*lead, *index.shape)
-    out = x.new_zeros((*lead, *x.shape[:2], x[0, 0].numel()))
+    out = r.new_zeros((*lead, *x.shape[:2], math.prod(x.shape[2:])))
     out.scatter_add_(-1, index.expand(*lead, *index.shape), flat_r)
     return out.view(*lead, *x.shape)
