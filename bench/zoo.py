@@ -4,6 +4,7 @@
     python bench/zoo.py                    # all models, one subprocess each (a crash or a hang stays contained)
     python bench/zoo.py hf-bloom timm-     # models whose name starts with these prefixes
     python bench/zoo.py --markdown         # the table as Markdown
+    python bench/zoo.py --dynamic hf-swin  # with every input axis exported dynamic (the former default)
 
 Columns: status (``ok`` or the lrpfx error's name), first call (trace or export, build, run), second call
 (the cached program), and conservation: max over samples of ``|Σ R - logit| / |logit|``, R summed over every
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 TIMEOUT_S = 600
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, dynamic=None) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -34,7 +35,8 @@ def run_one(name: str) -> dict:
 
     case = ZOO[name]()
     row = {"model": name, "status": "ok", "build_s": None, "call_s": None, "conservation": None}
-    explainer = lrpfx.Explainer(case.model, CPLRP(epsilon=0, zero_bias=True), **case.options)
+    options = case.options if dynamic is None else {**case.options, "dynamic": dynamic}
+    explainer = lrpfx.Explainer(case.model, CPLRP(epsilon=0, zero_bias=True), **options)
     try:
         start = time.perf_counter()
         explanation = explainer(case.inputs)
@@ -62,9 +64,10 @@ def main(argv=None):
     parser.add_argument("prefixes", nargs="*")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--dynamic", action="store_true", help="Explainer(dynamic=True): every input axis dynamic")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, True if args.dynamic else None)))
         return
     from breadth_zoo import ZOO
 
@@ -72,8 +75,8 @@ def main(argv=None):
     rows = []
     for name in names:
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
-                                  timeout=TIMEOUT_S)
+            command = [sys.executable, __file__, "--one", name] + (["--dynamic"] if args.dynamic else [])
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             row = json.loads(lines[-1]) if lines else {
                 "model": name, "status": "crash", "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}

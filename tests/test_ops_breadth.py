@@ -358,3 +358,25 @@ class ViewInPlace(nn.Module):
 def test_inplace_on_a_view_of_an_activation_is_refused_by_name(frontend):
     with pytest.raises(UnsupportedOpError, match="mul"):
         explain(build(ViewInPlace), randn(2, 4), frontend=frontend)
+
+
+def test_decomposed_batch_norm_becomes_a_batch_norm_call():
+    """``run_decompositions`` spells an eval BatchNorm ``_native_batch_norm_legit_no_training(...)[0]``; the
+    normalisation turns it back into ``aten.batch_norm``, which classifies as a BatchNorm."""
+    from lrpfx import ops
+    from lrpfx.normalise import batch_norm_calls
+    from lrpfx.trace import record_values
+
+    model = random_statistics(build(lambda: nn.Sequential(nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))))
+    x = randn(3, 4)
+    gm = torch.export.export(model, (x,), strict=False).run_decompositions().module()
+    assert batch_norm_calls(gm)
+    gm.recompile()
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.batch_norm.default in targets
+    assert torch.ops.aten._native_batch_norm_legit_no_training.default not in targets
+    torch.testing.assert_close(gm(x), model(x))
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # positional inputs, as lrpfx.exported runs it
+    gm.recompile()
+    record_values(gm, (x,))
+    assert [i.kind for i in ops.classify(gm).values()].count("batchnorm") == 1
