@@ -1,8 +1,8 @@
-"""Composites: which rule each node gets (reference §5), and the rule-string parser.
+"""Composites: which rule each node gets (docs/rules.md), and the rule-string parser.
 
 A :class:`Composite` is immutable and hashable. Resolution for one node, most specific first:
 ``by_name`` (qualified-name glob) > ``predicates`` > ``first`` (first affine node in execution order) >
-``by_type`` (module class, function, or kind string) > ``conv`` / ``linear`` > the §2 default of the kind.
+``by_type`` (module class, function, or kind string) > ``conv`` / ``linear`` > the default of the node's kind.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient
 _CONV_KINDS = {"conv", "conv_transpose"}
 FIRST_KINDS = {"linear", "conv", "conv_transpose"}
 
-# §2 defaults: the rule a node kind gets when nothing else matched
+# kind defaults (docs/rules.md): the rule a node kind gets when nothing else matched
 DEFAULTS: Dict[str, Rule] = {
     "linear": Epsilon(), "conv": Epsilon(), "conv_transpose": Epsilon(),
     "activation": Pass(), "identity": Pass(), "scale": Pass(), "batchnorm": Pass(),
@@ -48,8 +48,10 @@ class Composite:
     affine node in execution order; ``by_type`` maps module classes (``nn.Conv2d``), functions (``F.conv2d``) or
     kind strings (``"avg_pool"``, ``"add"``) to rules; ``by_name`` maps qualified-name globs (``"features.0"``,
     ``"layer4.*.conv2"``) to rules; ``predicates`` is a sequence of ``(fn(node_info) -> bool, rule)``.
-    ``start`` is the initial relevance: ``"logit"`` (target logit, reference §6) or ``"one"`` (one-hot).
+    ``start`` is the initial relevance: ``"logit"`` (target logit) or ``"one"`` (one-hot).
     ``times_input`` multiplies the input relevance by the input (``gradient*input``).
+    ``constants`` are qualified-name globs of nodes whose values are held constant: no relevance flows into them
+    or anything computed only from them (MambaLRP's selective-scan parameters, say), as with statistics.
     """
 
     conv: Optional[Rule] = None
@@ -62,6 +64,7 @@ class Composite:
     start: str = "logit"
     times_input: bool = False
     label: str = "custom"
+    constants: Tuple[str, ...] = ()
 
     def __post_init__(self):
         for attr in ("conv", "linear", "first", "default"):
@@ -71,6 +74,8 @@ class Composite:
         object.__setattr__(self, "by_type", _pairs(self.by_type))
         object.__setattr__(self, "by_name", _pairs(self.by_name))
         object.__setattr__(self, "predicates", _pairs(self.predicates))
+        object.__setattr__(self, "constants", (self.constants,) if isinstance(self.constants, str)
+                           else tuple(self.constants))
         if self.start not in ("logit", "one"):
             raise RuleError(f"start must be 'logit' or 'one', got {self.start!r}")
 
@@ -151,6 +156,16 @@ def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[st
                 + _proportional_steps(epsilon, zero_bias))
 
 
+def MambaLRP(epsilon: float = 0.0, zero_bias: bool = False) -> Composite:
+    """MambaLRP (Jafari et al., NeurIPS 2024) for Mamba's selective state-space blocks: the scan's data-dependent
+    parameters (Δ, B, C from ``x_proj``, hence A̅ and B̅) are held constant, so relevance flows through the
+    state recurrence as through a linear map; SiLU and Softplus pass relevance on, RMSNorm keeps its scale fixed,
+    the gate ``y · silu(z)`` splits half-half, linear and conv maps take epsilon (0 by default: with
+    ``zero_bias=True`` the relevance is conserved, and it equals gradient × input of the modified backward)."""
+    base = _transformer_rules(epsilon, zero_bias, MatmulUniform(epsilon))
+    return Composite(**base, constants=("*.x_proj",), label="mamba-lrp")
+
+
 def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
     """Norm with the given stabiliser on every step that splits relevance in proportion to contributions (sums,
     average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0. An unfolded
@@ -196,6 +211,7 @@ PRESETS: Dict[str, Callable[[], Composite]] = {
     "epsilon-alpha2beta1-flat": EpsilonAlpha2Beta1Flat,
     "attnlrp": AttnLRP,
     "cp-lrp": CPLRP,
+    "mamba-lrp": MambaLRP,
     "gradient": gradient,
     "gradient*input": lambda: gradient(times_input=True),
 }
@@ -271,5 +287,5 @@ def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite
     return single(parsed, label=rule if isinstance(rule, str) else None)
 
 
-__all__ = ["Composite", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
+__all__ = ["Composite", "MambaLRP", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
            "EpsilonAlpha2Beta1Flat", "AttnLRP", "CPLRP", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS"]

@@ -247,7 +247,7 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
     from an embedding of integer inputs (token ids), on a path to the output.
 
     Statistics that rescale a tensor (``rsqrt(mean(x²) + eps)`` of RMSNorm, variances, norms) count as
-    constants: normalisations are explained with their scale held fixed (reference §3).
+    constants: normalisations are explained with their scale held fixed (docs/rules.md).
     """
     active: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
@@ -264,10 +264,40 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
     return _on_path_to_output(gm, active)
 
 
+HELD = "lrpfx_held"  # node.meta key: the composite's ``constants`` glob that holds this node's value constant
+
+
+def node_path(gm: fx.GraphModule, n: fx.Node) -> str:
+    """The name ``by_name`` and ``constants`` globs match: a module's path, else the node's name."""
+    if n.op == "call_module":
+        return n.target
+    return n.meta.get("lrpfx_module", n.name)
+
+
+def hold_constant(gm: fx.GraphModule, patterns) -> None:
+    """Mark the nodes matching ``patterns`` (qualified-name globs) as constants; a glob that matches nothing is an
+    error naming close matches (a pattern written for another model would otherwise do nothing)."""
+    import difflib
+    import fnmatch
+
+    from .errors import RuleError
+
+    names = {n: node_path(gm, n) for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
+    for pattern in patterns:
+        matched = [n for n, name in names.items() if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            close = difflib.get_close_matches(pattern, sorted(set(names.values())), n=5, cutoff=0.5)
+            raise RuleError(f"constants pattern {pattern!r} matches no node of this model"
+                            + (f"; close matches: {close}" if close else ""))
+        for n in matched:
+            n.meta[HELD] = pattern
+
+
 def constant_by_design(n: fx.Node, active) -> bool:
     """A value computed from activations that carries no relevance: a statistic (a normalisation's scale), a
-    shape-only op, a router's top-k weights, or an op of a constant that reads an activation's shape or dtype."""
-    return is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
+    shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
+    node a composite holds constant (:func:`hold_constant`)."""
+    return n.meta.get(HELD) is not None or is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
         op_name(n) in _LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
 
 
