@@ -13,7 +13,8 @@ front-end gives, so one classification (:mod:`lrpfx.ops`) and one program builde
 * activation modules whose code export spelled out (GPT-2's tanh-GELU) and the user's ``leaf_modules`` are
   collapsed back into one call of the module;
 * fused attention is split into its steps (:func:`decompose_attention`), ``addmm`` with a parameter becomes
-  ``linear``.
+  ``linear``; ATen in-place ops, decomposed BatchNorm calls, ``baddbmm`` and spelled-out activations are
+  rewritten by :mod:`lrpfx.normalise`.
 
 The batch axis and the axes of integer inputs (sequence length) are exported as dynamic where the model allows
 it, so one program serves other batch sizes and lengths (:func:`dynamic_axes`; ``Explainer(dynamic=True)``
