@@ -127,9 +127,7 @@ def main(argv=None) -> int:
     for dtype_name in args.dtypes:
         model, ids = make_model(args, getattr(torch, dtype_name))
         params = sum(p.numel() for p in model.parameters())
-        table = methods(model, ids)
-        if args.no_compile:
-            table.pop("lrpfx-compiled")
+        table = methods(model, ids, compiled=not args.no_compile)
         result = time_and_memory(table, args.rounds)
         print(dtype_name, json.dumps(result), flush=True)
         lxt = {} if args.no_lxt else lxt_times(args, model, dtype_name)

@@ -21,7 +21,7 @@ from . import canonize, locks, ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import InputError, LrpfxError, LrpfxWarning, RuleError, TargetError, TraceError, UnsupportedOpError
 from .exported import decompose_attention, export_graph, input_shape_pattern
-from .faster import FasterOf
+from .faster import FasterOf, compile_program
 from .locks import eval_mode
 from .normalise import normalise
 from .program import ProgramBuilder
@@ -391,6 +391,7 @@ class Explainer:
     def _unexplained(self, gm: fx.GraphModule) -> bool:
         """Whether some node has no rule (an op no table knows and the composite does not name), or the output
         depends on the input through a node lrpfx does not track."""
+        ops.hold_constant(gm, self.composite.constants)
         infos = ops.classify(gm)
         return ops.untracked_dependency(gm, infos) is not None or any(
             self.composite.rule_for(info, False)[0] is None for info in infos.values()
@@ -402,6 +403,7 @@ class Explainer:
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
+        ops.hold_constant(gm, self.composite.constants)
         infos = ops.classify(gm)
         check_dependencies(gm, infos)
         rules, reasons = choose_rules(infos, self.composite)
@@ -418,7 +420,7 @@ class Explainer:
         program = RelevanceProgram(builder.build(), table, self.composite)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.faster)
-            run = FasterOf(run, torch.compile(run, mode=self.mode, dynamic=None),
+            run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),
                            label=f"the program for inputs {_signature(inputs)}")
         if frontend == "export":
             pattern = input_shape_pattern(gm)

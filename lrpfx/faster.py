@@ -18,6 +18,16 @@ import torch
 log = logging.getLogger("lrpfx")
 
 
+def compile_program(run: Callable, mode: Optional[str], device: torch.device) -> Callable:
+    """``torch.compile`` of a program. On the CPU without a ``mode``, inductor's layout optimisation is off: it
+    stores activations channels-last, and every extern convolution (the relevance steps' transposed and W⁺
+    products) then copies them back to contiguous — measured on ResNet50 z⁺ (epsilon-plus-flat): compiled 686 ms
+    with it, 472 ms without, eager 588 ms (batch 2, 160×160, one thread)."""
+    if mode is None and device.type == "cpu":
+        return torch.compile(run, dynamic=None, options={"layout_optimization": False})
+    return torch.compile(run, mode=mode, dynamic=None)
+
+
 def _shapes(args) -> tuple:
     return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args)
 
