@@ -454,17 +454,16 @@ class ProgramBuilder:
 
     def emit_linear_map(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
         """The grouped product of a mixture-of-experts block (:mod:`lrpfx.rules.experts`): epsilon per expert."""
-        n, x, offs = info.node, self.env[info.x], self.env[info.extra["offs"]]
+        n, x, offs, w = info.node, self.env[info.x], self.env[info.extra["offs"]], self.value(info.weight)
         if isinstance(rule, R.Epsilon):
-            self.contribute(info.x, self.call(experts.grouped_epsilon, [x, self.value(info.weight), offs, self.env[n], r],
+            self.contribute(info.x, self.call(experts.grouped_epsilon, [x, w, offs, self.env[n], r],
                                               {"eps": rule.eps}, name=f"r_{n.name}_in"))
         elif isinstance(rule, R.Gradient):
-            self.contribute(info.x, self.call(experts.grouped_transpose, [r, self.value(info.weight), offs],
-                                              name=f"r_{n.name}_in"))
+            self.contribute(info.x, self.call(experts.grouped_transpose, [r, w, offs], name=f"r_{n.name}_in"))
         else:
-            raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op}){source_line(info.node)}"
-                            ": it is a linear map without a layer lrpfx can modify; assign Epsilon() or Gradient() "
-                            f"with Composite(by_name={{'{info.name}': Epsilon()}})")
+            raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op})"
+                            f"{source_line(n)}: it is a linear map without a layer lrpfx can modify; assign "
+                            f"Epsilon() or Gradient() with Composite(by_name={{'{info.name}': Epsilon()}})")
 
     def emit_channel_affine(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
         """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
