@@ -1,5 +1,5 @@
 """The breadth zoo as a table: every architecture of ``tests/breadth_zoo.py`` explained with
-``CPLRP(epsilon=0, zero_bias=True)`` in float64 (where the model allows it).
+``CPLRP(epsilon=0, zero_bias=True)`` (Mamba: ``MambaLRP(epsilon=0, zero_bias=True)``) in float64.
 
     python bench/zoo.py                    # all models, one subprocess each (a crash or a hang stays contained)
     python bench/zoo.py hf-bloom timm-     # models whose name starts with these prefixes
@@ -31,12 +31,11 @@ def run_one(name: str, dynamic=None) -> dict:
     torch.set_num_threads(1)
     import lrpfx
     from breadth_zoo import ZOO, explained_logit, total_relevance
-    from lrpfx.composites import CPLRP
 
     case = ZOO[name]()
     row = {"model": name, "status": "ok", "build_s": None, "call_s": None, "conservation": None}
     options = case.options if dynamic is None else {**case.options, "dynamic": dynamic}
-    explainer = lrpfx.Explainer(case.model, CPLRP(epsilon=0, zero_bias=True), **options)
+    explainer = lrpfx.Explainer(case.model, case.composite(), **options)
     try:
         start = time.perf_counter()
         explanation = explainer(case.inputs)

@@ -25,6 +25,12 @@ class Case:
     inputs: Any
     options: Dict[str, Any] = field(default_factory=dict)
     per_sample: bool = True
+    rule: Optional[Callable] = None  # a composite of its own (epsilon, zero_bias) -> Composite; default CPLRP
+
+    def composite(self, epsilon: float = 0.0, zero_bias: bool = True):
+        from lrpfx.composites import CPLRP
+
+        return (self.rule or CPLRP)(epsilon=epsilon, zero_bias=zero_bias)
 
 
 # Where CP-LRP with epsilon 0 and zero biases does not sum to the logit in float64, and why.
@@ -37,8 +43,6 @@ NOT_CONSERVING = {
     "timm-eva02_tiny": "the class token keeps the relevance that reaches it",
     "timm-repvit_m0_9": "squeeze-and-excitation gates amplify relevance beyond float64 (tests/test_zoo.py)",
 }
-# Models lrpfx may refuse, by name (an LrpfxError), until they have rules of their own.
-MAY_REFUSE = {"hf-mamba"}
 
 
 def text_inputs(left_padding: bool, seed: int = 0, length: int = LENGTH, pad: int = 2) -> Dict[str, torch.Tensor]:
@@ -105,6 +109,14 @@ def _seq2seq(model_cls, config_cls, **config) -> Case:
 
 def _vision(model_cls, config_cls, size=32, **config) -> Case:
     return Case(_hf(model_cls, config_cls, **config), {"pixel_values": images(size)})
+
+
+def _mamba() -> Case:
+    from lrpfx.composites import MambaLRP
+
+    model = _hf("MambaForCausalLM", "MambaConfig", hidden_size=32, num_hidden_layers=2, vocab_size=VOCAB,
+                state_size=4, expand=2, conv_kernel=4)
+    return Case(model, text_inputs(left_padding=True), rule=MambaLRP)
 
 
 def _clip() -> Case:
@@ -210,18 +222,16 @@ ZOO: Dict[str, Callable[[], Case]] = {
     "hf-phi": lambda: _decoder("PhiForCausalLM", "PhiConfig", num_key_value_heads=4),
     "hf-phi3": lambda: _decoder("Phi3ForCausalLM", "Phi3Config", num_key_value_heads=2, pad_token_id=0),
     "hf-mistral": lambda: _decoder("MistralForCausalLM", "MistralConfig", num_key_value_heads=2),
-    "hf-opt": lambda: Case(_hf("OPTForCausalLM", "OPTConfig", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               ffn_dim=64, vocab_size=VOCAB, max_position_embeddings=64, word_embed_proj_dim=32),
-                           text_inputs(left_padding=True)),
+    "hf-opt": lambda: Case(_hf("OPTForCausalLM", "OPTConfig", hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, ffn_dim=64, vocab_size=VOCAB, max_position_embeddings=64,
+                               word_embed_proj_dim=32), text_inputs(left_padding=True)),
     "hf-gpt-neox": lambda: _decoder("GPTNeoXForCausalLM", "GPTNeoXConfig"),
     "hf-gemma": lambda: _decoder("GemmaForCausalLM", "GemmaConfig", num_key_value_heads=2, head_dim=8),
     # unpadded: transformers' Gemma2 returns NaN logits for a left-padded batch in float64 (eager attention)
     "hf-gemma2": lambda: Case(_hf("Gemma2ForCausalLM", "Gemma2Config", **_DECODER, num_key_value_heads=2, head_dim=8),
                               text_inputs(left_padding=True, pad=0)),
-    # the selective scan's exp(Δ·A): rules of its own (MambaLRP), not a row of the op table
-    "hf-mamba": lambda: Case(_hf("MambaForCausalLM", "MambaConfig", hidden_size=32, num_hidden_layers=2,
-                                 vocab_size=VOCAB, state_size=4, expand=2, conv_kernel=4),
-                             text_inputs(left_padding=True, pad=0)),
+    # the selective scan: MambaLRP's rules (other composites refuse it by name)
+    "hf-mamba": lambda: _mamba(),
     # encoders
     "hf-bert": lambda: _encoder("BertForSequenceClassification", "BertConfig"),
     "hf-deberta-v2": lambda: _encoder("DebertaV2ForSequenceClassification", "DebertaV2Config"),
@@ -250,7 +260,8 @@ ZOO: Dict[str, Callable[[], Case]] = {
     "hf-swin": lambda: _vision("SwinForImageClassification", "SwinConfig", size=64, image_size=64, patch_size=4,
                                embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=5),
     "hf-convnext": lambda: _vision("ConvNextForImageClassification", "ConvNextConfig", image_size=32,
-                                   num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5, layer_scale_init_value=0.5),
+                                   num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5,
+                                   layer_scale_init_value=0.5),
     # audio
     "hf-whisper-encoder": _whisper,
     "hf-wav2vec2": _wav2vec2,

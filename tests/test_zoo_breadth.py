@@ -3,8 +3,9 @@ vision, audio and two-tower models, timm CNNs and hybrid vision transformers, De
 ResNet, all from tiny random configurations in float64 (``tests/breadth_zoo.py``; ``bench/zoo.py`` prints the
 table with build and call times).
 
-Every model explains under ``CPLRP(epsilon=0, zero_bias=True)``: the relevance is finite and not zero, and it
-sums to the explained logit wherever that holds in float64 (``NOT_CONSERVING`` names the exceptions and why).
+Every model explains under ``CPLRP(epsilon=0, zero_bias=True)`` (Mamba under ``MambaLRP``'s): the relevance is
+finite and not zero, and it sums to the explained logit wherever that holds in float64 (``NOT_CONSERVING`` names
+the exceptions and why).
 A model lrpfx cannot explain must fail with a named ``LrpfxError``, never with a silent answer.
 """
 from __future__ import annotations
@@ -18,9 +19,9 @@ from lrpfx.composites import CPLRP
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 try:
-    from breadth_zoo import MAY_REFUSE, NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
+    from breadth_zoo import NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
 except ImportError:  # tests/ imported as a package
-    from tests.breadth_zoo import MAY_REFUSE, NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
+    from tests.breadth_zoo import NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-8
@@ -39,15 +40,7 @@ def zoo_params():
 @pytest.mark.parametrize("name", zoo_params())
 def test_every_zoo_model_explains(name):
     case = ZOO[name]()
-    explainer = lrpfx.Explainer(case.model, CPLRP(epsilon=0, zero_bias=True), **case.options)
-    if name in MAY_REFUSE:
-        try:
-            explanation = explainer(case.inputs)
-        except lrpfx.LrpfxError as exc:  # refused by name, with the node and the fix
-            assert "node" in str(exc) or "leaf_modules" in str(exc)
-            return
-    else:
-        explanation = explainer(case.inputs)
+    explanation = lrpfx.Explainer(case.model, case.composite(epsilon=0, zero_bias=True), **case.options)(case.inputs)
     relevances = [r for r in (explanation.inputs.values() if explanation.inputs else [explanation.relevance])
                   if r is not None]
     assert relevances and all(torch.isfinite(r).all() for r in relevances)
