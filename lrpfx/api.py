@@ -19,7 +19,8 @@ from torch import nn
 
 from . import canonize, locks, ops
 from .composites import FIRST_KINDS, Composite, as_composite
-from .errors import InputError, LrpfxError, LrpfxWarning, RuleError, TargetError, TraceError, UnsupportedOpError
+from .errors import (InputError, LrpfxError, LrpfxWarning, OutputError, RuleError, TargetError, TraceError,
+                     UnsupportedOpError)
 from .exported import decompose_attention, export_graph, input_shape_pattern
 from .faster import FasterOf, compile_program
 from .locks import eval_mode
@@ -235,6 +236,16 @@ def _check_patterns_match(infos: Dict[fx.Node, ops.NodeInfo], composite: Composi
             hint = f"close matches: {close}" if close else f"node names include {names[:12]}"
             raise RuleError(f"by_name pattern {pattern!r} matches no node of this model; {hint}. The rule table "
                             "(lrpfx.export(model, x).rule_table()) lists every node with its name")
+
+
+def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:
+    """A NaN or Inf in the explained output makes every relevance meaningless: say so instead of returning it."""
+    if not allow_nonfinite and output.is_floating_point() and not bool(torch.isfinite(output).all()):
+        rows = output.reshape(output.shape[0], -1) if output.dim() else output.reshape(1, 1)
+        bad = (~torch.isfinite(rows)).any(1).nonzero().flatten().tolist()
+        raise OutputError(f"the model's output contains NaN or Inf (samples {bad}): the relevance would be "
+                          "meaningless. Check the inputs and the model in this dtype (some models overflow in "
+                          "float16 or return NaN for padded rows); pass allow_nonfinite=True to get it anyway")
 
 
 def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, ops.NodeInfo]) -> None:
@@ -457,6 +468,7 @@ class Explainer:
         with locks.running(), eval_mode(self.model), torch.no_grad():
             result = entry.run(*inputs.tensors, target)
         output, relevances = result[0], list(result[1])
+        check_output(output, self.allow_nonfinite)
         inter = dict(result[2]) if intermediate else {}
         if targets is not None:  # [K, B, ...] -> [B, K, ...]; an input no relevance reached is all zeros
             relevances = [None if r is None else _per_sample(r) for r in relevances]

@@ -402,3 +402,20 @@ def test_export_names_a_recurrent_layer_by_its_attribute():
             table = lrpfx.export(model, x, frontend=frontend).rule_table()
             assert "rnn" in [row.module for row in table], frontend
             lrpfx.explain(model, x, frontend=frontend, rule=lrpfx.Composite(by_name={"rnn": Gradient()}))
+
+
+def test_a_non_finite_output_is_an_error_not_a_relevance():
+    """A model that returns NaN (transformers' float64 Bloom does for padded rows) gets an error naming the samples."""
+    class Overflows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) * float("inf")  # inf, and nan where fc is 0
+
+    x = torch.randn(2, 4)
+    with pytest.raises(lrpfx.OutputError, match=r"NaN or Inf \(samples \[0, 1\]\).*allow_nonfinite=True"):
+        lrpfx.explain(Overflows(), x, rule="epsilon", target=0)
+    R = lrpfx.explain(Overflows(), x, rule="epsilon", target=0, allow_nonfinite=True)
+    assert R.shape == x.shape

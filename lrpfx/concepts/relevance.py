@@ -65,6 +65,7 @@ def _chunk_target(chunk: Sequence[Condition], target, out_shape, batch: int, dev
 
 
 def _run_chunk(explainer, entry, plan: ConditionPlan, inputs, chunk, target):
+    from ..api import check_output
     from ..locks import eval_mode, running
 
     first = inputs.tensors[0]
@@ -78,6 +79,7 @@ def _run_chunk(explainer, entry, plan: ConditionPlan, inputs, chunk, target):
     with running(), eval_mode(explainer.model), torch.no_grad():
         result = entry.run(*args, t)
     output, relevances = result[0], list(result[1])
+    check_output(output, explainer.allow_nonfinite)
     rest = list(result[2:])
     rename = plan.layout.rename
     inter = {rename.get(k, k): v for k, v in rest.pop(0).items()} if plan.record else {}
