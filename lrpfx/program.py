@@ -563,7 +563,7 @@ def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInf
 
 
 def _max_pool_as_avg(info: NodeInfo) -> AvgPool:
-    """Max pooling read as average pooling over the same windows (the Norm alternative of reference §2)."""
+    """Max pooling read as average pooling over the same windows (the Norm alternative in docs/rules.md)."""
     pool = info.layer
     if pool is None or pool.adaptive or any(d != 1 for d in pool.dilation):
         raise RuleError(f"Norm() on max pooling needs plain windows without dilation; node '{info.name}' is "

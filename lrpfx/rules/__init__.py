@@ -256,7 +256,7 @@ class ConstantAttention(Rule):
 
 @dataclass(frozen=True, eq=False)
 class PatternNet(Rule):
-    """PatternNet (reference §4): the gradient pass with each affine weight replaced by its fitted pattern."""
+    """PatternNet (docs/rules.md): the gradient pass with each affine weight replaced by its fitted pattern."""
 
     patterns: object = None  # lrpfx.patterns.Patterns
     kinds: ClassVar[frozenset] = frozenset({"linear", "conv"})
@@ -268,7 +268,7 @@ class PatternNet(Rule):
 
 @dataclass(frozen=True, eq=False)
 class PatternAttribution(PatternNet):
-    """PatternAttribution (reference §4): the gradient pass with each affine weight replaced by ``W * A``."""
+    """PatternAttribution (docs/rules.md): the gradient pass with each affine weight replaced by ``W * A``."""
 
     name: ClassVar[str] = "patternattribution"
 
