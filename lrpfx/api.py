@@ -402,7 +402,7 @@ class Explainer:
     def _unexplained(self, gm: fx.GraphModule) -> bool:
         """Whether some node has no rule (an op no table knows and the composite does not name), or the output
         depends on the input through a node lrpfx does not track."""
-        ops.hold_constant(gm, self.composite.constants)
+        ops.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
         infos = ops.classify(gm)
         return ops.untracked_dependency(gm, infos) is not None or any(
             self.composite.rule_for(info, False)[0] is None for info in infos.values()
@@ -414,7 +414,7 @@ class Explainer:
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
-        ops.hold_constant(gm, self.composite.constants)
+        ops.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
         infos = ops.classify(gm)
         check_dependencies(gm, infos)
         rules, reasons = choose_rules(infos, self.composite)

@@ -65,6 +65,9 @@ class Composite:
     times_input: bool = False
     label: str = "custom"
     constants: Tuple[str, ...] = ()
+    # a glob of ``constants`` that matches no node is an error; a preset for one family (MambaLRP) may apply to
+    # models without such nodes (then an op it would have held, the scan's exp, is refused by name instead)
+    constants_must_match: bool = True
 
     def __post_init__(self):
         for attr in ("conv", "linear", "first", "default"):
@@ -163,7 +166,7 @@ def MambaLRP(epsilon: float = 0.0, zero_bias: bool = False) -> Composite:
     the gate ``y · silu(z)`` splits half-half, linear and conv maps take epsilon (0 by default: with
     ``zero_bias=True`` the relevance is conserved, and it equals gradient × input of the modified backward)."""
     base = _transformer_rules(epsilon, zero_bias, MatmulUniform(epsilon))
-    return Composite(**base, constants=("*.x_proj",), label="mamba-lrp")
+    return Composite(**base, constants=("*.x_proj",), constants_must_match=False, label="mamba-lrp")
 
 
 def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
