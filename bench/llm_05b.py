@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 from common import rss_growth_during  # noqa: E402
+import transformer  # noqa: E402
 from transformer import methods  # noqa: E402
 
 SHAPE = {"layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096, "vocab": 32000}
@@ -68,24 +67,9 @@ def time_and_memory(table: dict, rounds: int) -> dict:
 
 
 def lxt_times(args, model, dtype_name: str) -> dict:
-    """LXT efficient mode and its floor in the LXT environment, on this model's weights."""
-    from lxt_env import lxt_python, lxt_unavailable_reason
-
-    python = lxt_python()
-    if python is None:
-        return {"error": lxt_unavailable_reason()}
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.pt"
-        torch.save(model.state_dict(), weights)
-        cli = [python, str(HERE / "lxt_bench.py"), "--state-dict", str(weights), "--rounds", str(args.rounds),
-               "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
-               "--vocab", str(args.vocab), "--seq", str(args.seq), "--batch", str(args.batch),
-               "--intermediate", str(args.intermediate), "--dtype", dtype_name,
-               "--threads", str(torch.get_num_threads())]
-        out = subprocess.run(cli, capture_output=True, text=True, timeout=7200)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """LXT efficient mode and its floor in the LXT environment, on this model's weights and dtype."""
+    return transformer.lxt_times(args, model, extra=["--dtype", dtype_name, "--threads", str(torch.get_num_threads())],
+                                 timeout=7200)
 
 
 def table_lines(dtype_name: str, result: dict, lxt: dict) -> list:

@@ -106,8 +106,9 @@ def measure_memory_here(args, method: str) -> None:
     print(rss_growth_during(run))
 
 
-def lxt_times(args, model) -> dict:
-    """LXT efficient mode and its floor, timed in the LXT environment on the same weights."""
+def lxt_times(args, model, extra=(), timeout: int = 3600) -> dict:
+    """LXT efficient mode and its floor, timed in the LXT environment on the same weights (``extra``: more
+    arguments of lxt_bench.py, such as ``--dtype``)."""
     from lxt_env import lxt_python, lxt_unavailable_reason
 
     python = lxt_python()
@@ -119,8 +120,8 @@ def lxt_times(args, model) -> dict:
         cli = [python, str(HERE / "lxt_bench.py"), "--state-dict", str(weights), "--rounds", str(args.rounds),
                "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
                "--vocab", str(args.vocab), "--seq", str(args.seq), "--batch", str(args.batch),
-               "--intermediate", str(model.config.intermediate_size)]
-        out = subprocess.run(cli, capture_output=True, text=True, timeout=3600)
+               "--intermediate", str(model.config.intermediate_size), *extra]
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
