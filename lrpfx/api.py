@@ -7,7 +7,6 @@ caches it — compiled with ``torch.compile`` when asked — and runs it without
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from torch import nn
 from . import canonize, locks, ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import (InputError, LrpfxError, LrpfxWarning, OutputError, RuleError, TargetError, TraceError,
-                     UnsupportedOpError)
+                     UnsupportedOpError, unmatched_pattern)
 from .exported import decompose_attention, export_graph, input_shape_pattern
 from .faster import FasterOf, compile_program
 from .locks import eval_mode
@@ -232,10 +231,7 @@ def _check_patterns_match(infos: Dict[fx.Node, ops.NodeInfo], composite: Composi
     names = sorted({i.name for i in infos.values()} | {n.name for n in infos})
     for pattern, _ in composite.by_name:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
-            hint = f"close matches: {close}" if close else f"node names include {names[:12]}"
-            raise RuleError(f"by_name pattern {pattern!r} matches no node of this model; {hint}. The rule table "
-                            "(lrpfx.export(model, x).rule_table()) lists every node with its name")
+            raise unmatched_pattern("by_name", pattern, names)
 
 
 def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:

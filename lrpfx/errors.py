@@ -32,3 +32,15 @@ class OutputError(LrpfxError, ValueError):
 class LrpfxWarning(UserWarning):
     """Something is true of this explanation that a user would not expect, e.g. an input the output does not
     depend on (its relevance is zero because nothing reaches it, not because a rule gave zero)."""
+
+
+def unmatched_pattern(option: str, pattern: str, names) -> RuleError:
+    """The error for a qualified-name glob (``by_name``, ``constants``) that names no node of the model: a typo or
+    a pattern written for another model, which would otherwise do nothing. Lists close matches."""
+    import difflib
+
+    names = sorted(set(names))
+    close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+    hint = f"close matches: {close}" if close else f"node names include {names[:12]}"
+    return RuleError(f"{option} pattern {pattern!r} matches no node of this model; {hint}. The rule table "
+                     "(lrpfx.export(model, x).rule_table()) lists every node with its name")

@@ -277,18 +277,15 @@ def node_path(gm: fx.GraphModule, n: fx.Node) -> str:
 def hold_constant(gm: fx.GraphModule, patterns, must_match: bool = True) -> None:
     """Mark the nodes matching ``patterns`` (qualified-name globs) as constants; a glob that matches nothing is an
     error naming close matches (a pattern written for another model would otherwise do nothing)."""
-    import difflib
     import fnmatch
 
-    from .errors import RuleError
+    from .errors import unmatched_pattern
 
     names = {n: node_path(gm, n) for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
     for pattern in patterns:
         matched = [n for n, name in names.items() if fnmatch.fnmatchcase(name, pattern)]
         if not matched and must_match:
-            close = difflib.get_close_matches(pattern, sorted(set(names.values())), n=5, cutoff=0.5)
-            raise RuleError(f"constants pattern {pattern!r} matches no node of this model"
-                            + (f"; close matches: {close}" if close else ""))
+            raise unmatched_pattern("constants", pattern, names.values())
         for n in matched:
             n.meta[HELD] = pattern
 
