@@ -343,30 +343,29 @@ def untracked_dependency(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Opt
             depends.add(n)
         elif any(a in depends for a in n.all_input_nodes) and not constant_by_design(n, depends):
             depends.add(n)
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    live, frontier = set(), [a for a in output.all_input_nodes if a in depends]
-    while frontier:  # dependent nodes on a dependent path to the output
-        n = frontier.pop()
-        if n not in live:
-            live.add(n)
-            frontier.extend(a for a in n.all_input_nodes if a in depends)
+    live = _upstream_of_output(gm, depends)  # dependent nodes on a dependent path to the output
     return next((n for n in gm.graph.nodes if n in live and n not in active), None)
 
 
 def unreached_inputs(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> List[fx.Node]:
     """Input placeholders that carry relevance but on which the output does not depend (their relevance is
     zero by the model's structure)."""
+    reached = _upstream_of_output(gm, active, through=lambda n: [embedding_source(gm, n)])
+    return [n for n in gm.graph.nodes if n.op == "placeholder" and n in active and n not in reached]
+
+
+def _upstream_of_output(gm: fx.GraphModule, allowed, through=lambda n: ()) -> set:
+    """Nodes in ``allowed`` from which the output is reached through ``allowed`` nodes only (``through(n)`` adds
+    inputs that are not graph arguments, such as the token ids behind an embedding)."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    reached, frontier = set(), [a for a in output.all_input_nodes if a in active]
+    reached, frontier = set(), [a for a in output.all_input_nodes if a in allowed]
     while frontier:
         n = frontier.pop()
         if n not in reached:
             reached.add(n)
-            frontier.extend(a for a in n.all_input_nodes if a in active)
-            source = embedding_source(gm, n)
-            if source is not None:
-                frontier.append(source)
-    return [n for n in gm.graph.nodes if n.op == "placeholder" and n in active and n not in reached]
+            frontier.extend(a for a in n.all_input_nodes if a in allowed)
+            frontier.extend(a for a in through(n) if a is not None)
+    return reached
 
 
 def op_name(n: fx.Node) -> str:
