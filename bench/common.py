@@ -53,7 +53,7 @@ def lrpfx_method(model: nn.Module, x: torch.Tensor, composite: str, compile: boo
 
 
 def settle(explainer, call, calls: int = 8) -> None:
-    """Run a ``compile=True`` explainer until it has chosen compiled or eager (:mod:`lrpfx.faster`), so the timed
+    """Run a ``compile=True`` explainer until it has chosen compiled or eager (:mod:`lrpfx.program.faster`), so the timed
     calls are all of the chosen kind."""
     for _ in range(calls):
         call()

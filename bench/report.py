@@ -45,7 +45,7 @@ def time_methods(model_name: str, batch: int, size: int, rounds: int, device: st
             run()
             sync(device)
             usable[name] = run
-            if getattr(run, "choice", None):  # compile=True picks compiled or eager per program (lrpfx.faster)
+            if getattr(run, "choice", None):  # compile=True picks compiled or eager per program (lrpfx.program.faster)
                 CHOICES[(model_name, batch, name)] = next(iter(run.choice.values()))
                 print(f"  {name}: compile=True chose {CHOICES[(model_name, batch, name)]}", flush=True)
         except Exception as exc:  # a peer that cannot handle the model is reported, not fatal

@@ -1,7 +1,7 @@
 """Public entry points: :func:`explain`, :class:`Explainer`, :func:`export`.
 
 An Explainer turns (model, rule) into a function of the input: on the first call for an input signature it
-traces, classifies, canonizes, assigns rules and builds the relevance program (:mod:`lrpfx.program`), then
+traces, classifies, canonizes, assigns rules and builds the relevance program (:mod:`lrpfx.program.builder`), then
 caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph.
 """
 from __future__ import annotations
@@ -16,17 +16,19 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import canonize, locks, ops
+from . import locks
+from .graph import canonize
+from .graph import classify as ops
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import (InputError, LrpfxError, LrpfxWarning, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError, unmatched_pattern)
-from .exported import decompose_attention, export_graph, input_shape_pattern
-from .faster import FasterOf, compile_program
+from .frontend.export import decompose_attention, export_graph, input_shape_pattern
+from .program.faster import FasterOf, compile_program
 from .locks import eval_mode
-from .normalise import normalise
-from .program import ProgramBuilder
+from .frontend.normalise import normalise
+from .program.builder import ProgramBuilder
 from .rules import Pass, Rule, applies_to
-from .trace import record_values, source_line, trace
+from .frontend.fx import record_values, source_line, trace
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
 FRONTENDS = ("auto", "fx", "export")
@@ -66,7 +68,7 @@ class Explanation:
         """A token heatmap of one sample (red positive, blue negative): ``format="html"`` gives an HTML snippet,
         ``"ansi"`` a string with terminal colours. ``tokenizer`` turns ids into text (a Hugging Face tokenizer,
         a dict, a list or a callable; None shows the ids)."""
-        from .tokens import render_ansi, render_html, token_strings
+        from .viz.tokens import render_ansi, render_html, token_strings
 
         scores = self.tokens[sample]
         if scores.dim() == 2:  # several targets: pick one
@@ -132,14 +134,14 @@ class RelevanceProgram:
             return self.graph_module(*inputs, target)
 
     def to_dot(self, **options) -> str:
-        """Graphviz DOT text of the program (:func:`lrpfx.exporting.to_dot`)."""
-        from .exporting import to_dot
+        """Graphviz DOT text of the program (:func:`lrpfx.program.save.to_dot`)."""
+        from .program.save import to_dot
         return to_dot(self, **options)
 
     def save(self, path, example_inputs=None, **options):
         """Write the program as ``.dot``, ``.svg``/``.png`` (Graphviz), ``.py`` or ``.pt2`` (``torch.export``;
-        ``example_inputs`` default to random inputs of the built shapes): :func:`lrpfx.exporting.save`."""
-        from .exporting import save
+        ``example_inputs`` default to random inputs of the built shapes): :func:`lrpfx.program.save.save`."""
+        from .program.save import save
         return save(self, path, example_inputs, **options)
 
 
@@ -329,13 +331,13 @@ class Explainer:
         self.leaf_modules, self.output = tuple(leaf_modules), output
         self.allow_nonfinite = allow_nonfinite
         self.frontend = frontend
-        self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.exported.dynamic_axes)
+        self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.frontend.export.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
         """With ``compile=True``: per built program (keyed by its input signature), ``"compiled"`` or ``"eager"``,
-        whichever ran faster on the first calls, or None while still undecided (:mod:`lrpfx.faster`)."""
+        whichever ran faster on the first calls, or None while still undecided (:mod:`lrpfx.program.faster`)."""
         return {str(key[0]): entry.run.choice for key, entry in self._cache.items()
                 if isinstance(entry.run, FasterOf)}
 
@@ -371,7 +373,7 @@ class Explainer:
             gm = trace(self.model, len(inputs.tensors), self.leaf_modules, self.output)
             record_values(gm, inputs.tensors)
             changed = decompose_attention(gm)  # F.scaled_dot_product_attention, split using the recorded shapes
-            if normalise(gm) or changed:  # lrpfx.normalise: baddbmm, spelled-out activations, named tuples
+            if normalise(gm) or changed:  # lrpfx.frontend.normalise: baddbmm, spelled-out activations, named tuples
                 record_values(gm, inputs.tensors)
         except TraceError as exc:
             if self.frontend != "auto":
@@ -426,7 +428,7 @@ class Explainer:
                                  times_input=self.composite.times_input, **options)
         program = RelevanceProgram(builder.build(), table, self.composite)
         run = program.graph_module
-        if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.faster)
+        if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),
                            label=f"the program for inputs {_signature(inputs)}")
         if frontend == "export":

@@ -28,13 +28,14 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import ops, rebind
+from . import rebind
+from .graph import classify as ops
 from .api import Explainer, eval_mode
 from .composites import Composite, as_composite
 from .errors import InputError, RuleError, TargetError
-from .program import intermediate_keys
+from .program.builder import intermediate_keys
 from .rules import Epsilon, Norm, WinnerTakesAll
-from .trace import record_values, trace
+from .frontend.fx import record_values, trace
 
 CAPTUM_EPSILON = 1e-9
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import LrpfxError
-from .exporting import SUFFIXES
+from .program.save import SUFFIXES
 from .progress import Progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -461,7 +461,7 @@ def prepare_image(path: str, loaded: LoadedModel, size: Optional[int], device: s
     import numpy as np
     import torch
 
-    from . import image as img
+    from .viz import image as img
 
     file = Path(path)
     if not file.is_file():
@@ -556,7 +556,7 @@ def run_demo(args) -> int:
 def run_explain(args) -> int:
     import torch
 
-    from . import image as img
+    from .viz import image as img
     from .api import Explainer
 
     out = check_writable(args.out)
@@ -651,7 +651,7 @@ def _picture(img, relevance, prepared: PreparedInput, style: str, args):
 
 def run_graph(args) -> int:
     from .api import export
-    from .exporting import relevance_steps, save, split_nodes
+    from .program.save import relevance_steps, save, split_nodes
 
     outs = [check_writable(o) for o in args.out]
     for o in outs:
@@ -677,7 +677,7 @@ def run_graph(args) -> int:
             with progress.step(f"writing {o.name}"):
                 suffix = o.suffix.lower()
                 if suffix in (".dot", ".gv", ".svg", ".png", ".pdf") and args.params:
-                    from .exporting import render_dot, to_dot
+                    from .program.save import render_dot, to_dot
 
                     text = to_dot(program, params=True)
                     o.write_text(text) if suffix in (".dot", ".gv") else render_dot(text, o)
@@ -784,7 +784,7 @@ def load_dataset(args, loaded: LoadedModel):
     if args.limit is not None:
         if args.limit < 1:
             raise CliError(f"--limit must be >= 1, got {args.limit}")
-        from .dataset import as_source
+        from .data.dataset import as_source
 
         source = as_source(data)
         subset = torch.utils.data.Subset(source.dataset, range(min(args.limit, len(source))))
@@ -808,14 +808,14 @@ def _target_option(text: str):
 
 def _device_option(text: str) -> str:
     if text == "auto":
-        from .dataset import local_device
+        from .data.dataset import local_device
 
         return str(local_device())
     return text
 
 
 def run_explain_dataset(args) -> int:
-    from .dataset import explain_dataset
+    from .data.dataset import explain_dataset
 
     _check_rule(args.rule)
     target = _target_option(args.target)
@@ -872,7 +872,7 @@ def _baseline_option(text: str):
 def run_evaluate(args) -> int:
     import json
 
-    from .metrics import evaluate_rules
+    from .eval.metrics import evaluate_rules
 
     rules = _split_rules(args.rules)
     for rule in rules:

@@ -59,8 +59,8 @@ class GenerationExplanation:
     def render(self, tokenizer=None, sample: int = 0, format: str = "html", normalize: str = "row") -> str:
         """One sample as HTML (token matrix as a heatmap table and one token strip per generated token) or as
         ANSI-coloured lines. ``normalize="row"`` scales each generated token's row by its own largest |R|,
-        ``"global"`` shares one scale across rows. ``tokenizer`` as in :func:`lrpfx.tokens.token_strings`."""
-        from .generation_render import render_generation
+        ``"global"`` shares one scale across rows. ``tokenizer`` as in :func:`lrpfx.viz.tokens.token_strings`."""
+        from .viz.generation import render_generation
 
         if not 0 <= sample < self.ids.shape[0]:
             raise InputError(f"sample {sample} out of range: the batch has {self.ids.shape[0]} sequences")

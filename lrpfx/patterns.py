@@ -19,9 +19,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import ops
+from .graph import classify as ops
 from .errors import InputError, RuleError
-from .trace import record_values, trace
+from .frontend.fx import record_values, trace
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 

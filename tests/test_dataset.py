@@ -2,7 +2,7 @@
 another run's folder, and a two-process torchrun (gloo) run equal to one process, shard for shard.
 
 The model is float64 and every run uses one thread, so results are reproducible to the bit across processes;
-shards are explained in the same batches whatever the world size (see lrpfx.dataset)."""
+shards are explained in the same batches whatever the world size (see lrpfx.data.dataset)."""
 import json
 import os
 import shutil
@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import lrpfx
-from lrpfx import dataset as ds
-from lrpfx.dataset import DatasetError, ShardError, explain_dataset, load_explanations
+from lrpfx.data import dataset as ds
+from lrpfx.data.dataset import DatasetError, ShardError, explain_dataset, load_explanations
 
 import dataset_job as job
 

@@ -1,4 +1,4 @@
-"""Inspecting and shipping a relevance program (lrpfx.exporting): its code runs on its own, the rule table
+"""Inspecting and shipping a relevance program (lrpfx.program.save): its code runs on its own, the rule table
 matches the composite, the DOT graph has one relevance node per relevance step, and a .pt2 runs in a fresh
 process without lrpfx or the model's class."""
 import importlib.util
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx import exporting
+from lrpfx.program import save as exporting
 from lrpfx.rules import affine
 
 from models import randomize_batchnorm

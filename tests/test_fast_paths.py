@@ -52,7 +52,7 @@ def test_gamma_positive_only_shortcut_equals_full_rule(make, shape, rule, monkey
     fast = fast_ex(x, intermediate=True)
     code = fast_ex.program(x, intermediate=True).code
     assert ("positive_only = True" in code) == ("affine_gamma(" in code)
-    monkeypatch.setattr(lrpfx.canonize, "mark_positive_only", lambda *args, **kwargs: None)
+    monkeypatch.setattr(lrpfx.graph.canonize, "mark_positive_only", lambda *args, **kwargs: None)
     full_ex = lrpfx.Explainer(m, rule)
     full = full_ex(x, intermediate=True)
     assert "positive_only = True" not in full_ex.program(x, intermediate=True).code

@@ -1,4 +1,4 @@
-"""compile=True never slower than eager (lrpfx.faster): the faster of the two kinds is kept, results unchanged."""
+"""compile=True never slower than eager (lrpfx.program.faster): the faster of the two kinds is kept, results unchanged."""
 import logging
 import time
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.faster import FasterOf
+from lrpfx.program.faster import FasterOf
 
 
 def _slowed(fn, seconds):

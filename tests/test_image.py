@@ -1,9 +1,9 @@
-"""lrpfx.image: colour maps at -max / 0 / +max, normalisation, overlays, grids and PNG files."""
+"""lrpfx.viz.image: colour maps at -max / 0 / +max, normalisation, overlays, grids and PNG files."""
 import numpy as np
 import pytest
 import torch
 
-from lrpfx import image
+from lrpfx.viz import image
 
 # value -> expected RGB at -max, 0, +max
 EXPECTED = {

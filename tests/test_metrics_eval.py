@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx import metrics as M
+from lrpfx.eval import metrics as M
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -125,8 +125,8 @@ def test_clamp_and_clip_pass_relevance_and_clamp_min_0_is_a_relu(frontend):
 
 
 def test_clamp_with_a_non_negative_lower_bound_is_non_negative():
-    from lrpfx import ops
-    from lrpfx.trace import record_values, trace
+    from lrpfx.graph import classify as ops
+    from lrpfx.frontend.fx import record_values, trace
 
     class M(nn.Module):
         def forward(self, x):
@@ -363,9 +363,9 @@ def test_inplace_on_a_view_of_an_activation_is_refused_by_name(frontend):
 def test_decomposed_batch_norm_becomes_a_batch_norm_call():
     """``run_decompositions`` spells an eval BatchNorm ``_native_batch_norm_legit_no_training(...)[0]``; the
     normalisation turns it back into ``aten.batch_norm``, which classifies as a BatchNorm."""
-    from lrpfx import ops
-    from lrpfx.normalise import batch_norm_calls
-    from lrpfx.trace import record_values
+    from lrpfx.graph import classify as ops
+    from lrpfx.frontend.normalise import batch_norm_calls
+    from lrpfx.frontend.fx import record_values
 
     model = random_statistics(build(lambda: nn.Sequential(nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))))
     x = randn(3, 4)
@@ -376,7 +376,7 @@ def test_decomposed_batch_norm_becomes_a_batch_norm_call():
     assert torch.ops.aten.batch_norm.default in targets
     assert torch.ops.aten._native_batch_norm_legit_no_training.default not in targets
     torch.testing.assert_close(gm(x), model(x))
-    gm.graph._codegen = torch.fx.graph.CodeGen()  # positional inputs, as lrpfx.exported runs it
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # positional inputs, as lrpfx.frontend.export runs it
     gm.recompile()
     record_values(gm, (x,))
     assert [i.kind for i in ops.classify(gm).values()].count("batchnorm") == 1

@@ -1,10 +1,10 @@
-"""Token heatmaps (lrpfx.tokens): token text, colours, escaping, bad input."""
+"""Token heatmaps (lrpfx.viz.tokens): token text, colours, escaping, bad input."""
 import re
 
 import pytest
 import torch
 
-from lrpfx.tokens import render_ansi, render_html, token_strings
+from lrpfx.viz.tokens import render_ansi, render_html, token_strings
 
 SENTENCES = ["the cat sat on the mat", "the dog ate my homework", "a cathedral is not a cat", "héllo wörld"]
 

@@ -27,8 +27,8 @@ import torch
 import torch.fx as fx
 
 from ..errors import InputError, TargetError
-from ..ops import NodeInfo
-from ..program import intermediate_keys
+from ..graph.classify import NodeInfo
+from ..program.builder import intermediate_keys
 
 OUTPUT_KEY = "y"
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import dataset as ds
+from ..data import dataset as ds
 from ..errors import InputError
 from ..progress import model_device
 from .conditions import Concept

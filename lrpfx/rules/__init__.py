@@ -2,7 +2,7 @@
 
 A rule object only says *what* to compute and with which hyper-parameters; the computation lives in the pure
 functions of :mod:`lrpfx.rules.affine`, :mod:`lrpfx.rules.elementwise` and :mod:`lrpfx.rules.structural`, which
-the program builder calls. ``kinds`` lists the node kinds (see :mod:`lrpfx.ops`) a rule can be assigned to.
+the program builder calls. ``kinds`` lists the node kinds (see :mod:`lrpfx.graph.classify`) a rule can be assigned to.
 """
 from __future__ import annotations
 

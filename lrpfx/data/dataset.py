@@ -37,8 +37,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import torch
 from torch import nn
 
-from .errors import InputError, LrpfxError, TargetError
-from .progress import Progress, model_device
+from ..errors import InputError, LrpfxError, TargetError
+from ..progress import Progress, model_device
 
 FORMAT = "lrpfx-explanations/1"
 SHARD_FORMAT = "lrpfx-shard/1"
@@ -174,7 +174,7 @@ def describe_target(target) -> str:
 
 def describe_run(model: nn.Module, composite, target, store: str, length: int, shard_size: int,
                  dataset_class: str) -> Dict[str, Any]:
-    from .patterns import structure_hash
+    from ..patterns import structure_hash
 
     return {
         "model": {"class": type(model).__name__, "structure": structure_hash(model),
@@ -565,7 +565,7 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
     process group) each rank explains shards ``rank, rank + world_size, ...``; rank 0 writes the manifest after
     a barrier. Returns the lazy :class:`ExplanationSet` of the folder; its ``stats`` say what this process did.
     """
-    from .api import Explainer
+    from ..api import Explainer
 
     if store not in STORE_DTYPES:
         raise InputError(f"store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
@@ -629,7 +629,7 @@ def _prepare_out_dir(out_dir: Path, run: Dict, overwrite: bool, dist: Dist, firs
 
 
 def _manifest(run, run_fp, source: DataSource, size, shards, world_size, entries) -> Dict:
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": FORMAT,

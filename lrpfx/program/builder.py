@@ -1,6 +1,6 @@
 """Build the relevance program: the forward graph followed by one relevance step per node, in reverse.
 
-Input: the traced GraphModule, the classified nodes (:mod:`lrpfx.ops`, annotated by :mod:`lrpfx.canonize`) and
+Input: the traced GraphModule, the classified nodes (:mod:`lrpfx.graph.classify`, annotated by :mod:`lrpfx.graph.canonize`) and
 one rule per node (:mod:`lrpfx.composites`). Output: a new ``fx.GraphModule`` with inputs ``(*inputs, target)``
 that returns ``(output, input_relevances)`` — plus a dict of intermediate relevances when asked. Each relevance
 step is a call of a pure rule function (or, for ops replayed by their VJP, of a :class:`Replay` module), so the
@@ -18,13 +18,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import rules as R
-from .errors import RuleError
-from .ops import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
-from .rules import affine, attention, elementwise, experts, recurrent, structural
-from .rules.layers import AvgPool, ChannelAffine
+from .. import rules as R
+from ..errors import RuleError
+from ..graph.classify import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
+from ..rules import affine, attention, elementwise, experts, recurrent, structural
+from ..rules.layers import AvgPool, ChannelAffine
 from .targets import initial_relevance
-from .trace import source_line
+from ..frontend.fx import source_line
 
 _AFFINE_FUNCTIONS = {R.Epsilon: affine.epsilon, R.Gamma: affine.gamma, R.ZPlus: affine.zplus,
                      R.AlphaBeta: affine.alpha_beta, R.Flat: affine.flat, R.WSquare: affine.wsquare,

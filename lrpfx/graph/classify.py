@@ -15,8 +15,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .recurrent_nodes import is_recurrent, recurrent_call
-from .rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
+from .recurrent import is_recurrent, recurrent_call
+from ..rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
 
 # ---- module tables --------------------------------------------------------------------------------------
 _ACTIVATION_MODULES = (
@@ -279,7 +279,7 @@ def hold_constant(gm: fx.GraphModule, patterns, must_match: bool = True) -> None
     error naming close matches (a pattern written for another model would otherwise do nothing)."""
     import fnmatch
 
-    from .errors import unmatched_pattern
+    from ..errors import unmatched_pattern
 
     names = {n: node_path(gm, n) for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
     for pattern in patterns:

@@ -1,6 +1,6 @@
 """Graph passes over the classified nodes: BatchNorm folding, non-negativity, relevance support.
 
-They only annotate :class:`~lrpfx.ops.NodeInfo` objects; the user's modules are never touched. The folded
+They only annotate :class:`~lrpfx.graph.classify.NodeInfo` objects; the user's modules are never touched. The folded
 weights are computed inside the program on every call, so they always reflect the current parameters.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Dict
 import torch.fx as fx
 from torch import nn
 
-from . import rules as R
-from .ops import NodeInfo
+from .. import rules as R
+from .classify import NodeInfo
 
 _FOLDABLE_KINDS = {"linear", "conv", "conv_transpose"}
 # kinds whose output is non-negative whenever all their activation inputs are

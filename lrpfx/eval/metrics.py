@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .progress import model_device
+from ..progress import model_device
 
 
 def flipping_curve(model: nn.Module, x: torch.Tensor, order_scores: torch.Tensor, target: torch.Tensor,
@@ -310,7 +310,7 @@ def randomization_check(model: nn.Module, x: torch.Tensor, rule="epsilon-plus-fl
     (``layers``: names, randomised in the given order; default all Linear/Conv layers, last first) and compare
     each explanation with the original by Spearman rank correlation. The target stays the trained model's
     (``target``, default its argmax); ``model`` itself is not changed (a copy is randomised)."""
-    from .api import Explainer
+    from ..api import Explainer
 
     device = model_device(model)
     x = x.to(device)
@@ -360,7 +360,7 @@ def conservation_report(model: nn.Module, x: torch.Tensor, rule="epsilon-plus-fl
                         batch_size: int = 64, **explainer_options) -> ConservationReport:
     """Conservation at every node of the relevance program (execution order, the input first) for ``x``,
     explained ``batch_size`` samples at a time on the model's device."""
-    from .api import Explainer
+    from ..api import Explainer
 
     explainer = Explainer(model, rule, **explainer_options)
     start_one = getattr(explainer.composite, "start", "logit") == "one"
@@ -429,8 +429,8 @@ def evaluate_rules(model: nn.Module, data, rules: Sequence, *, target=None, batc
     relevance (conservation), and the mean Spearman correlation after randomising the top layer and all layers
     (:func:`randomization_check`, on the first ``randomization_samples`` samples; 0 skips it). ``target``:
     None (argmax), an int or ``"label"``."""
-    from .api import Explainer
-    from .dataset import iter_batches
+    from ..api import Explainer
+    from ..data.dataset import iter_batches
 
     device = model_device(model)
     explainers = [Explainer(model, rule, **explainer_options) for rule in rules]

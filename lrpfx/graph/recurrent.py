@@ -11,8 +11,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .errors import UnsupportedOpError
-from .rules.recurrent import RecurrentSpec
+from ..errors import UnsupportedOpError
+from ..rules.recurrent import RecurrentSpec
 
 aten = torch.ops.aten
 RECURRENT_MODULES = (nn.LSTM, nn.GRU, nn.RNN)

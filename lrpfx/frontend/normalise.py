@@ -3,7 +3,7 @@
 Each pass keeps the forward's meaning exactly and only changes how it is spelled:
 
 * :func:`functionalize_aten_inplace` — ATen in-place ops (``add_``, ``mul_``, ``div_`` on a tensor that is not
-  a view) become their out-of-place overloads, as the fx front-end's in :mod:`lrpfx.trace`;
+  a view) become their out-of-place overloads, as the fx front-end's in :mod:`lrpfx.frontend.fx`;
 * :func:`batch_norm_calls` — export's ``_native_batch_norm_legit_no_training`` (a tuple) as ``aten.batch_norm``;
 * :func:`named_tuple_fields` — ``torch.max(x, dim).values`` / ``.indices`` as items 0 / 1;
 * :func:`decompose_baddbmm` — ``baddbmm(c, a, b, beta, alpha)`` (Bloom's ALiBi attention scores) as
@@ -21,9 +21,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import UnsupportedOpError
-from .ops import constant_by_design, op_name
-from .trace import source_line
+from ..errors import UnsupportedOpError
+from ..graph.classify import constant_by_design, op_name
+from .fx import source_line
 
 aten = torch.ops.aten
 
@@ -186,7 +186,7 @@ class SpelledActivation(nn.Module):
         super().__init__()
         object.__setattr__(self, "fn", fn)
         self.label = label
-        try:  # f(0) = 0 matters to the relevance-support analysis (lrpfx.canonize)
+        try:  # f(0) = 0 matters to the relevance-support analysis (lrpfx.graph.canonize)
             with torch.no_grad():
                 self.lrpfx_zero_at_zero = bool(fn(torch.zeros((), dtype=torch.float64)) == 0)
         except Exception:  # a piece that needs a shaped input: do not promise anything

@@ -3,7 +3,7 @@
 ``torch.export`` runs the model on example inputs and records an ATen-level graph (``aten.linear``,
 ``aten.scaled_dot_product_attention``, RMSNorm as ``pow``/``mean``/``rsqrt``/``mul``, ...) with the module path
 of every op in ``nn_module_stack``. :func:`export_graph` turns it into the same kind of ``fx.GraphModule`` the fx
-front-end gives, so one classification (:mod:`lrpfx.ops`) and one program builder serve both:
+front-end gives, so one classification (:mod:`lrpfx.graph.classify`) and one program builder serve both:
 
 * the model is called with named inputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...) and fixed
   options (``use_cache=False``), and reduced to the one tensor to explain (``output=``, default: the logits,
@@ -14,7 +14,7 @@ front-end gives, so one classification (:mod:`lrpfx.ops`) and one program builde
   collapsed back into one call of the module;
 * fused attention is split into its steps (:func:`decompose_attention`), ``addmm`` with a parameter becomes
   ``linear``; ATen in-place ops, decomposed BatchNorm calls, ``baddbmm`` and spelled-out activations are
-  rewritten by :mod:`lrpfx.normalise`.
+  rewritten by :mod:`lrpfx.frontend.normalise`.
 
 The batch axis and the axes of integer inputs (sequence length) are exported as dynamic where the model allows
 it, so one program serves other batch sizes and lengths (:func:`dynamic_axes`; ``Explainer(dynamic=True)``
@@ -31,10 +31,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
-from .ops import call_arg as _arg, is_activation_module
-from .trace import failure_location
+from ..graph.classify import call_arg as _arg, is_activation_module
+from .fx import failure_location
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees

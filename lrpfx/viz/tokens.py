@@ -138,7 +138,7 @@ RGB = Tuple[int, int, int]
 
 
 def _colours(tokens: Sequence[str], scores: Scores, normalize: Normalize) -> List[Tuple[RGB, RGB, float]]:
-    """(background, foreground, score) per token: the ``bwr`` map of :mod:`lrpfx.image` (white fading to red
+    """(background, foreground, score) per token: the ``bwr`` map of :mod:`lrpfx.viz.image` (white fading to red
     for positive, blue for negative), on the same symmetric scale as image heatmaps."""
     from .image import colorize, normalize as scale_symmetric
 

@@ -18,8 +18,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InputError, OutputError, TraceError
-from .recurrent_nodes import holds_packed, packed_error
+from ..errors import InputError, OutputError, TraceError
+from ..graph.recurrent import holds_packed, packed_error
 
 # Frames of lrpfx and torch themselves, told apart from the user's by where the packages are installed (a user's
 # project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
@@ -158,7 +158,7 @@ def functionalize_inplace(gm: fx.GraphModule) -> None:
             chain.append(chain[-1].args[0])
         for base in chain[1:]:
             if any(order[u] > order[n] for u in base.users if u not in chain):
-                from .errors import UnsupportedOpError
+                from ..errors import UnsupportedOpError
 
                 raise UnsupportedOpError(
                     f"node '{n.name}'{source_line(n)} changes a view of '{base.name}' in place, and '{base.name}' "

@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InputError, LrpfxError
+from ..errors import InputError, LrpfxError
 
 START_NODE = "r_output"
 _STEP_OPS = ("call_function", "call_module", "call_method")
@@ -300,7 +300,7 @@ def to_python(program) -> str:
     ``root`` — ``program.graph_module``, or any module with the same attributes: the model's modules by
     qualified name, the parameters under ``params.``, VJP replays under ``steps.``.
     """
-    from . import __version__
+    from .. import __version__
 
     names = program_globals(program)
     code = program.code.strip("\n")

@@ -2,7 +2,7 @@
 
 HTML: one strip per generated token (its context coloured by relevance, then the token itself, boxed), and the
 token matrix as a heatmap table (a row per generated token, a column per token). ANSI: one line per generated
-token. Token text and colours come from :mod:`lrpfx.tokens` (red positive, blue negative, white zero).
+token. Token text and colours come from :mod:`lrpfx.viz.tokens` (red positive, blue negative, white zero).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .tokens import _colours, render_ansi, render_html, token_strings
 
 NORMALIZE = ("row", "global")
