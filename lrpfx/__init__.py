@@ -8,7 +8,7 @@ from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError)
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules", "fit_patterns", "Patterns",
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",

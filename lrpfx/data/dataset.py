@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import InputError, LrpfxError, TargetError
 from ..progress import Progress, model_device
+from ..version import __version__
 
 FORMAT = "lrpfx-explanations/1"
 SHARD_FORMAT = "lrpfx-shard/1"
@@ -629,7 +630,6 @@ def _prepare_out_dir(out_dir: Path, run: Dict, overwrite: bool, dist: Dist, firs
 
 
 def _manifest(run, run_fp, source: DataSource, size, shards, world_size, entries) -> Dict:
-    from .. import __version__
 
     return {
         "format": FORMAT,

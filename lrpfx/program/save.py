@@ -31,6 +31,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import InputError, LrpfxError
+from ..version import __version__
 
 START_NODE = "r_output"
 _STEP_OPS = ("call_function", "call_module", "call_method")
@@ -300,7 +301,6 @@ def to_python(program) -> str:
     ``root`` — ``program.graph_module``, or any module with the same attributes: the model's modules by
     qualified name, the parameters under ``params.``, VJP replays under ``steps.``.
     """
-    from .. import __version__
 
     names = program_globals(program)
     code = program.code.strip("\n")
