@@ -2,7 +2,7 @@
 from . import composites, rules
 from .api import Explainer, Explanation, RelevanceProgram, explain, export
 from .composites import Composite
-from .data.dataset import explain_dataset, load_explanations
+from .data import explain_dataset, load_explanations
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,

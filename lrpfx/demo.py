@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.eval.metrics import pixel_flipping
+from lrpfx.eval import pixel_flipping
 
 # the seed's (TorchLRP's) figure: label, rule key, pattern kind (None: no patterns needed)
 DEMO_RULES: Sequence[Tuple[str, str, object]] = (

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrpfx import demo
-from lrpfx.eval.metrics import flipping_curve, pixel_flipping
+from lrpfx.eval import flipping_curve, pixel_flipping
 
 
 @pytest.mark.slow

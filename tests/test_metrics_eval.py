@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.eval import metrics as M
+import lrpfx.eval as M
+from lrpfx.eval.perturbation import _baseline
+from lrpfx.eval.randomization import _randomize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,8 +82,8 @@ def test_patches_baselines_and_probability_score():
     assert M.perturbation_curve(model, x, relevance, 0, patch_size=2,
                                 baseline=torch.full((1, 1, 4, 4), 3.0))[0, -1].item() == 3 * f
     noisy = torch.rand(2, 1, 4, 4, dtype=torch.float64)
-    uniform = M._baseline(noisy, "uniform", seed=1)
-    assert torch.equal(uniform, M._baseline(noisy, "uniform", seed=1))
+    uniform = _baseline(noisy, "uniform", seed=1)
+    assert torch.equal(uniform, _baseline(noisy, "uniform", seed=1))
     assert bool((uniform >= noisy.flatten(1).min(1).values.view(2, 1, 1, 1)).all())
     assert bool((uniform <= noisy.flatten(1).max(1).values.view(2, 1, 1, 1)).all())
     # batching of the perturbed inputs does not change the curve
@@ -143,7 +145,7 @@ def test_randomization_check_decorrelates_layer_by_layer():
     # the cascade is cumulative: the last step is the model with all four layers re-initialised
     copy = small_cnn()
     for step, name in enumerate(result.layers, 1):
-        M._randomize(dict(copy.named_modules())[name], 5 + step)
+        _randomize(dict(copy.named_modules())[name], 5 + step)
     target = model(x).argmax(1)
     r0 = lrpfx.explain(model, x, "epsilon", target=target).sum(1)
     r4 = lrpfx.explain(copy, x, "epsilon", target=target).sum(1)

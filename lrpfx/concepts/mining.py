@@ -16,7 +16,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..data import dataset as ds
+from ..api import Explainer
+from ..data.distributed import Dist
+from ..data.fingerprint import describe_run, describe_target, fingerprint
+from ..data.plan import assign_shards, plan_shards, resolve_shard_size, shard_batches
+from ..data.run import prepare_out_dir, run_manifest
+from ..data.sources import as_source, batch_targets, split_batch
+from ..data.stats import RunStats
+from ..data.store import read_manifest, read_shard, verified_entry, write_manifest, write_shard
 from ..errors import InputError
 from ..progress import model_device
 from .conditions import Concept
@@ -41,7 +48,7 @@ class ConceptStats:
 class ConceptMining:
     layers: Dict[str, ConceptStats]
     folder: Path
-    stats: Optional[ds.RunStats] = None
+    stats: Optional[RunStats] = None
 
     def __getitem__(self, layer: str) -> ConceptStats:
         if layer not in self.layers:
@@ -57,38 +64,36 @@ def mine_concepts(model, data, rule, layers: Sequence[str], out_dir, *, top_k: i
     """Per concept of each of ``layers``: the ``top_k`` samples of ``data`` by relevance and by activation, and
     the mean relevance per class. ``target`` as in :func:`lrpfx.explain_dataset` (None: argmax, an int,
     ``"label"``, per-sample classes, a callable). Shards, resume, ``overwrite`` and torchrun behave as there."""
-    from ..api import Explainer
-
     layers = list(layers)
     if not layers:
         raise InputError("layers must name at least one node to mine")
     if not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive int, got {top_k!r}")
     out_dir = Path(out_dir)
-    source = ds.as_source(data, batch_size, num_workers)
+    source = as_source(data, batch_size, num_workers)
     length = len(source)
     if length == 0:
         raise InputError("the data set is empty: nothing to mine")
-    size = ds.resolve_shard_size(length, source.batch_size, shard_size, num_shards)
-    shards = ds.plan_shards(length, size)
+    size = resolve_shard_size(length, source.batch_size, shard_size, num_shards)
+    shards = plan_shards(length, size)
     explainer = Explainer(model, rule, **explainer_options)
     device = model_device(model)
-    ds.describe_target(target)
-    run = ds.describe_run(model, explainer.composite, target, "float32", length, size, type(source.dataset).__name__)
+    describe_target(target)
+    run = describe_run(model, explainer.composite, target, "float32", length, size, type(source.dataset).__name__)
     run["concepts"] = {"layers": layers, "definitions": {k: repr(v) for k, v in sorted((concepts or {}).items())}}
-    run_fp = ds.fingerprint(run)
-    dist = ds.Dist(device)
-    stats = ds.RunStats(rank=dist.rank, world_size=dist.world_size)
+    run_fp = fingerprint(run)
+    dist = Dist(device)
+    stats = RunStats(rank=dist.rank, world_size=dist.world_size)
     try:
-        ds._prepare_out_dir(out_dir, run, overwrite, dist,
-                            ds._manifest(run, run_fp, source, size, shards, dist.world_size, None))
-        mine = ds.assign_shards(shards, dist.rank, dist.world_size)
+        prepare_out_dir(out_dir, run, overwrite, dist,
+                        run_manifest(run, run_fp, source, size, shards, dist.world_size, None))
+        mine = assign_shards(shards, dist.rank, dist.world_size)
         entries = _mine_shards(explainer, source, mine, target, layers, concepts, out_dir, run_fp, resume, device,
                                stats)
         gathered = dist.gather(entries)
         if dist.rank == 0:
             listed = sorted((e for part in gathered for e in part), key=lambda e: e["index"])
-            ds.write_manifest(out_dir, ds._manifest(run, run_fp, source, size, shards, dist.world_size, listed))
+            write_manifest(out_dir, run_manifest(run, run_fp, source, size, shards, dist.world_size, listed))
         dist.barrier()
     finally:
         dist.close()
@@ -103,21 +108,21 @@ def _mine_shards(explainer, source, mine, target, layers, concepts, out_dir: Pat
     entries = {}
     pending = []
     for shard in mine:
-        entry = ds.verified_entry(out_dir, shard, run_fp) if resume else None
+        entry = verified_entry(out_dir, shard, run_fp) if resume else None
         if entry is not None:
             entries[shard.index] = entry
             stats.shards_skipped += 1
         else:
             pending.append(shard)
-    batches = [(shard, b) for shard in pending for b in ds.shard_batches(shard, source.batch_size)]
+    batches = [(shard, b) for shard in pending for b in shard_batches(shard, source.batch_size)]
     loader = iter(source.loader([b for _, b in batches])) if batches else iter(())
     parts: Dict[int, List[Dict[str, torch.Tensor]]] = {}
     for shard, indices in batches:
         batch = next(loader)
         t = time.perf_counter()
-        x, labels = ds.split_batch(batch)
+        x, labels = split_batch(batch)
         x = x.to(device)
-        classes = ds.batch_targets(target, batch, x, labels, indices)
+        classes = batch_targets(target, batch, x, labels, indices)
         cr = concept_relevance(explainer, x, layers, target=classes, concepts=concepts)
         if classes is None:
             classes = cr.explanation.output.argmax(-1)
@@ -133,7 +138,7 @@ def _mine_shards(explainer, source, mine, target, layers, concepts, out_dir: Pat
             t = time.perf_counter()
             done = parts.pop(shard.index)
             tensors = {k: torch.cat([p[k] for p in done]) for k in done[0]}
-            entries[shard.index] = ds.write_shard(out_dir, shard, tensors, run_fp)
+            entries[shard.index] = write_shard(out_dir, shard, tensors, run_fp)
             stats.write_seconds += time.perf_counter() - t
             stats.shards_written += 1
             stats.samples += shard.stop - shard.start
@@ -144,12 +149,12 @@ def _mine_shards(explainer, source, mine, target, layers, concepts, out_dir: Pat
 def load_mining(folder, top_k: int = 8) -> ConceptMining:
     """Reduce a :func:`mine_concepts` folder (every shard checked against the manifest) to per-layer stats."""
     folder = Path(folder)
-    manifest = ds.read_manifest(folder)
+    manifest = read_manifest(folder)
     if manifest is None or "concepts" not in manifest.get("run", {}):
         raise InputError(f"{folder} holds no concept mining run (no manifest with concept layers)")
     if not manifest.get("complete"):
         raise InputError(f"the mining run in {folder} is incomplete: run mine_concepts again to resume it")
-    shards = [ds.read_shard(folder / e["file"], e["sha256"])[0] for e in manifest["shards"]]
+    shards = [read_shard(folder / e["file"], e["sha256"])[0] for e in manifest["shards"]]
     table = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
     index, target = table["index"], table["target"]
     classes = int(target.max()) + 1
