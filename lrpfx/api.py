@@ -18,7 +18,7 @@ from torch import nn
 
 from . import locks
 from .graph import canonize
-from .graph import classify as ops
+from . import graph
 from .composites import FIRST_KINDS, Composite, as_composite
 from .errors import (InputError, LrpfxError, LrpfxWarning, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError, unmatched_pattern)
@@ -201,7 +201,7 @@ def needs_export(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
+def choose_rules(infos: Dict[fx.Node, graph.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
     """One rule per activation node, validated against the node's kind, and the mapping that chose each."""
     affine = [n for n, i in infos.items() if i.kind in FIRST_KINDS]
     first = affine[0] if affine else None
@@ -228,7 +228,7 @@ def choose_rules(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> Tu
     return rules, reasons
 
 
-def _check_patterns_match(infos: Dict[fx.Node, ops.NodeInfo], composite: Composite) -> None:
+def _check_patterns_match(infos: Dict[fx.Node, graph.NodeInfo], composite: Composite) -> None:
     """A ``by_name`` glob that names no node is a typo or a pattern meant for another model: say so."""
     names = sorted({i.name for i in infos.values()} | {n.name for n in infos})
     for pattern, _ in composite.by_name:
@@ -246,25 +246,25 @@ def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:
                           "float16 or return NaN for padded rows); pass allow_nonfinite=True to get it anyway")
 
 
-def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, ops.NodeInfo]) -> None:
+def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, graph.NodeInfo]) -> None:
     """Refuse a graph in which relevance would silently stop at a node lrpfx does not track, and say so when an
     input's relevance is zero because the output does not depend on it."""
-    node = ops.untracked_dependency(gm, infos)
+    node = graph.untracked_dependency(gm, infos)
     if node is not None:
         value = node.meta["lrpfx_value"]
         container = not value.is_tensor and (value.tuple_len is None or value.nested)
         what = "a nested tuple or other container" if container else f"a value lrpfx does not track ({value})"
         raise UnsupportedOpError(
-            f"the output depends on the input through node '{node.name}' ({ops.op_label(node)}){source_line(node)}, "
+            f"the output depends on the input through node '{node.name}' ({graph.op_label(node)}){source_line(node)}, "
             f"which returns {what}; lrpfx cannot propagate relevance through it and would return a wrong zero. "
             "Ways out: make the op return one tensor or a flat tuple of tensors (unpack nested results in a "
             "wrapper module), or replace it by ops lrpfx knows (see the rule table of a model without it).")
-    for n in ops.unreached_inputs(gm, infos):
+    for n in graph.unreached_inputs(gm, infos):
         warnings.warn(f"the output does not depend on input '{n.name}': its relevance is zero by the model's "
                       "structure, not by a rule", LrpfxWarning, stacklevel=4)
 
 
-def rule_table(infos: Dict[fx.Node, ops.NodeInfo], rules: Dict[fx.Node, Rule], reasons: Dict) -> RuleTable:
+def rule_table(infos: Dict[fx.Node, graph.NodeInfo], rules: Dict[fx.Node, Rule], reasons: Dict) -> RuleTable:
     table = RuleTable()
     for n, rule in rules.items():
         info = infos[n]
@@ -278,7 +278,7 @@ def rule_table(infos: Dict[fx.Node, ops.NodeInfo], rules: Dict[fx.Node, Rule], r
     return table
 
 
-def passes_through(info: ops.NodeInfo) -> bool:
+def passes_through(info: graph.NodeInfo) -> bool:
     """Whether the identity rule can apply: one activation input, broadcast (or equal) to one tensor output."""
     value = info.node.meta["lrpfx_value"]
     if info.x is None or not value.is_tensor:
@@ -290,7 +290,7 @@ def passes_through(info: ops.NodeInfo) -> bool:
         return False
 
 
-def _unsupported_message(info: ops.NodeInfo) -> str:
+def _unsupported_message(info: graph.NodeInfo) -> str:
     n = info.node
     key = f"Composite(by_name={{'{info.name}': ...}})"
     ways = ["Gradient() to route the relevance by the op's gradient (exact for ops that select or move values: "
@@ -400,9 +400,9 @@ class Explainer:
     def _unexplained(self, gm: fx.GraphModule) -> bool:
         """Whether some node has no rule (an op no table knows and the composite does not name), or the output
         depends on the input through a node lrpfx does not track."""
-        ops.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
-        infos = ops.classify(gm)
-        return ops.untracked_dependency(gm, infos) is not None or any(
+        graph.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
+        infos = graph.classify(gm)
+        return graph.untracked_dependency(gm, infos) is not None or any(
             self.composite.rule_for(info, False)[0] is None for info in infos.values()
             if info.kind not in ("input", "embedding"))
 
@@ -412,8 +412,8 @@ class Explainer:
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
-        ops.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
-        infos = ops.classify(gm)
+        graph.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
+        infos = graph.classify(gm)
         check_dependencies(gm, infos)
         rules, reasons = choose_rules(infos, self.composite)
         canonize.fold_batchnorms(infos, rules)

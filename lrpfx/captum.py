@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import rebind
-from .graph import classify as ops
+from . import graph
 from .api import Explainer, eval_mode
 from .composites import Composite, as_composite
 from .errors import InputError, RuleError, TargetError
@@ -354,7 +354,7 @@ def _input_keys(model, tensors, extras, names, leaf_modules, output) -> Dict[str
     traced_model = _bind_arguments(model, len(tensors), extras) if extras else model
     gm = trace(traced_model, len(tensors), leaf_modules, output)
     record_values(gm, tensors)
-    infos = ops.classify(gm)
+    infos = graph.classify(gm)
     keys = intermediate_keys(infos)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     found: Dict[str, Union[str, int]] = {}

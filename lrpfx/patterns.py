@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .graph import classify as ops
+from . import graph
 from .errors import InputError, RuleError
 from .frontend.fx import record_values, trace
 
@@ -123,7 +123,7 @@ class _Accumulator:
         return (cov / denominator).to(weight.dtype)
 
 
-def _layer_sums(info: ops.NodeInfo, x: torch.Tensor, weight: torch.Tensor, kind: str):
+def _layer_sums(info: graph.NodeInfo, x: torch.Tensor, weight: torch.Tensor, kind: str):
     """Σ_n X M, Σ_n X Y M, Σ_n M (per unit), Σ_n Y (per unit) and the row count for one batch, in float64."""
     x64, w64 = x.detach().to(torch.float64), weight.detach().to(torch.float64)
     y = info.layer.forward(x64, w64)  # bias-free output, one row per output position
@@ -148,7 +148,7 @@ def _layer_sums(info: ops.NodeInfo, x: torch.Tensor, weight: torch.Tensor, kind:
 class _Collector(fx.Interpreter):
     """Runs the traced model and feeds each affine node's input to its accumulator."""
 
-    def __init__(self, gm, targets: Dict[fx.Node, ops.NodeInfo], accumulators, weights, kind):
+    def __init__(self, gm, targets: Dict[fx.Node, graph.NodeInfo], accumulators, weights, kind):
         super().__init__(gm)
         self.targets, self.accumulators, self.weights, self.kind = targets, accumulators, weights, kind
 
@@ -199,7 +199,7 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
             if gm is None:
                 gm = trace(model, 1)
                 record_values(gm, (x,))
-                infos = ops.classify(gm)
+                infos = graph.classify(gm)
                 targets = {n: i for n, i in infos.items() if i.kind in ("linear", "conv")}
                 weights = {i.name: _weight_of(gm, i) for i in targets.values()}
                 accumulators = {i.name: _Accumulator() for i in targets.values()}
@@ -211,8 +211,8 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
     return Patterns(patterns, kind, structure_hash(model))
 
 
-def _weight_of(gm: fx.GraphModule, info: ops.NodeInfo) -> torch.Tensor:
-    weight = ops.parameter_of(gm, info.weight)
+def _weight_of(gm: fx.GraphModule, info: graph.NodeInfo) -> torch.Tensor:
+    weight = graph.parameter_of(gm, info.weight)
     if weight is not None:
         return weight
     raise RuleError(f"patterns need the weight of '{info.name}' as a parameter; functional layers with computed "

@@ -125,7 +125,7 @@ def test_clamp_and_clip_pass_relevance_and_clamp_min_0_is_a_relu(frontend):
 
 
 def test_clamp_with_a_non_negative_lower_bound_is_non_negative():
-    from lrpfx.graph import classify as ops
+    from lrpfx import graph as ops
     from lrpfx.frontend.fx import record_values, trace
 
     class M(nn.Module):
@@ -135,7 +135,7 @@ def test_clamp_with_a_non_negative_lower_bound_is_non_negative():
     gm = trace(M(), 1)
     record_values(gm, (randn(2, 3),))
     nonneg = {n.name: i.nonneg for n, i in ops.classify(gm).items() if i.kind == "activation"}
-    relu = {n.name: i.extra["relu"] for n, i in ops.classify(gm).items() if i.kind == "activation"}
+    relu = {n.name: i.facts.relu for n, i in ops.classify(gm).items() if i.kind == "activation"}
     assert nonneg == {"clamp": True, "clamp_1": False, "clamp_2": True, "clip": True}
     assert relu == {"clamp": False, "clamp_1": False, "clamp_2": True, "clip": False}
 
@@ -363,7 +363,7 @@ def test_inplace_on_a_view_of_an_activation_is_refused_by_name(frontend):
 def test_decomposed_batch_norm_becomes_a_batch_norm_call():
     """``run_decompositions`` spells an eval BatchNorm ``_native_batch_norm_legit_no_training(...)[0]``; the
     normalisation turns it back into ``aten.batch_norm``, which classifies as a BatchNorm."""
-    from lrpfx.graph import classify as ops
+    from lrpfx import graph as ops
     from lrpfx.frontend.normalise import batch_norm_calls
     from lrpfx.frontend.fx import record_values
 

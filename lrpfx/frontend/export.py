@@ -3,7 +3,7 @@
 ``torch.export`` runs the model on example inputs and records an ATen-level graph (``aten.linear``,
 ``aten.scaled_dot_product_attention``, RMSNorm as ``pow``/``mean``/``rsqrt``/``mul``, ...) with the module path
 of every op in ``nn_module_stack``. :func:`export_graph` turns it into the same kind of ``fx.GraphModule`` the fx
-front-end gives, so one classification (:mod:`lrpfx.graph.classify`) and one program builder serve both:
+front-end gives, so one classification (:mod:`lrpfx.graph.classification`) and one program builder serve both:
 
 * the model is called with named inputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...) and fixed
   options (``use_cache=False``), and reduced to the one tensor to explain (``output=``, default: the logits,
@@ -33,7 +33,8 @@ from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
-from ..graph.classify import call_arg as _arg, is_activation_module
+from ..graph.nodes import call_arg as _arg
+from ..graph.registry import is_activation_module
 from .fx import failure_location
 
 aten = torch.ops.aten

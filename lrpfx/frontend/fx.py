@@ -19,20 +19,8 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import InputError, OutputError, TraceError
+from ..graph.nodes import is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
-
-# Frames of lrpfx and torch themselves, told apart from the user's by where the packages are installed (a user's
-# project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
-_OWN_DIRS = tuple(os.path.realpath(os.path.dirname(p)) + os.sep for p in (__file__, torch.__file__))
-_GENERATED = ("<eval_with_key>",)
-
-
-def is_own_file(filename: str) -> bool:
-    """Whether a traceback's file is lrpfx's or torch's own code (or fx-generated), not the user's."""
-    if any(tag in filename for tag in _GENERATED):
-        return True
-    return os.path.realpath(filename).startswith(_OWN_DIRS)
-
 
 class LrpfxTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps torch.nn modules and the user's named modules or types as leaves."""
@@ -304,21 +292,3 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.T
         return _Recorder(gm).run(*inputs)
 
 
-def _stack_file(line: str) -> str:
-    """The file of a ``File "path", line N, in f`` stack-trace line."""
-    start = line.find('"') + 1
-    return line[start:line.find('"', start)]
-
-
-def source_line(node: fx.Node) -> str:
-    """`` (at file:line: code)`` for a node traced from the user's code, or an empty string."""
-    stack = node.meta.get("stack_trace")
-    if not stack:
-        return ""
-    lines = [ln.strip() for ln in stack.strip().splitlines()]
-    files = [i for i, ln in enumerate(lines) if ln.startswith("File ") and not is_own_file(_stack_file(ln))]
-    if not files:
-        return ""
-    last = files[-1]
-    code = lines[last + 1] if last + 1 < len(lines) else ""
-    return f" ({lines[last]}: {code})"

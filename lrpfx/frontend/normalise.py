@@ -22,7 +22,8 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import UnsupportedOpError
-from ..graph.classify import constant_by_design, op_name
+from ..graph.analyses import constant_by_design
+from ..graph.nodes import op_name
 from .fx import source_line
 
 aten = torch.ops.aten

@@ -10,29 +10,24 @@ from typing import Dict
 import torch.fx as fx
 from torch import nn
 
-from .. import rules as R
-from .classify import NodeInfo
+from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
+from ..rules import Pass, Rule
 
-_FOLDABLE_KINDS = {"linear", "conv", "conv_transpose"}
 # kinds whose output is non-negative whenever all their activation inputs are
-_NONNEG_PRESERVING = {"max_pool", "avg_pool", "structural", "identity", "reduce", "add", "mul"}
+_NONNEG_PRESERVING = {Kind.MAX_POOL, Kind.AVG_POOL, Kind.STRUCTURAL, Kind.IDENTITY, Kind.REDUCE, Kind.ADD, Kind.MUL}
 
 
-# rules that act on the folded affine map; PatternNet keeps BatchNorm apart (its patterns are per layer)
-_FOLDING_RULES = (R.Epsilon, R.Gamma, R.ZPlus, R.AlphaBeta, R.ZBox, R.Flat, R.WSquare, R.Gradient)
-
-
-def fold_batchnorms(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule]) -> None:
+def fold_batchnorms(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule]) -> None:
     """Mark each BatchNorm that directly follows an affine node with no other consumer as folded into it."""
     for info in infos.values():
-        if info.kind != "batchnorm" or info.x is None:
+        if info.kind != Kind.BATCHNORM or info.x is None:
             continue
         producer = infos.get(info.x)
-        if producer is None or producer.kind not in _FOLDABLE_KINDS or producer.layer is None or len(info.x.users) != 1:
+        if producer is None or producer.kind not in WEIGHTED_KINDS or producer.layer is None or len(info.x.users) != 1:
             continue
-        if not isinstance(rules.get(producer.node), _FOLDING_RULES):
-            continue
-        if producer.kind == "linear" and len(producer.shape) != 2:
+        if not getattr(rules.get(producer.node), "folds_batchnorm", False):
+            continue  # PatternNet keeps BatchNorm apart (its patterns are per layer)
+        if producer.kind == Kind.LINEAR and len(producer.shape) != 2:
             continue  # BatchNorm's channel axis 1 is not Linear's feature axis
         info.fold_from, producer.folded_into = producer, info.node
 
@@ -42,11 +37,11 @@ def mark_nonnegative(infos: Dict[fx.Node, NodeInfo]) -> None:
     for info in infos.values():  # graph order: inputs are decided before their users
         if info.nonneg or info.kind not in _NONNEG_PRESERVING or not info.activations:
             continue
-        if info.kind == "add" and any(s < 0 for s in info.extra.get("signs", ())):
+        if info.kind == Kind.ADD and any(s < 0 for s in info.facts.signs):
             continue
-        if info.kind == "add" and len(info.extra.get("terms", ())) != _operand_count(info):
+        if info.kind == Kind.ADD and len(info.facts.terms) != _operand_count(info):
             continue  # a constant summand may be negative
-        if info.kind == "structural" and not info.extra.get("keeps_sign", False):
+        if info.kind == Kind.STRUCTURAL and not info.facts.keeps_sign:
             continue  # interpolation overshoots; constant padding may be negative
         info.nonneg = all(infos[a].nonneg for a in info.activations)
 
@@ -55,29 +50,14 @@ def _operand_count(info: NodeInfo) -> int:
     return len(info.node.args[:2])
 
 
-# rules whose input relevance is ``x * (something finite)``: zero wherever the input value is zero
-_PROPORTIONAL = (R.Epsilon, R.Gamma, R.ZPlus, R.AlphaBeta, R.Norm, R.NormIdentity)
+def _vanishes_with_input(info: NodeInfo, rule: Rule, output_vanishes: bool) -> bool:
+    """Whether the relevance a rule sends to an input is zero wherever that input's value is zero: a
+    proportional rule (``x * c``), or one that routes relevance only along elements equal to the input's while
+    the node's own relevance vanishes with its value."""
+    return (rule.proportional and info.kind != Kind.STRUCTURAL) or (rule.keeps_zeros(info) and output_vanishes)
 
 
-def _proportional(info: NodeInfo, rule: R.Rule) -> bool:
-    if info.kind == "layer_norm":
-        return isinstance(rule, R.NormIdentity)
-    return isinstance(rule, _PROPORTIONAL) and info.kind != "structural"
-
-
-def _transparent(info: NodeInfo, rule: R.Rule) -> bool:
-    """Relevance reaches an input element only through output elements that are zero whenever it is zero."""
-    if isinstance(rule, R.Pass):
-        return info.kind in ("identity", "scale") or (info.kind == "activation" and info.extra.get("zero_at_zero"))
-    if isinstance(rule, (R.WinnerTakesAll, R.MulUniform)):
-        return True
-    if isinstance(rule, R.Structural):
-        return info.kind == "max_pool" or (info.kind == "structural" and info.extra.get("copies", False)) \
-            or info.kind == "identity"
-    return False
-
-
-def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule], output: fx.Node,
+def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], output: fx.Node,
                        proportional_start: bool) -> None:
     """Find affine steps whose incoming relevance is provably zero wherever their output ``z <= 0``.
 
@@ -96,22 +76,22 @@ def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Ru
             ui = infos[u]
             if ui.fold_from is not None:  # a BatchNorm consuming its folded conv: no relevance flows that way
                 continue
-            ok = ok and (_proportional(ui, rules[u]) or (_transparent(ui, rules[u]) and vanishes.get(u, False)))
+            ok = ok and _vanishes_with_input(ui, rules[u], vanishes.get(u, False))
         vanishes[n] = ok
     for n, info in infos.items():
-        owner = info.kind in ("linear", "conv", "conv_transpose") and info.folded_into is None
+        owner = info.kind in WEIGHTED_KINDS and info.folded_into is None
         owner = owner or info.fold_from is not None
-        if not (owner or info.kind == "add") or n is output:
+        if not (owner or info.kind == Kind.ADD) or n is output:
             continue
         users = [u for u in n.users if u in infos]
         if len(users) != 1:
             continue
         u = users[0]
-        positive_only = (infos[u].kind == "activation" and infos[u].extra.get("relu", False)
-                         and isinstance(rules.get(u), R.Pass) and vanishes.get(u, False))
+        positive_only = (infos[u].kind == Kind.ACTIVATION and infos[u].facts.relu
+                         and isinstance(rules.get(u), Pass) and vanishes.get(u, False))
         info.positive_only = positive_only and owner
         if positive_only and _plain_relu(infos[u], n):
-            info.extra["relu_output"] = u  # max(z, 0) is already there: the step divides by it, z can be freed
+            info.relu_output = u  # max(z, 0) is already there: the step divides by it, z can be freed
 
 
 def _plain_relu(info: NodeInfo, x: fx.Node) -> bool:

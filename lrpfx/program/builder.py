@@ -1,6 +1,6 @@
 """Build the relevance program: the forward graph followed by one relevance step per node, in reverse.
 
-Input: the traced GraphModule, the classified nodes (:mod:`lrpfx.graph.classify`, annotated by :mod:`lrpfx.graph.canonize`) and
+Input: the traced GraphModule, the classified nodes (:mod:`lrpfx.graph.classification`, annotated by :mod:`lrpfx.graph.canonize`) and
 one rule per node (:mod:`lrpfx.composites`). Output: a new ``fx.GraphModule`` with inputs ``(*inputs, target)``
 that returns ``(output, input_relevances)`` — plus a dict of intermediate relevances when asked. Each relevance
 step is a call of a pure rule function (or, for ops replayed by their VJP, of a :class:`Replay` module), so the
@@ -9,26 +9,19 @@ program's code reads as the algorithm. Parameters are shared with the user's mod
 from __future__ import annotations
 
 import copy
-import math
 import operator
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.fx as fx
-from torch import nn
 
-from .. import rules as R
 from ..errors import RuleError
-from ..graph.classify import OUT_OF_PLACE_FUNCTIONS, NodeInfo, attribute, out_of_place_method, parameter_of
-from ..rules import affine, attention, elementwise, experts, recurrent, structural
-from ..rules.layers import AvgPool, ChannelAffine
+from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
+from ..kinds import Kind, NodeInfo
+from ..rules import Rule, structural
+from . import emit
 from .targets import initial_relevance
-from ..frontend.fx import source_line
-
-_AFFINE_FUNCTIONS = {R.Epsilon: affine.epsilon, R.Gamma: affine.gamma, R.ZPlus: affine.zplus,
-                     R.AlphaBeta: affine.alpha_beta, R.Flat: affine.flat, R.WSquare: affine.wsquare,
-                     R.Gradient: affine.gradient}
 
 
 class MethodCall:
@@ -74,23 +67,10 @@ def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
     return r * gate.view(-1, *([1] * ndim)).to(r.dtype)
 
 
-def rule_kwargs(rule: R.Rule) -> Dict[str, Any]:
-    """The hyper-parameters of an affine rule as keyword arguments of its rule function."""
-    if isinstance(rule, R.AlphaBeta):
-        return {"alpha": float(rule.alpha), "beta": float(rule.beta), "eps": rule.eps, "zero_bias": rule.zero_bias}
-    if isinstance(rule, R.Gamma):
-        return {"gamma": float(rule.gamma), "eps": rule.eps, "zero_bias": rule.zero_bias}
-    if isinstance(rule, (R.Epsilon, R.ZPlus, R.WSquare)):
-        return {"eps": float(rule.eps), "zero_bias": rule.zero_bias}
-    if isinstance(rule, (R.Flat, R.ZBox)):
-        return {"eps": float(rule.eps)}
-    return {}
-
-
 class ProgramBuilder:
     """Writes one relevance program. Used once: ``ProgramBuilder(...).build()``."""
 
-    def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, R.Rule], *,
+    def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], *,
                  start: str, times_input: bool, intermediate, masked: Sequence[fx.Node] = (),
                  gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = ()):
         """``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
@@ -260,9 +240,9 @@ class ProgramBuilder:
             r = self.collect(n) if info is not None else None
             if r is None:
                 continue
-            if info.kind == "embedding":  # where relevance stops: it is the ids' relevance, [..., H]
+            if info.kind == Kind.EMBEDDING:  # where relevance stops: it is the ids' relevance, [..., H]
                 r = recorded[n] = self._times_input(n, r)
-                embedded[info.extra["source"]].append(r)
+                embedded[info.facts.source].append(r)
                 continue
             r = self.conditioned(n, r)
             recorded[n] = r
@@ -281,78 +261,24 @@ class ProgramBuilder:
         self.graph.lint()
         return fx.GraphModule(self.attrs, self.graph, class_name="RelevanceProgram")
 
-    # ---- one relevance step per kind ------------------------------------------------------------------------
+    # ---- one relevance step per node: the emitter registered for its rule and kind (lrpfx.program.emit) ----
     def emit(self, info: NodeInfo, r: fx.Node) -> None:
-        rule = self.rules[info.node]
-        kind = info.kind
         n = info.node
-        if n.op == "call_function" and n.target is operator.getitem and _is_tuple_node(n.args[0]):
-            self.emit_tuple_item(n, r)
-            return
-        if kind == "batchnorm" and info.fold_from is not None:
-            self.emit_folded(info, r)
-        elif isinstance(rule, R.PatternNet):
-            self.emit_pattern(info, rule, r)
-        elif kind == "linear" and info.layer is None:  # no layer spec (a grouped expert product): by its VJP
-            self.emit_linear_map(info, rule, r)
-        elif kind in ("linear", "conv", "conv_transpose") and not isinstance(rule, (R.Pass, R.Structural)):
-            self.emit_affine(info, rule, self.value(info.weight), self.value(info.bias), info.layer, info.x, r)
-        elif kind == "batchnorm" and isinstance(rule, tuple(_AFFINE_FUNCTIONS) + (R.ZBox,)) \
-                and not isinstance(rule, R.Gradient):
-            self.emit_channel_affine(info, rule, r)
-        elif isinstance(rule, R.Pass):
-            if self.infos[info.x].shape == info.shape:
-                self.contribute(info.x, r)  # the identity rule is no step at all
-            else:
-                self.contribute(info.x, self.call(elementwise.pass_to, [r, self.described(info.x),
-                                                                        self.described(n)], name=f"r_{n.name}_in"))
-        elif kind == "add" and isinstance(rule, (R.Norm, R.Epsilon)):
-            self.emit_sum(info, rule, r)
-        elif kind == "softmax" and isinstance(rule, R.Softmax):
-            dim = info.extra["dim"]
-            lse = self.after(n, attention.log_normaliser, [self.env[info.x], self.env[n]], {"dim": dim},
-                             name=f"{n.name}_lse")
-            self.contribute(info.x, self.call(attention.softmax_from_output, [self.env[n], lse, r], {"dim": dim},
-                                              name=f"r_{n.name}_in"))
-        elif kind == "matmul" and isinstance(rule, (R.MatmulUniform, R.ConstantAttention)):
-            self.emit_matmul(info, rule, r)
-        elif kind == "recurrent" and isinstance(rule, R.RecurrentLRP):
-            self.emit_recurrent(info, rule, r)
-        elif kind == "mul" and isinstance(rule, R.MulUniform):
-            operands = list(n.args[:2])
-            shares = self.call(elementwise.mul_uniform, [r, *[self.described(o) for o in operands]],
-                               name=f"r_{n.name}_in")
-            for i, operand in enumerate(operands):
-                self.contribute(operand, self.call(operator.getitem, [shares, i]))
-        elif kind == "layer_norm" and isinstance(rule, R.NormIdentity):
-            self.contribute(info.x, self.call(
-                elementwise.layer_norm,
-                [self.env[info.x], self.value(info.weight), self.value(info.bias), self.env[n], r],
-                {"normalized_ndim": info.extra["normalized_ndim"], "ln_eps": float(info.extra["ln_eps"]),
-                 "eps": rule.eps, "zero_bias": rule.zero_bias, "centered": info.extra.get("centered", True)},
-                name=f"r_{n.name}_in"))
-        elif kind == "structural" and info.extra.get("reshape") and isinstance(rule, (R.Structural, R.Gradient)):
-            self.contribute(info.x, self.call(structural.reshape_back, [self.described(info.x), r, self.described(n)],
-                                              name=f"r_{n.name}_in"))
-        elif kind == "max_pool" and isinstance(rule, R.Norm):
-            self.contribute(info.x, self.call(affine.norm, [self.env[info.x], r],
-                                              {"layer": _max_pool_as_avg(info), "eps": rule.eps},
-                                              name=f"r_{n.name}_in"))
-        elif kind == "max_pool" and info.layer is not None and isinstance(rule, (R.WinnerTakesAll, R.Structural,
-                                                                                    R.Gradient)):
-            args = [self.env[info.x], r] if _is_tuple_node(n) else [self.described(info.x), r, self.pool_winners(info)]
-            self.contribute(info.x, self.call(structural.max_pool_wta, args, {"pool": info.layer},
-                                              name=f"r_{n.name}_in"))
-        elif kind == "avg_pool" and info.layer is not None and isinstance(rule, (R.Norm, R.Epsilon)):
-            self.contribute(info.x, self.call(affine.epsilon, [self.env[info.x], None, None, self.env[n], r],
-                                              {"layer": info.layer, "eps": rule.eps}, name=f"r_{n.name}_in"))
-        elif kind in ("avg_pool", "reduce") and isinstance(rule, (R.Norm, R.Epsilon)):
-            self.emit_replay(info, r, norm_eps=rule.eps)
-        elif isinstance(rule, (R.Structural, R.Gradient, R.WinnerTakesAll)):
-            self.emit_replay(info, r)
-        else:  # assignment validation should have caught this
-            raise RuleError(f"rule {rule.describe()} cannot apply to node '{n.name}' of kind '{kind}'"
-                            f"{source_line(n)}")
+        if n.op == "call_function" and n.target is operator.getitem and self.is_tuple_node(n.args[0]):
+            self.emit_tuple_item(n, r)  # a piece of a tuple-valued node, whatever the rule
+        elif info.kind == Kind.BATCHNORM and info.fold_from is not None:
+            emit.emit_folded(self, info, r)  # the producer's rule on the folded map
+        else:
+            rule = self.rules[n]
+            step = emit.find_emitter(rule, info.kind)
+            if step is None:  # assignment validation should have caught this
+                raise emit.cannot_apply(info, rule)
+            step(self, info, rule, r)
+
+    @staticmethod
+    def is_tuple_node(node) -> bool:
+        return isinstance(node, fx.Node) and node.meta.get("lrpfx_value") is not None \
+            and node.meta["lrpfx_value"].tuple_len is not None
 
     def pool_winners(self, info: NodeInfo) -> fx.Node:
         """The winners of a max pooling, taken by the forward's own pooling (which then returns them too): the
@@ -379,153 +305,7 @@ class ProgramBuilder:
         else:
             self.tuple_contrib[source][positions[index]].append(r)
 
-    def emit_affine(self, info: NodeInfo, rule: R.Rule, w, b, layer, x: fx.Node, r: fx.Node,
-                    z: Optional[fx.Node] = None, out_scale: Optional[fx.Node] = None) -> None:
-        n = info.node
-        z = self.env[n] if z is None else z
-        args = [self.env[x], w, b, z, r]
-        kwargs = {"layer": layer, **rule_kwargs(rule)}
-        if out_scale is not None:
-            kwargs["out_scale"] = out_scale
-        if isinstance(rule, (R.Gamma, R.ZPlus, R.AlphaBeta)):
-            kwargs["x_nonneg"] = self.infos[x].nonneg
-        if isinstance(rule, (R.Gamma, R.Epsilon)) and info.positive_only:
-            kwargs["positive_only"] = True
-            relu = info.extra.get("relu_output")
-            if relu is not None and not rule.zero_bias and (isinstance(rule, R.Gamma) or rule.eps > 0):
-                args[3], kwargs["z_is_relu"] = self.env[relu], True  # relu(z) in place of z: one pass less
-        if isinstance(rule, R.ZBox):
-            args += [self._bound(n, "low", rule.low), self._bound(n, "high", rule.high)]
-            fn = affine.zbox
-        else:
-            fn = _AFFINE_FUNCTIONS[type(rule)]
-        self.contribute(x, self.call(fn, args, kwargs, name=f"r_{n.name}_in"))
-
-    def emit_pattern(self, info: NodeInfo, rule: R.PatternNet, r: fx.Node) -> None:
-        n = info.node
-        if info.name not in rule.patterns:
-            raise RuleError(f"no pattern for layer '{info.name}'{source_line(n)}: the patterns were fitted on another "
-                            "model; fit them again with lrpfx.fit_patterns(model, loader)")
-        w = self.value(info.weight)
-        weight = parameter_of(self.gm, info.weight)
-        a = rule.patterns[info.name]
-        if weight is not None:
-            if a.shape != weight.shape:
-                raise RuleError(f"the pattern of '{info.name}' has shape {tuple(a.shape)}, its weight "
-                                f"{tuple(weight.shape)}: fit the patterns again on this model")
-            a = a.to(weight)
-        pattern_node = self.attr(f"constants.{n.name}_pattern", a)
-        self.contribute(info.x, self.call(affine.pattern, [self.env[info.x], w, pattern_node, r],
-                                          {"layer": info.layer, "attribution": isinstance(rule, R.PatternAttribution)},
-                                          name=f"r_{n.name}_in"))
-
-    def _bound(self, n: fx.Node, which: str, bound):
-        if isinstance(bound, torch.Tensor):
-            return self.attr(f"constants.{n.name}_{which}", bound)
-        return float(bound)
-
-    def emit_folded(self, bn: NodeInfo, r: fx.Node) -> None:
-        """Conv/Linear followed by BatchNorm: one affine step with weights folded in the graph on every call."""
-        producer = bn.fold_from
-        rule = self.rules[producer.node]
-        e = bn.extra
-        if isinstance(rule, R.Epsilon) and _weight_outweighs_output(self.gm, producer, bn):
-            # Wᵀ(s·q) = (W·s)ᵀq: scaling the quotient per channel costs less than folding every weight
-            scale_bias = self.call(affine.batchnorm_output_scale,
-                                   [self.value(producer.bias), self.value(e["mean"]), self.value(e["var"]),
-                                    self.value(e["bn_weight"]), self.value(e["bn_bias"])], {"eps": float(e["eps"])},
-                                   name=f"{producer.node.name}_bn_scale")
-            scale = self.call(operator.getitem, [scale_bias, 0], name=f"{producer.node.name}_bn_scale_only")
-            b = self.call(operator.getitem, [scale_bias, 1], name=f"{producer.node.name}_folded_bias")
-            self.emit_affine(bn, rule, self.value(producer.weight), b, producer.layer, producer.x, r,
-                             z=self.env[bn.node], out_scale=scale)
-            return
-        folded = self.call(
-            affine.fold_batchnorm,
-            [self.value(producer.weight), self.value(producer.bias), self.value(e["mean"]), self.value(e["var"]),
-             self.value(e["bn_weight"]), self.value(e["bn_bias"])],
-            {"eps": float(e["eps"]), "channel_axis": 1 if producer.kind == "conv_transpose" else 0},
-            name=f"{producer.node.name}_folded")
-        w = self.call(operator.getitem, [folded, 0], name=f"{producer.node.name}_folded_weight")
-        b = self.call(operator.getitem, [folded, 1], name=f"{producer.node.name}_folded_bias")
-        if isinstance(rule, (R.Pass, R.Structural)):
-            raise RuleError(f"rule {rule.describe()} cannot apply to affine node '{producer.name}'")
-        self.emit_affine(bn, rule, w, b, producer.layer, producer.x, r, z=self.env[bn.node])
-
-    def emit_linear_map(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
-        """The grouped product of a mixture-of-experts block (:mod:`lrpfx.rules.experts`): epsilon per expert."""
-        n, x, offs, w = info.node, self.env[info.x], self.env[info.extra["offs"]], self.value(info.weight)
-        if isinstance(rule, R.Epsilon):
-            self.contribute(info.x, self.call(experts.grouped_epsilon, [x, w, offs, self.env[n], r],
-                                              {"eps": rule.eps}, name=f"r_{n.name}_in"))
-        elif isinstance(rule, R.Gradient):
-            self.contribute(info.x, self.call(experts.grouped_transpose, [r, w, offs], name=f"r_{n.name}_in"))
-        else:
-            raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op})"
-                            f"{source_line(n)}: it is a linear map without a layer lrpfx can modify; assign "
-                            f"Epsilon() or Gradient() with Composite(by_name={{'{info.name}': Epsilon()}})")
-
-    def emit_channel_affine(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
-        """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
-        if isinstance(rule, R.Epsilon) and rule.zero_bias and rule.eps == 0:
-            # one input per output: LRP-0 without the shift gives it the whole relevance, also where x·scale = 0
-            self.contribute(info.x, r)
-            return
-        e = info.extra
-        scale_shift = self.call(affine.batchnorm_scale_shift,
-                                [self.value(e["mean"]), self.value(e["var"]), self.value(e["bn_weight"]),
-                                 self.value(e["bn_bias"])], {"eps": float(e["eps"])}, name=f"{info.node.name}_affine")
-        w = self.call(operator.getitem, [scale_shift, 0])
-        b = self.call(operator.getitem, [scale_shift, 1])
-        self.emit_affine(info, rule, w, b, ChannelAffine(len(info.shape)), info.x, r)
-
-    def emit_sum(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
-        n = info.node
-        terms, signs = info.extra["terms"], info.extra["signs"]
-        options = {"signs": signs, "eps": rule.eps}
-        if getattr(rule, "zero_bias", False) and len(terms) < len(n.args[:2]):
-            options["zero_bias"] = True  # a constant summand is there to drop
-        z, relu = self.env[n], info.extra.get("relu_output")
-        if relu is not None and rule.eps > 0 and not options.get("zero_bias"):
-            z, options["z_is_relu"] = self.env[relu], True  # r vanishes where z <= 0: divide by relu(z) + eps
-        shares = self.call(elementwise.split_sum, [z, r, *[self.env[t] for t in terms]], options,
-                           name=f"r_{n.name}_in")
-        for i, term in enumerate(terms):
-            self.contribute(term, self.call(operator.getitem, [shares, i]))
-
-    def emit_matmul(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
-        n = info.node
-        active = info.extra["active"]
-        weights = info.extra.get("softmax_operand")
-        if isinstance(rule, R.ConstantAttention) and weights is not None:
-            active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
-        a, b = n.args[:2]
-        sizes = [math.prod(self.infos[v].shape) if v in self.infos else 0 for v in (n, a, b)]
-        z = None if sizes[0] > sizes[1] + sizes[2] else self.env[n]  # recompute attention scores, don't keep them
-        shares = self.call(attention.matmul, [self.env[a], self.env[b], z, r],
-                           {"active": active, "eps": rule.eps}, name=f"r_{n.name}_in")
-        for i, operand in enumerate((a, b)):
-            if active[i]:
-                self.contribute(operand, self.call(operator.getitem, [shares, i]))
-
-    def emit_recurrent(self, info: NodeInfo, rule: R.Rule, r: fx.Node) -> None:
-        """An LSTM/GRU/RNN in one step (:func:`lrpfx.rules.recurrent.recurrent`): relevance of the input sequence
-        and of the initial state, which arrives as the layer took it (None, one node, or a tuple of nodes)."""
-        n, hx = info.node, info.extra["hx"]
-        shares = self.call(recurrent.recurrent, [self.env[info.x], fx.node.map_arg(hx, lambda a: self.env[a]),
-                                                 [self.value(w) for w in info.weight], r],
-                           {"spec": info.layer, "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in")
-        if info.x in self.infos:
-            self.contribute(info.x, self.call(operator.getitem, [shares, 0]))
-        if isinstance(hx, fx.Node) and hx in self.infos:
-            self.contribute(hx, self.call(operator.getitem, [shares, 1]))
-        elif isinstance(hx, tuple) and any(h in self.infos for h in hx):
-            r_hx = self.call(operator.getitem, [shares, 1])
-            for j, h in enumerate(hx):
-                if h in self.infos:
-                    self.contribute(h, self.call(operator.getitem, [r_hx, j]))
-
-    def emit_replay(self, info: NodeInfo, r: fx.Node, norm_eps: Optional[float] = None, fn=None) -> None:
+    def replay(self, info: NodeInfo, r: fx.Node, norm_eps: Optional[float] = None, fn=None) -> None:
         """Relevance by the node's own VJP (gradient mode) or as ``x · Jᵀ(r / stab(z))`` (norm mode)."""
         n = info.node
         graph_values: List[fx.Node] = []
@@ -543,7 +323,7 @@ class ProgramBuilder:
             args, kwargs = (slot(info.x),), {}
         active = [i for i, v in enumerate(graph_values) if v in self.infos]
         # structural ops are linear in their activations: the VJP needs their shapes, not their values
-        linear = norm_eps is None and info.kind == "structural" and all(
+        linear = norm_eps is None and info.kind == Kind.STRUCTURAL and all(
             graph_values[i].meta["lrpfx_value"].is_tensor for i in active)
         replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps, linear=linear)
         path = f"steps.{n.name}"
@@ -553,27 +333,6 @@ class ProgramBuilder:
         pulled.name = f"r_{n.name}_in"
         for j, i in enumerate(active):
             self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))
-
-
-def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInfo) -> bool:
-    """Whether the weight of a conv/linear followed by BatchNorm has more numbers than the layer's output (at the
-    traced batch size): then the BatchNorm scale goes on the quotient, not into a freshly folded weight."""
-    weight = parameter_of(gm, producer.weight)
-    return producer.kind in ("conv", "linear") and weight is not None and weight.numel() > math.prod(bn.shape)
-
-
-def _max_pool_as_avg(info: NodeInfo) -> AvgPool:
-    """Max pooling read as average pooling over the same windows (the Norm alternative in docs/rules.md)."""
-    pool = info.layer
-    if pool is None or pool.adaptive or any(d != 1 for d in pool.dilation):
-        raise RuleError(f"Norm() on max pooling needs plain windows without dilation; node '{info.name}' is "
-                        f"{info.op}: use WinnerTakesAll() there")
-    return AvgPool(pool.dim, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
-
-
-def _is_tuple_node(node) -> bool:
-    return isinstance(node, fx.Node) and node.meta.get("lrpfx_value") is not None \
-        and node.meta["lrpfx_value"].tuple_len is not None
 
 
 def _node_function(gm: fx.GraphModule, n: fx.Node, attrs: Dict[str, Any]):

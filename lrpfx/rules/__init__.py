@@ -2,7 +2,7 @@
 
 A rule object only says *what* to compute and with which hyper-parameters; the computation lives in the pure
 functions of :mod:`lrpfx.rules.affine`, :mod:`lrpfx.rules.elementwise` and :mod:`lrpfx.rules.structural`, which
-the program builder calls. ``kinds`` lists the node kinds (see :mod:`lrpfx.graph.classify`) a rule can be assigned to.
+the program builder calls. ``kinds`` lists the node kinds (see :mod:`lrpfx.graph.classification`) a rule can be assigned to.
 """
 from __future__ import annotations
 
@@ -13,53 +13,67 @@ from typing import ClassVar, Union
 import torch
 
 from ..errors import RuleError
-
-# Node kinds whose relevance step is an affine rule (weights and bias, possibly a folded BatchNorm).
-AFFINE_KINDS = frozenset({"linear", "conv", "conv_transpose", "batchnorm"})
-# Node kinds that are linear maps without parameters: the "Norm" family (epsilon on a fixed map).
-NORM_KINDS = frozenset({"avg_pool", "reduce", "add"})
-# Node kinds whose output has the shape of their single activation input, so R can pass unchanged.
-PASSABLE_KINDS = frozenset({"activation", "identity", "scale", "batchnorm", "layer_norm", "unknown"})
+from ..kinds import AFFINE_KINDS, NORM_KINDS, PASSABLE_KINDS, Kind
+from . import affine
+from .base import RULE_CLASSES, Rule, check_eps as _check_eps, relevance_function
+from .recurrent import RecurrentLRP
 
 
-def _check_eps(eps: float, name: str = "eps") -> None:
-    if not isinstance(eps, (int, float)) or math.isnan(eps) or eps < 0:
-        raise RuleError(f"{name} must be a float >= 0, got {eps!r}")
+# what affine rules share: their function takes (x, weight, bias, z, r, *, layer, eps, ...) and folds BatchNorm
+class _AffineRule(Rule):
+    kinds: ClassVar[frozenset] = AFFINE_KINDS
+    folds_batchnorm: ClassVar[bool] = True
+    input_sign: ClassVar[bool] = False  # the function takes ``x_nonneg`` (skips products with x⁻ known to be 0)
+    positive_shortcut: ClassVar[bool] = False  # the function takes ``positive_only`` and ``z_is_relu``
 
+    def arguments(self) -> dict:
+        args = {"eps": float(self.eps)}
+        if hasattr(self, "zero_bias"):
+            args["zero_bias"] = self.zero_bias
+        return args
 
-class Rule:
-    """Base class of all rules. Subclasses are frozen dataclasses; ``kinds`` says where they apply."""
-
-    kinds: ClassVar[frozenset] = frozenset()
-    name: ClassVar[str] = "rule"
-
-    def describe(self) -> str:
-        params = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
-        return f"{type(self).__name__}({params})"
+    def divides_by_relu(self) -> bool:
+        """Whether the step may divide by ``relu(z)`` instead of ``z`` where its relevance vanishes for z <= 0."""
+        return False
 
 
 @dataclass(frozen=True)
-class Epsilon(Rule):
+class Epsilon(_AffineRule):
     """LRP-epsilon; ``Epsilon(0)`` is LRP-0. On parameter-free linear nodes it is the Norm rule with this eps."""
 
     eps: float = 1e-6
     zero_bias: bool = False
     kinds: ClassVar[frozenset] = AFFINE_KINDS | NORM_KINDS
     name: ClassVar[str] = "epsilon"
+    proportional: ClassVar[bool] = True
+    positive_shortcut: ClassVar[bool] = True
+    function = relevance_function(affine.epsilon)
+
+    def divides_by_relu(self) -> bool:
+        return not self.zero_bias and self.eps > 0
 
     def __post_init__(self):
         _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
-class Gamma(Rule):
+class Gamma(_AffineRule):
     """Generalized LRP-gamma (sign-aware; the textbook ``W + gamma W+`` rule for non-negative inputs)."""
 
     gamma: float = 0.25
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "gamma"
+    proportional: ClassVar[bool] = True
+    input_sign: ClassVar[bool] = True
+    positive_shortcut: ClassVar[bool] = True
+    function = relevance_function(affine.gamma)
+
+    def arguments(self) -> dict:
+        return {"gamma": float(self.gamma), "eps": self.eps, "zero_bias": self.zero_bias}
+
+    def divides_by_relu(self) -> bool:
+        return not self.zero_bias
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -68,15 +82,20 @@ class Gamma(Rule):
 
 
 @dataclass(frozen=True)
-class AlphaBeta(Rule):
+class AlphaBeta(_AffineRule):
     """LRP-alpha-beta: ``alpha`` times the positive part minus ``beta`` times the negative part."""
 
     alpha: float = 2.0
     beta: float = 1.0
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "alphabeta"
+    proportional: ClassVar[bool] = True
+    input_sign: ClassVar[bool] = True
+    function = relevance_function(affine.alpha_beta)
+
+    def arguments(self) -> dict:
+        return {"alpha": float(self.alpha), "beta": float(self.beta), "eps": self.eps, "zero_bias": self.zero_bias}
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -90,13 +109,15 @@ class AlphaBeta(Rule):
 
 
 @dataclass(frozen=True)
-class ZPlus(Rule):
+class ZPlus(_AffineRule):
     """LRP-z+ (equals ``AlphaBeta(1, 0)``)."""
 
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "zplus"
+    proportional: ClassVar[bool] = True
+    input_sign: ClassVar[bool] = True
+    function = relevance_function(affine.zplus)
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -106,14 +127,14 @@ Bound = Union[float, torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)
-class ZBox(Rule):
+class ZBox(_AffineRule):
     """LRP-z^B for inputs bounded by ``low`` and ``high`` (scalars or tensors broadcastable to the input)."""
 
     low: Bound = -3.0
     high: Bound = 3.0
     eps: float = 1e-6
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "zbox"
+    function = relevance_function(affine.zbox)  # called with the bounds after r (lrpfx.program.emit)
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -126,25 +147,25 @@ class ZBox(Rule):
 
 
 @dataclass(frozen=True)
-class Flat(Rule):
+class Flat(_AffineRule):
     """LRP-flat: relevance spread evenly over the receptive field (inputs and weights set to one, no bias)."""
 
     eps: float = 1e-6
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "flat"
+    function = relevance_function(affine.flat)
 
     def __post_init__(self):
         _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
-class WSquare(Rule):
+class WSquare(_AffineRule):
     """LRP-w^2: input set to one, parameters squared."""
 
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = AFFINE_KINDS
     name: ClassVar[str] = "wsquare"
+    function = relevance_function(affine.wsquare)
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -157,6 +178,10 @@ class Pass(Rule):
     kinds: ClassVar[frozenset] = PASSABLE_KINDS
     name: ClassVar[str] = "pass"
 
+    def keeps_zeros(self, info) -> bool:
+        return info.kind in (Kind.IDENTITY, Kind.SCALE) or (
+            info.kind == Kind.ACTIVATION and info.facts is not None and info.facts.zero_at_zero)
+
 
 @dataclass(frozen=True)
 class Norm(Rule):
@@ -167,8 +192,9 @@ class Norm(Rule):
 
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = NORM_KINDS | {"max_pool"}
+    kinds: ClassVar[frozenset] = NORM_KINDS | {Kind.MAX_POOL}
     name: ClassVar[str] = "norm"
+    proportional: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -178,32 +204,46 @@ class Norm(Rule):
 class WinnerTakesAll(Rule):
     """Max pooling: all relevance of a window goes to its maximum (the gradient of max pooling)."""
 
-    kinds: ClassVar[frozenset] = frozenset({"max_pool"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.MAX_POOL})
     name: ClassVar[str] = "wta"
+
+    def keeps_zeros(self, info) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
 class Structural(Rule):
     """Route relevance back through a structural op with its vector-Jacobian product (exact, conserving)."""
 
-    kinds: ClassVar[frozenset] = frozenset({"structural", "identity", "unknown", "max_pool"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.STRUCTURAL, Kind.IDENTITY, Kind.UNKNOWN, Kind.MAX_POOL})
     name: ClassVar[str] = "structural"
+
+    def keeps_zeros(self, info) -> bool:
+        return info.kind in (Kind.MAX_POOL, Kind.IDENTITY) or (
+            info.kind == Kind.STRUCTURAL and info.facts is not None and info.facts.copies)
 
 
 @dataclass(frozen=True)
-class Gradient(Rule):
+class Gradient(_AffineRule):
     """The plain gradient through this node (its vector-Jacobian product); any node kind."""
 
     kinds: ClassVar[frozenset] = frozenset({"*"})
     name: ClassVar[str] = "gradient"
+    function = relevance_function(affine.gradient)  # on affine nodes; elsewhere the node's own VJP
+
+    def arguments(self) -> dict:
+        return {}
 
 
 @dataclass(frozen=True)
 class MulUniform(Rule):
     """Elementwise product of activations: each operand that depends on the input gets ``R / n``."""
 
-    kinds: ClassVar[frozenset] = frozenset({"mul"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.MUL})
     name: ClassVar[str] = "mul-uniform"
+
+    def keeps_zeros(self, info) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -212,8 +252,9 @@ class NormIdentity(Rule):
 
     eps: float = 1e-6
     zero_bias: bool = False
-    kinds: ClassVar[frozenset] = frozenset({"layer_norm"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.LAYER_NORM})
     name: ClassVar[str] = "norm-identity"
+    proportional: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_eps(self.eps)
@@ -223,7 +264,7 @@ class NormIdentity(Rule):
 class Softmax(Rule):
     """AttnLRP's softmax rule: ``R_in = x · (R - s · ΣR)`` along the softmax axis; ``-inf`` inputs get 0."""
 
-    kinds: ClassVar[frozenset] = frozenset({"softmax"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.SOFTMAX})
     name: ClassVar[str] = "softmax"
 
 
@@ -233,7 +274,7 @@ class MatmulUniform(Rule):
     ``R / n`` (``n`` such operands), ``R_A = A · ((R / stab(n·O)) @ Bᵀ)``, ``R_B = B · (Aᵀ @ (R / stab(n·O)))``."""
 
     eps: float = 1e-6
-    kinds: ClassVar[frozenset] = frozenset({"matmul"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
     name: ClassVar[str] = "matmul-uniform"
 
     def __post_init__(self):
@@ -247,7 +288,7 @@ class ConstantAttention(Rule):
     softmax operand falls back to :class:`MatmulUniform`."""
 
     eps: float = 1e-6
-    kinds: ClassVar[frozenset] = frozenset({"matmul"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
     name: ClassVar[str] = "constant-attention"
 
     def __post_init__(self):
@@ -259,7 +300,7 @@ class PatternNet(Rule):
     """PatternNet (docs/rules.md): the gradient pass with each affine weight replaced by its fitted pattern."""
 
     patterns: object = None  # lrpfx.patterns.Patterns
-    kinds: ClassVar[frozenset] = frozenset({"linear", "conv"})
+    kinds: ClassVar[frozenset] = frozenset({Kind.LINEAR, Kind.CONV})
     name: ClassVar[str] = "patternnet"
 
     def describe(self) -> str:
@@ -273,9 +314,6 @@ class PatternAttribution(PatternNet):
     name: ClassVar[str] = "patternattribution"
 
 
-from .recurrent import RecurrentLRP  # noqa: E402  (defined next to its functions; it subclasses Rule)
-
-
 def applies_to(rule: Rule, kind: str) -> bool:
     return "*" in rule.kinds or kind in rule.kinds
 
@@ -284,6 +322,6 @@ __all__ = [
     "Rule", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass", "Norm",
     "WinnerTakesAll", "Structural", "Gradient", "MulUniform", "NormIdentity", "Softmax", "MatmulUniform",
     "ConstantAttention", "PatternNet", "PatternAttribution", "RecurrentLRP",
-    "applies_to",
+    "applies_to", "RULE_CLASSES",
     "AFFINE_KINDS", "NORM_KINDS", "PASSABLE_KINDS",
 ]

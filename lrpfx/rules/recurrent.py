@@ -14,7 +14,7 @@ from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from . import Rule, _check_eps
+from .base import Rule, check_eps as _check_eps
 from .stabilize import divide
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")

@@ -1,0 +1,425 @@
+"""Argument readers of the op registry: each turns one call (a module's attributes or a call's arguments) into
+the facts of its kind — layer specs for affine ops and pooling, statistics for BatchNorm, axes, terms.
+
+A reader takes ``(info, call)`` and returns True when the op is what its row says (it fills ``info``), False where
+the row does not apply after all (graph-valued hyper-parameters, say); the node then stays ``unknown``.
+Arguments are read by position *or* keyword (:func:`~lrpfx.graph.nodes.call_arg`), so torch functions and their
+ATen twins, which take the same arguments in the same positions, share one reader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
+from ..kinds import Axis, BatchNormStats, Elementwise, Grouped, Kind, Moves, NodeInfo, Normalisation, Product, Terms
+from .nodes import call_arg, op_label, op_name, value_rank
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Call:
+    """One node being classified: its module (for ``call_module``), its activation inputs, and the set of all
+    activation nodes (to tell activations from constants among its arguments)."""
+
+    node: fx.Node
+    module: Optional[nn.Module]
+    acts: List[fx.Node]
+    active: Any
+
+    @property
+    def first(self):
+        return self.node.args[0] if self.node.args else None
+
+    def is_constant(self, value) -> bool:
+        return not (isinstance(value, fx.Node) and value in self.active)
+
+
+def _tuple(v, dim):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dim
+
+
+def _dtype_eps(node: fx.Node) -> float:
+    return torch.finfo(node.meta["lrpfx_value"].dtype).eps
+
+
+# ---- affine ops ----------------------------------------------------------------------------------------------
+def conv_layer(args: Dict[str, Any], dim: int, weight_shape) -> Conv:
+    """A Conv spec from a module's attributes or a call's arguments; ``padding="same"`` as explicit pads."""
+    stride, padding, dilation, groups = args["stride"], args["padding"], args["dilation"], args["groups"]
+    stride, dilation = _tuple(stride, dim), _tuple(dilation, dim)
+    mode = args.get("padding_mode", "zeros")
+    if padding == "valid":
+        padding = 0
+    if padding == "same":
+        # PyTorch pads d*(k-1) in total per axis, the odd element at the end; F.pad takes the last axis first
+        totals = [d * (k - 1) for k, d in zip(weight_shape[2:], dilation)]
+        pad = tuple(p for t in reversed(totals) for p in (t // 2, t - t // 2))
+        if any(t % 2 for t in totals) or mode != "zeros":
+            return Conv(dim, stride, (0,) * dim, dilation, groups, "constant" if mode == "zeros" else mode, pad)
+        padding = tuple(t // 2 for t in totals)
+    padding = _tuple(padding, dim)
+    pad = tuple(p for p in reversed(padding) for _ in range(2)) if mode != "zeros" else ()
+    return Conv(dim, stride, padding, dilation, groups, mode, pad)
+
+
+def _module_parameters(info: NodeInfo, m: nn.Module, bias: bool = True) -> None:
+    info.weight = f"{info.name}.weight"
+    info.bias = f"{info.name}.bias" if bias and m.bias is not None else None
+
+
+def linear_module(info: NodeInfo, call: Call) -> bool:
+    info.layer = Linear()
+    _module_parameters(info, call.module)
+    return True
+
+
+def conv_module(info: NodeInfo, call: Call) -> bool:
+    m = call.module
+    info.layer = conv_layer(vars(m), len(m.kernel_size), m.weight.shape)
+    _module_parameters(info, m)
+    return True
+
+
+def conv_transpose_module(info: NodeInfo, call: Call) -> bool:
+    m, dim = call.module, len(call.module.kernel_size)
+    info.layer = ConvTranspose(dim, _tuple(m.stride, dim), _tuple(m.padding, dim), _tuple(m.output_padding, dim),
+                               _tuple(m.dilation, dim), m.groups)
+    _module_parameters(info, m)
+    return True
+
+
+def linear_call(info: NodeInfo, call: Call) -> bool:
+    n = call.node
+    info.layer, info.weight, info.bias = Linear(), call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
+    return True
+
+
+_CONV_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, aten.conv1d.default: 1, aten.conv2d.default: 2,
+              aten.conv3d.default: 3, F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3,
+              aten.conv_transpose1d.default: 1, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 3}
+
+
+def conv_call(info: NodeInfo, call: Call) -> bool:
+    n, dim = call.node, _CONV_DIMS[call.node.target]
+    w = call_arg(n, 1, "weight")
+    args = {"stride": call_arg(n, 3, "stride", 1), "padding": call_arg(n, 4, "padding", 0),
+            "dilation": call_arg(n, 5, "dilation", 1), "groups": call_arg(n, 6, "groups", 1)}
+    try:
+        info.layer = conv_layer(args, dim, w.meta["lrpfx_value"].shape)
+    except (AttributeError, KeyError):  # a weight without a recorded shape: leave the node unknown
+        return False
+    info.weight, info.bias = w, call_arg(n, 2, "bias")
+    return True
+
+
+def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
+    n, dim = call.node, _CONV_DIMS[call.node.target]
+    info.layer = ConvTranspose(dim, _tuple(call_arg(n, 3, "stride", 1), dim), _tuple(call_arg(n, 4, "padding", 0), dim),
+                               _tuple(call_arg(n, 5, "output_padding", 0), dim),
+                               _tuple(call_arg(n, 7, "dilation", 1), dim), call_arg(n, 6, "groups", 1))
+    info.weight, info.bias = call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
+    return True
+
+
+def grouped_product(info: NodeInfo, call: Call) -> bool:
+    """A grouped product of mixture-of-experts blocks: linear in the routed tokens, the expert weights constant."""
+    offs = call_arg(call.node, 2, "offs")
+    if len(call.acts) != 1 or not isinstance(offs, fx.Node):
+        return False
+    info.weight, info.facts = call_arg(call.node, 1, "mat2"), Grouped(offs)
+    return True
+
+
+# ---- normalisations ------------------------------------------------------------------------------------------
+def batchnorm_module(info: NodeInfo, call: Call) -> bool:
+    m, name = call.module, info.name
+    if m.running_mean is None:
+        return False  # batch statistics only: not an affine map we can fold
+    info.facts = BatchNormStats(f"{name}.running_mean", f"{name}.running_var",
+                                f"{name}.weight" if m.weight is not None else None,
+                                f"{name}.bias" if m.bias is not None else None, m.eps)
+    return True
+
+
+def batchnorm_call(info: NodeInfo, call: Call) -> bool:
+    """``F.batch_norm(x, mean, var, weight, bias, training, momentum, eps)`` in eval mode."""
+    n = call.node
+    if call_arg(n, 5, "training", False):
+        return False
+    info.facts = BatchNormStats(call_arg(n, 1, "running_mean"), call_arg(n, 2, "running_var"),
+                                call_arg(n, 3, "weight"), call_arg(n, 4, "bias"), call_arg(n, 7, "eps", 1e-5))
+    return True
+
+
+def aten_batchnorm(info: NodeInfo, call: Call) -> bool:
+    """``aten.batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn)`` in eval mode."""
+    n = call.node
+    if len(call.acts) != 1 or call_arg(n, 5, "training", False) or call_arg(n, 3, "running_mean") is None:
+        return False
+    info.facts = BatchNormStats(call_arg(n, 3, "running_mean"), call_arg(n, 4, "running_var"),
+                                call_arg(n, 1, "weight"), call_arg(n, 2, "bias"), call_arg(n, 7, "eps", 1e-5))
+    return True
+
+
+def layer_norm_module(info: NodeInfo, call: Call) -> bool:
+    m = call.module
+    info.facts = Normalisation(len(m.normalized_shape), m.eps)
+    info.weight = f"{info.name}.weight" if m.weight is not None else None
+    info.bias = f"{info.name}.bias" if getattr(m, "bias", None) is not None else None
+    return True
+
+
+def rms_norm_module(info: NodeInfo, call: Call) -> bool:
+    m = call.module
+    info.facts = Normalisation(len(m.normalized_shape), m.eps if m.eps is not None else _dtype_eps(info.x), False)
+    info.weight = f"{info.name}.weight" if m.weight is not None else None
+    return True
+
+
+def _ndim(shape) -> int:
+    return len(shape) if isinstance(shape, (tuple, list)) else 1
+
+
+def layer_norm_call(info: NodeInfo, call: Call) -> bool:
+    n = call.node
+    info.facts = Normalisation(_ndim(call_arg(n, 1, "normalized_shape")), call_arg(n, 4, "eps", 1e-5))
+    info.weight, info.bias = call_arg(n, 2, "weight"), call_arg(n, 3, "bias")
+    return True
+
+
+def rms_norm_call(info: NodeInfo, call: Call) -> bool:
+    n = call.node
+    eps = call_arg(n, 3, "eps")
+    info.facts = Normalisation(_ndim(call_arg(n, 1, "normalized_shape")), eps if eps is not None else _dtype_eps(info.x),
+                               False)
+    info.weight = call_arg(n, 2, "weight")
+    return True
+
+
+def softmax_module(info: NodeInfo, call: Call) -> bool:
+    if call.module.dim is None:
+        return False
+    info.facts = Axis(call.module.dim)
+    return True
+
+
+def softmax_call(info: NodeInfo, call: Call) -> bool:
+    dim = call_arg(call.node, 1, "dim")
+    if not isinstance(dim, int):
+        return False
+    info.facts = Axis(dim)
+    return True
+
+
+# ---- activations ---------------------------------------------------------------------------------------------
+def activation_module(info: NodeInfo, call: Call) -> bool:
+    """A module activation; a spelled-out one collapsed by the export front-end knows whether ``f(0) = 0``."""
+    if not getattr(call.module, "lrpfx_zero_at_zero", True):
+        info.facts = Elementwise(info.facts.relu, False)
+    return True
+
+
+def clamp(info: NodeInfo, call: Call) -> bool:
+    """clamp/clip with number bounds: an activation; ``clamp(min=0)`` is a ReLU."""
+    n, name = call.node, op_name(call.node)
+    if name == "clamp_min":
+        low, high = call_arg(n, 1, "min"), None
+    elif name == "clamp_max":
+        low, high = None, call_arg(n, 1, "max")
+    else:
+        low, high = call_arg(n, 1, "min"), call_arg(n, 2, "max")
+    numbers = all(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in (low, high))
+    info.nonneg = numbers and low is not None and low >= 0
+    info.facts = Elementwise(numbers and low == 0 and high is None,
+                             numbers and (low is None or low <= 0) and (high is None or high >= 0))
+    return True
+
+
+def exponent(n: fx.Node):
+    """The exponent of ``pow(x, e)`` when it is a number, else None."""
+    e = call_arg(n, 1, "exponent")
+    return e if isinstance(e, (int, float)) and not isinstance(e, bool) else None
+
+
+def power(info: NodeInfo, call: Call) -> bool:
+    """``x ** e`` with a number exponent: an activation, non-negative for even integer powers."""
+    e = exponent(call.node)
+    if e is None:
+        return False
+    info.nonneg = float(e).is_integer() and int(e) % 2 == 0
+    info.facts = Elementwise(False, e > 0)
+    return True
+
+
+# ---- pooling and selection -----------------------------------------------------------------------------------
+def _pool_dim(label: str) -> int:
+    return 3 if "3d" in label else 1 if "1d" in label else 2
+
+
+def avg_pool_spec(label: str, a: Dict[str, Any]):
+    """An AvgPool/AdaptiveAvgPool spec from module attributes or call arguments; None if unusual."""
+    dim = _pool_dim(label)
+    if any(isinstance(v, fx.Node) for v in a.values()):
+        return None
+    if "output_size" in a:
+        return AdaptiveAvgPool(dim, a["output_size"])
+    kernel = _tuple(a["kernel_size"], dim)
+    stride = _tuple(a.get("stride") or kernel, dim)
+    return AvgPool(dim, kernel, stride, _tuple(a.get("padding", 0), dim), bool(a.get("ceil_mode", False)),
+                   bool(a.get("count_include_pad", True)), a.get("divisor_override"))
+
+
+def max_pool_spec(label: str, a: Dict[str, Any]):
+    """A MaxPool spec, or None where the op returns indices itself or has graph-valued arguments."""
+    dim = _pool_dim(label)
+    if a.get("return_indices") or any(isinstance(v, fx.Node) for v in a.values()):
+        return None
+    if "output_size" in a:
+        return MaxPool(dim, a["output_size"], adaptive=True)
+    kernel = _tuple(a["kernel_size"], dim)
+    return MaxPool(dim, kernel, _tuple(a.get("stride") or kernel, dim), _tuple(a.get("padding", 0), dim),
+                   _tuple(a.get("dilation", 1), dim), bool(a.get("ceil_mode", False)))
+
+
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _pool_arguments(n: fx.Node, names) -> Dict[str, Any]:
+    """Arguments of a pooling call by name (adaptive pools take ``output_size`` first)."""
+    if "adaptive" in op_label(n):
+        names = ("output_size", "return_indices")
+    values = {name: call_arg(n, i + 1, name, None) for i, name in enumerate(names)}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def avg_pool_module(info: NodeInfo, call: Call) -> bool:
+    info.layer = avg_pool_spec(type(call.module).__name__, vars(call.module))
+    return True
+
+
+def max_pool_module(info: NodeInfo, call: Call) -> bool:
+    info.layer = max_pool_spec(type(call.module).__name__, vars(call.module))
+    return True
+
+
+def avg_pool_call(info: NodeInfo, call: Call) -> bool:
+    info.layer = avg_pool_spec(op_label(call.node), _pool_arguments(call.node, _AVG_POOL_ARGS))
+    return True
+
+
+def max_pool_call(info: NodeInfo, call: Call) -> bool:
+    info.layer = max_pool_spec(op_label(call.node), _pool_arguments(call.node, _MAX_POOL_ARGS))
+    return True
+
+
+def selection(info: NodeInfo, call: Call) -> bool:
+    """max/min over an axis or of everything, top-k: winner takes all (``torch.max(a, b)`` does not select);
+    no window spec, so relevance is routed by the op's own gradient."""
+    if len(call.acts) != 1:
+        return False
+    if op_name(call.node) in ("amax", "amin", "topk"):
+        return True
+    dim = call_arg(call.node, 1, "dim")
+    return dim is None or (isinstance(dim, int) and not isinstance(dim, bool))
+
+
+def scatter_sum(info: NodeInfo, call: Call) -> bool:
+    """index_add/scatter_add: the tensor summed into, the summands, or both may be activations."""
+    info.x = None
+    return True
+
+
+# ---- structure -----------------------------------------------------------------------------------------------
+def structural_module(info: NodeInfo, call: Call) -> bool:
+    m = call.module
+    if isinstance(m, nn.Upsample):
+        info.facts = Moves(False, False, m.mode == "nearest")
+    elif isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+        info.facts = Moves(False, True, m.value >= 0)
+    return True
+
+
+def pad_call(info: NodeInfo, call: Call) -> bool:
+    """``F.pad``: a non-zero constant fill may change the sign."""
+    info.facts = Moves(False, True, call_arg(call.node, 3, "value", 0) in (0, 0.0, None))
+    return True
+
+
+def shaped_like(info: NodeInfo, call: Call) -> bool:
+    """``x.type_as(y)`` and friends with an activation ``y``: ``y`` gives a shape or dtype only, relevance flows
+    through ``x`` alone."""
+    if len(call.acts) < 2:
+        return False
+    name = op_name(call.node)
+    if name in ("type_as", "to"):
+        info.kind, info.facts = Kind.IDENTITY, None
+    elif name == "expand_as":
+        info.kind, info.facts = Kind.STRUCTURAL, Moves()
+    else:
+        info.kind, info.facts = Kind.STRUCTURAL, Moves(reshape=True)
+    return True
+
+
+# library functions (by qualified name, so no import is needed) that are the identity in eval mode, with the
+# position of their `training` argument
+_EVAL_IDENTITY = {"torchvision.ops.stochastic_depth.stochastic_depth": 3}
+
+
+def eval_identity(info: NodeInfo, call: Call) -> bool:
+    position = _EVAL_IDENTITY.get(op_label(call.node))
+    return position is not None and call_arg(call.node, position, "training", True) is False
+
+
+# ---- arithmetic ----------------------------------------------------------------------------------------------
+def _sum(info: NodeInfo, call: Call, subtract: bool) -> bool:
+    """add/sub of activations and constants: the terms that are activations, with their signs."""
+    operands = list(call.node.args[:2])
+    if call.node.kwargs.get("alpha", 1) != 1 or len(operands) != 2:
+        return False
+    terms = [(o, -1 if subtract and i == 1 else 1) for i, o in enumerate(operands) if not call.is_constant(o)]
+    info.facts = Terms(tuple(t for t, _ in terms), tuple(s for _, s in terms))
+    return True
+
+
+def add(info: NodeInfo, call: Call) -> bool:
+    return _sum(info, call, subtract=False)
+
+
+def sub(info: NodeInfo, call: Call) -> bool:
+    return _sum(info, call, subtract=True)
+
+
+def mul(info: NodeInfo, call: Call) -> bool:
+    """A product with a constant scales (``scale``); a product of two activations is ``mul``."""
+    operands = list(call.node.args[:2])
+    active = [not call.is_constant(o) for o in operands]
+    if len(call.acts) == 1 and sum(active) == 1:
+        info.kind = Kind.SCALE
+        return True
+    return len(operands) == 2 and all(active)
+
+
+def div(info: NodeInfo, call: Call) -> bool:
+    """An activation divided by a constant scales it; other quotients are unknown."""
+    operands = list(call.node.args[:2])
+    return len(operands) == 2 and not call.is_constant(operands[0]) and call.is_constant(operands[1])
+
+
+def matmul(info: NodeInfo, call: Call) -> bool:
+    """``a @ b`` of at least 2-D operands, one or both of them activations."""
+    operands = list(call.node.args[:2])
+    if len(operands) != 2 or any(isinstance(o, fx.Node) and value_rank(o) < 2 for o in operands):
+        return False
+    flags = tuple(not call.is_constant(o) for o in operands)
+    if not (any(flags) and all(isinstance(o, fx.Node) for o in operands)):
+        return False
+    info.facts = Product(flags)
+    return True

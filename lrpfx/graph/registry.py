@@ -1,0 +1,273 @@
+"""The op registry: one :class:`~lrpfx.graph.kinds.OpSpec` row per op, with all its spellings (module class,
+torch function, Tensor method, ATen overload, bare name) and its properties. Classification
+(:mod:`lrpfx.graph.classify`) looks a node up here and nowhere else.
+
+Adding an op is one row; users add rows from their own code with :func:`register_op`.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RuleError
+from . import readers as read
+from ..kinds import Kind, OpSpec
+
+aten = torch.ops.aten
+K = Kind
+
+# the first argument is the op's only activation input (elementwise ops, layers); see ``OpSpec.inputs``
+SINGLE, FIRST, ANY = "single", "first", "any"
+
+# ---- rows matched by bare op name first (the long tail of Hugging Face and timm models) ---------------------------
+NAME_ROWS = [
+    OpSpec(K.REDUCE, names=("index_add", "scatter_add"), read=read.scatter_sum, inputs=ANY, label="scatter sum"),
+    OpSpec(K.STRUCTURAL, names=("type_as", "view_as", "reshape_as", "expand_as", "to"), read=read.shaped_like,
+           inputs=FIRST, label="shaped like another tensor"),
+    OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
+    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=read.selection, label="max over an axis"),
+    OpSpec(K.ACTIVATION, names=("pow",), read=read.power, label="power"),
+    OpSpec(K.LINEAR, names=("_grouped_mm", "grouped_mm", "grouped_mm_fallback"), read=read.grouped_product,
+           label="grouped expert product"),
+    OpSpec(K.IDENTITY, names=("stochastic_depth",), read=read.eval_identity, label="stochastic depth (eval)"),
+]
+
+# ---- rows matched by module class, function identity or method name ----------------------------------------------
+ROWS = [
+    # affine layers
+    OpSpec(K.LINEAR, modules=(nn.Linear,), read=read.linear_module, label="linear"),
+    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear"),
+    OpSpec(K.CONV, modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), read=read.conv_module, label="conv"),
+    OpSpec(K.CONV, functions=(F.conv1d, F.conv2d, F.conv3d, aten.conv1d.default, aten.conv2d.default,
+                              aten.conv3d.default), read=read.conv_call, label="conv"),
+    OpSpec(K.CONV_TRANSPOSE, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+           read=read.conv_transpose_module, label="conv_transpose"),
+    OpSpec(K.CONV_TRANSPOSE, functions=(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                                        aten.conv_transpose1d.default, aten.conv_transpose2d.input,
+                                        aten.conv_transpose3d.input), read=read.conv_transpose_call,
+           label="conv_transpose"),
+    # normalisations
+    OpSpec(K.BATCHNORM, modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), read=read.batchnorm_module,
+           label="batchnorm"),
+    OpSpec(K.BATCHNORM, functions=(F.batch_norm,), read=read.batchnorm_call, label="batchnorm"),
+    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm"),
+    OpSpec(K.LAYER_NORM, modules=(nn.LayerNorm,), read=read.layer_norm_module, label="layer_norm"),
+    OpSpec(K.LAYER_NORM, functions=(F.layer_norm, aten.layer_norm.default), read=read.layer_norm_call,
+           label="layer_norm"),
+    OpSpec(K.LAYER_NORM, modules=(nn.RMSNorm,), read=read.rms_norm_module, label="rms_norm"),
+    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call, label="rms_norm"),
+    OpSpec(K.SOFTMAX, modules=(nn.Softmax,), read=read.softmax_module, nonneg=True, label="softmax"),
+    OpSpec(K.SOFTMAX, functions=(F.softmax, torch.softmax, aten.softmax.int, aten._softmax.default),
+           methods=("softmax",), read=read.softmax_call, nonneg=True, label="softmax"),
+    # activations
+    OpSpec(K.ACTIVATION, modules=(nn.ReLU, nn.ReLU6), functions=(F.relu, torch.relu, F.relu6, aten.relu.default),
+           methods=("relu",), read=read.activation_module, nonneg=True, relu=True, label="relu"),
+    OpSpec(K.ACTIVATION, modules=(nn.Sigmoid, nn.Softplus, nn.Hardsigmoid),
+           functions=(torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, aten.sigmoid.default,
+                      aten.hardsigmoid.default, aten.softplus.default),
+           methods=("sigmoid", "softplus"), read=read.activation_module, nonneg=True, zero_at_zero=False,
+           label="sigmoid-like"),
+    OpSpec(K.ACTIVATION, modules=(nn.LogSigmoid, nn.Threshold), functions=(F.logsigmoid,),
+           read=read.activation_module, zero_at_zero=False, label="logsigmoid"),
+    OpSpec(K.ACTIVATION, modules=(nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardswish,
+                                  nn.Hardtanh, nn.Mish, nn.PReLU, nn.Softsign, nn.Tanhshrink),
+           functions=(F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, torch.tanh, F.tanh, F.hardswish,
+                      F.hardtanh, F.mish, F.softsign, aten.gelu.default, aten.silu.default, aten.tanh.default,
+                      aten.leaky_relu.default, aten.elu.default, aten.hardswish.default, aten.hardtanh.default,
+                      aten.mish.default),
+           methods=("tanh",), read=read.activation_module, label="activation"),
+    # copies and casts
+    OpSpec(K.IDENTITY, modules=(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                                nn.FeatureAlphaDropout),
+           functions=(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout, F.alpha_dropout, torch.clone,
+                      torch.Tensor.contiguous, aten.dropout.default, aten.clone.default, aten.contiguous.default,
+                      aten.alias.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
+                      aten.detach.default, aten.type_as.default, aten.feature_dropout.default, aten.to.other),
+           methods=("contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as"),
+           label="identity"),
+    # pooling and sums
+    OpSpec(K.AVG_POOL, modules=(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                                nn.AdaptiveAvgPool3d), read=read.avg_pool_module, label="avg_pool"),
+    OpSpec(K.AVG_POOL, functions=(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                                  F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d,
+                                  aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+                                  aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
+                                  aten.avg_pool3d.default), read=read.avg_pool_call, label="avg_pool"),
+    OpSpec(K.MAX_POOL, modules=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                                nn.AdaptiveMaxPool3d), read=read.max_pool_module, label="max_pool"),
+    OpSpec(K.MAX_POOL, functions=(F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                                  F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d,
+                                  torch.max_pool3d, aten.max_pool1d.default, aten.max_pool2d.default,
+                                  aten.max_pool3d.default), read=read.max_pool_call, label="max_pool"),
+    OpSpec(K.REDUCE, functions=(torch.sum, torch.mean, aten.mean.dim, aten.sum.dim_IntList), methods=("sum", "mean"),
+           label="sum"),
+    # structure: reshapes (one input), then ops that move or copy elements of any number of inputs
+    OpSpec(K.STRUCTURAL, modules=(nn.Flatten, nn.Unflatten),
+           functions=(torch.flatten, torch.reshape, torch.unflatten, aten.view.default, aten.reshape.default,
+                      aten._unsafe_view.default, aten.flatten.using_ints, aten.unflatten.int, aten.reshape_as.default,
+                      aten.view_as.default),
+           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"), reshape=True,
+           label="reshape"),
+    OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                                  nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
+                                  nn.ReplicationPad2d, nn.ChannelShuffle, nn.Upsample, nn.PixelShuffle,
+                                  nn.PixelUnshuffle), read=read.structural_module, label="structural"),
+    OpSpec(K.STRUCTURAL, functions=(
+        torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
+        torch.squeeze, torch.unsqueeze, operator.getitem, torch.narrow, torch.index_select, torch.roll, torch.flip,
+        torch.movedim, torch.swapaxes, torch.hstack, torch.vstack, F.pixel_shuffle, F.pixel_unshuffle,
+        torch.channel_shuffle, torch.tensor_split, torch.gather, torch.repeat_interleave, torch.select,
+        aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim,
+        aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
+        aten.cat.default, aten.stack.default, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
+        aten.unbind.int, aten.narrow.default, aten.index_select.default, aten.gather.default, aten.roll.default,
+        aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.movedim.int,
+        aten.index.Tensor, aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+        aten.expand_as.default),
+        methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "chunk", "split",
+                 "unbind", "narrow", "flip", "roll", "movedim", "__getitem__", "index_select", "gather",
+                 "tensor_split", "swapaxes", "t", "repeat_interleave", "select"), inputs=ANY, label="structural"),
+    # fills and constant pads may bring values of either sign; interpolation mixes elements
+    OpSpec(K.STRUCTURAL, functions=(torch.masked_fill, torch.where, aten.masked_fill.Scalar, aten.pad.default,
+                                    aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
+           inputs=ANY, label="fill"),
+    OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
+    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), copies=False, keeps_sign=False, inputs=ANY, label="interpolate"),
+    # products, bilinear and elementwise
+    OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
+           methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
+    # arithmetic
+    OpSpec(K.ADD, functions=(operator.add, torch.add, operator.iadd, aten.add.Tensor), methods=("add",),
+           read=read.add, inputs=ANY, label="add"),
+    OpSpec(K.ADD, functions=(operator.sub, torch.sub, operator.isub, aten.sub.Tensor), methods=("sub",),
+           read=read.sub, inputs=ANY, label="sub"),
+    OpSpec(K.MUL, functions=(operator.mul, torch.mul, operator.imul, aten.mul.Tensor), methods=("mul",),
+           read=read.mul, inputs=ANY, label="mul"),
+    OpSpec(K.SCALE, functions=(operator.truediv, torch.div, operator.itruediv, aten.div.Tensor), methods=("div",),
+           read=read.div, inputs=ANY, label="div"),
+    OpSpec(K.SCALE, functions=(operator.neg, torch.neg, aten.neg.default), methods=("neg",), inputs=ANY,
+           label="neg"),
+]
+
+_ACTIVATION_NAME_PARTS = ("gelu", "silu", "swish", "mish", "relu", "activation", "sigmoid", "tanh")
+# a library's parameter-free activation module recognised by its class name (NewGELUActivation, SiLUActivation)
+NAMED_ACTIVATION = OpSpec(K.ACTIVATION, read=read.activation_module, label="activation (by class name)")
+
+
+class Registry:
+    """Rows indexed by spelling. Rows registered by users are looked up before lrpfx's own."""
+
+    def __init__(self, rows: Sequence[OpSpec], name_rows: Sequence[OpSpec]):
+        self.user: List[OpSpec] = []
+        self._layers = [_Index([]), _Index(name_rows), _Index(rows)]
+
+    def add(self, row: OpSpec) -> None:
+        self.user.insert(0, row)
+        self._layers[0] = _Index(self.user)
+
+    def remove(self, row: OpSpec) -> None:
+        if row in self.user:
+            self.user.remove(row)
+            self._layers[0] = _Index(self.user)
+
+    def candidates(self, op: str, target, name: str, module: Optional[nn.Module]) -> List[OpSpec]:
+        """Rows that may describe a node, in the order they are tried: users' rows, then bare-name rows, then
+        the row of the node's module class, function or method."""
+        found = []
+        for index in self._layers:
+            if op == "call_module":
+                found += [row for cls, row in index.modules if isinstance(module, cls)][:1]
+                continue
+            found += index.by_name.get(name, [])
+            try:
+                row = index.by_function.get(target) if op == "call_function" else index.by_method.get(name)
+            except TypeError:  # an unhashable target
+                row = None
+            if row is not None:
+                found.append(row)
+        if op == "call_module" and not found and is_activation_module(module):
+            found.append(NAMED_ACTIVATION)
+        return found
+
+    def modules(self) -> tuple:
+        """Module classes of users' rows: tracing keeps them whole."""
+        return tuple(cls for row in self.user for cls in row.modules)
+
+    def functions(self) -> tuple:
+        """Plain Python functions of users' rows: tracing records them as one call."""
+        return tuple(f for row in self.user for f in row.functions if not isinstance(f, torch._ops.OpOverload))
+
+
+class _Index:
+    """One group of rows by spelling (the first row listing a spelling wins)."""
+
+    def __init__(self, rows: Iterable[OpSpec]):
+        self.by_function, self.by_method, self.by_name, self.modules = {}, {}, {}, []
+        for row in rows:
+            for f in row.functions:
+                self.by_function.setdefault(f, row)
+            for m in row.methods:
+                self.by_method.setdefault(m, row)
+            for name in row.names:
+                self.by_name.setdefault(name, []).append(row)
+            self.modules.extend((cls, row) for cls in row.modules)
+
+
+REGISTRY = Registry(ROWS, NAME_ROWS)
+
+
+def is_activation_module(m: nn.Module) -> bool:
+    """A torch.nn activation, or a library's parameter-free activation module recognised by its class name."""
+    if any(isinstance(m, cls) for row in ROWS if row.kind == K.ACTIVATION for cls in row.modules):
+        return True
+    name = type(m).__name__.lower()
+    return any(part in name for part in _ACTIVATION_NAME_PARTS) and not any(True for _ in m.parameters()) \
+        and not any(True for _ in m.children())
+
+
+Spelling = Union[type, Callable, str]
+
+
+def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = False, zero_at_zero: bool = True,
+                relu: bool = False, read: Optional[Callable] = None) -> OpSpec:
+    """Teach lrpfx an op of your own: a module class, a function (or ATen overload) or a Tensor method name,
+    and its ``kind`` (``"activation"``, ``"identity"``, ``"structural"``, ``"linear"`` ...). Returns the row;
+    :func:`unregister_op` removes it. Rows you register win over lrpfx's own.
+
+    Tracing keeps a registered module whole and records a registered function as one call, so its rule sees
+    the op's input and output. ``nonneg``: the output is never negative; ``zero_at_zero``: ``f(0) = 0``;
+    ``relu``: it is ``max(x, 0)``. A kind whose rules need more (a weight, a layer spec) needs ``read``.
+    """
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise RuleError(f"unknown op kind {kind!r}; one of: {', '.join(k.value for k in Kind)}") from None
+    modules = tuple(s for s in spellings if isinstance(s, type) and issubclass(s, nn.Module))
+    methods = tuple(s for s in spellings if isinstance(s, str))
+    functions = tuple(s for s in spellings if callable(s) and s not in modules)
+    if not spellings or len(modules) + len(methods) + len(functions) != len(spellings):
+        raise RuleError("register_op takes module classes, functions or Tensor method names, e.g. "
+                        "register_op(MyActivation, kind='activation')")
+    needs_reader = kind in (K.LINEAR, K.CONV, K.CONV_TRANSPOSE, K.BATCHNORM, K.LAYER_NORM, K.SOFTMAX, K.MATMUL,
+                            K.ADD, K.RECURRENT, K.EMBEDDING, K.INPUT)
+    if needs_reader and read is None:
+        raise RuleError(f"kind {kind.value!r} needs the op's parameters: pass read=fn(info, call) that fills them "
+                        "(see lrpfx.graph.readers), or register it as 'activation', 'identity' or 'structural' and "
+                        "give it a rule of your own")
+    row = OpSpec(kind, modules=modules, functions=functions, methods=methods, nonneg=nonneg,
+                 zero_at_zero=zero_at_zero, relu=relu, read=read, label=_label(spellings[0]))
+    REGISTRY.add(row)
+    return row
+
+
+def unregister_op(row: OpSpec) -> None:
+    """Remove a row added with :func:`register_op`."""
+    REGISTRY.remove(row)
+
+
+def _label(spelling) -> str:
+    return spelling if isinstance(spelling, str) else getattr(spelling, "__name__", repr(spelling))

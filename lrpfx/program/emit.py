@@ -1,0 +1,318 @@
+"""Emitters: the relevance step(s) one rule writes for one node, registered per (rule class, node kind).
+
+``ProgramBuilder.emit`` looks the emitter up (:func:`find_emitter`: the rule's class and its bases, the node's
+kind before ``"*"``) and calls ``emitter(builder, info, rule, r)``; the emitter adds calls of pure rule functions
+to the program and hands each input its share with ``builder.contribute``. A rule of your own needs no emitter
+when it sets ``function`` (:mod:`lrpfx.rules.base`); :func:`emitter` registers one where it needs more.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch.fx as fx
+
+from ..errors import RuleError
+from ..graph.nodes import parameter_of, source_line
+from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
+from ..rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform, MulUniform, Norm,
+                     NormIdentity, Pass, PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax, Structural,
+                     WinnerTakesAll, WSquare, ZBox, ZPlus, affine, attention, elementwise, experts, recurrent,
+                     structural)
+from ..rules.layers import AvgPool, ChannelAffine
+
+Emitter = Callable[..., None]
+EMITTERS: Dict[Tuple[type, str], Emitter] = {}
+ANY_KIND = "*"
+
+
+def emitter(rule_types, *kinds):
+    """Register the decorated ``fn(builder, info, rule, r)`` for rules of ``rule_types`` on nodes of ``kinds``
+    (none: any kind)."""
+    rule_types = rule_types if isinstance(rule_types, tuple) else (rule_types,)
+
+    def register(fn):
+        for rule_type in rule_types:
+            for kind in kinds or (ANY_KIND,):
+                EMITTERS[(rule_type, str(kind))] = fn
+        return fn
+    return register
+
+
+def find_emitter(rule: Rule, kind: str) -> Optional[Emitter]:
+    """The most specific emitter: the rule's own class before its bases, the node's kind before any kind."""
+    for cls in type(rule).__mro__:
+        for key in ((cls, str(kind)), (cls, ANY_KIND)):
+            if key in EMITTERS:
+                return EMITTERS[key]
+    return None
+
+
+def cannot_apply(info: NodeInfo, rule: Rule) -> RuleError:
+    return RuleError(f"rule {rule.describe()} cannot apply to node '{info.node.name}' of kind '{info.kind}'"
+                     f"{source_line(info.node)}")
+
+
+# ---- affine maps -----------------------------------------------------------------------------------------------
+def affine_step(b, info: NodeInfo, rule: Rule, w, bias, layer, x: fx.Node, r: fx.Node,
+                z: Optional[fx.Node] = None, out_scale: Optional[fx.Node] = None) -> None:
+    """One call of the rule's affine function ``(x, weight, bias, z, r, *, layer, ...)``."""
+    n = info.node
+    z = b.env[n] if z is None else z
+    args = [b.env[x], w, bias, z, r]
+    kwargs = {"layer": layer, **rule.arguments()}
+    if out_scale is not None:
+        kwargs["out_scale"] = out_scale
+    if getattr(rule, "input_sign", False):
+        kwargs["x_nonneg"] = b.infos[x].nonneg
+    if getattr(rule, "positive_shortcut", False) and info.positive_only:
+        kwargs["positive_only"] = True
+        if info.relu_output is not None and rule.divides_by_relu():
+            args[3], kwargs["z_is_relu"] = b.env[info.relu_output], True  # relu(z) in place of z: one pass less
+    if isinstance(rule, ZBox):
+        args += [_bound(b, n, "low", rule.low), _bound(b, n, "high", rule.high)]
+    b.contribute(x, b.call(rule.function, args, kwargs, name=f"r_{n.name}_in"))
+
+
+def _bound(b, n: fx.Node, which: str, bound):
+    if hasattr(bound, "shape"):
+        return b.attr(f"constants.{n.name}_{which}", bound)
+    return float(bound)
+
+
+@emitter((Rule, Gradient), *WEIGHTED_KINDS)  # Gradient: the transposed map, not a replay
+def emit_weighted(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """Linear, conv, conv_transpose: the rule's affine function; a grouped expert product has no layer spec."""
+    if info.layer is None:
+        return emit_grouped(b, info, rule, r)
+    if rule.function is None:
+        raise cannot_apply(info, rule)
+    affine_step(b, info, rule, b.value(info.weight), b.value(info.bias), info.layer, info.x, r)
+
+
+def emit_grouped(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """The grouped product of a mixture-of-experts block (:mod:`lrpfx.rules.experts`): epsilon per expert."""
+    n, x, offs, w = info.node, b.env[info.x], b.env[info.facts.offs], b.value(info.weight)
+    if isinstance(rule, Epsilon):
+        b.contribute(info.x, b.call(experts.grouped_epsilon, [x, w, offs, b.env[n], r], {"eps": rule.eps},
+                                    name=f"r_{n.name}_in"))
+    elif isinstance(rule, Gradient):
+        b.contribute(info.x, b.call(experts.grouped_transpose, [r, w, offs], name=f"r_{n.name}_in"))
+    else:
+        raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op})"
+                        f"{source_line(n)}: it is a linear map without a layer lrpfx can modify; assign "
+                        f"Epsilon() or Gradient() with Composite(by_name={{'{info.name}': Epsilon()}})")
+
+
+def emit_folded(b, bn: NodeInfo, r: fx.Node) -> None:
+    """Conv/Linear followed by BatchNorm: one affine step with weights folded in the graph on every call."""
+    producer = bn.fold_from
+    rule, s = b.rules[producer.node], bn.facts
+    stats = [b.value(s.mean), b.value(s.var), b.value(s.weight), b.value(s.bias)]
+    if isinstance(rule, Epsilon) and _weight_outweighs_output(b.gm, producer, bn):
+        # Wᵀ(s·q) = (W·s)ᵀq: scaling the quotient per channel costs less than folding every weight
+        scale_bias = b.call(affine.batchnorm_output_scale, [b.value(producer.bias), *stats], {"eps": float(s.eps)},
+                            name=f"{producer.node.name}_bn_scale")
+        scale = b.call(operator.getitem, [scale_bias, 0], name=f"{producer.node.name}_bn_scale_only")
+        bias = b.call(operator.getitem, [scale_bias, 1], name=f"{producer.node.name}_folded_bias")
+        affine_step(b, bn, rule, b.value(producer.weight), bias, producer.layer, producer.x, r, z=b.env[bn.node],
+                    out_scale=scale)
+        return
+    folded = b.call(affine.fold_batchnorm, [b.value(producer.weight), b.value(producer.bias), *stats],
+                    {"eps": float(s.eps), "channel_axis": 1 if producer.kind == Kind.CONV_TRANSPOSE else 0},
+                    name=f"{producer.node.name}_folded")
+    w = b.call(operator.getitem, [folded, 0], name=f"{producer.node.name}_folded_weight")
+    bias = b.call(operator.getitem, [folded, 1], name=f"{producer.node.name}_folded_bias")
+    affine_step(b, bn, rule, w, bias, producer.layer, producer.x, r, z=b.env[bn.node])
+
+
+def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInfo) -> bool:
+    """Whether the weight of a conv/linear followed by BatchNorm has more numbers than the layer's output (at the
+    traced batch size): then the BatchNorm scale goes on the quotient, not into a freshly folded weight."""
+    weight = parameter_of(gm, producer.weight)
+    return producer.kind in (Kind.CONV, Kind.LINEAR) and weight is not None and weight.numel() > math.prod(bn.shape)
+
+
+@emitter(Rule, Kind.BATCHNORM)
+def emit_channel_affine(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
+    if rule.function is None:
+        raise cannot_apply(info, rule)
+    if isinstance(rule, Epsilon) and rule.zero_bias and rule.eps == 0:
+        # one input per output: LRP-0 without the shift gives it the whole relevance, also where x·scale = 0
+        b.contribute(info.x, r)
+        return
+    s = info.facts
+    scale_shift = b.call(affine.batchnorm_scale_shift, [b.value(s.mean), b.value(s.var), b.value(s.weight),
+                                                        b.value(s.bias)], {"eps": float(s.eps)},
+                         name=f"{info.node.name}_affine")
+    w = b.call(operator.getitem, [scale_shift, 0])
+    shift = b.call(operator.getitem, [scale_shift, 1])
+    affine_step(b, info, rule, w, shift, ChannelAffine(len(info.shape)), info.x, r)
+
+
+@emitter((PatternNet, PatternAttribution))
+def emit_pattern(b, info: NodeInfo, rule: PatternNet, r: fx.Node) -> None:
+    n = info.node
+    if info.name not in rule.patterns:
+        raise RuleError(f"no pattern for layer '{info.name}'{source_line(n)}: the patterns were fitted on another "
+                        "model; fit them again with lrpfx.fit_patterns(model, loader)")
+    w = b.value(info.weight)
+    weight = parameter_of(b.gm, info.weight)
+    a = rule.patterns[info.name]
+    if weight is not None:
+        if a.shape != weight.shape:
+            raise RuleError(f"the pattern of '{info.name}' has shape {tuple(a.shape)}, its weight "
+                            f"{tuple(weight.shape)}: fit the patterns again on this model")
+        a = a.to(weight)
+    pattern_node = b.attr(f"constants.{n.name}_pattern", a)
+    b.contribute(info.x, b.call(affine.pattern, [b.env[info.x], w, pattern_node, r],
+                                {"layer": info.layer, "attribution": isinstance(rule, PatternAttribution)},
+                                name=f"r_{n.name}_in"))
+
+
+# ---- elementwise, sums and pooling -----------------------------------------------------------------------------
+@emitter(Pass)
+def emit_pass(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    n = info.node
+    if b.infos[info.x].shape == info.shape:
+        b.contribute(info.x, r)  # the identity rule is no step at all
+    else:
+        b.contribute(info.x, b.call(elementwise.pass_to, [r, b.described(info.x), b.described(n)],
+                                    name=f"r_{n.name}_in"))
+
+
+@emitter((Norm, Epsilon), Kind.ADD)
+def emit_sum(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    n = info.node
+    terms, signs = info.facts.terms, info.facts.signs
+    options = {"signs": signs, "eps": rule.eps}
+    if getattr(rule, "zero_bias", False) and len(terms) < len(n.args[:2]):
+        options["zero_bias"] = True  # a constant summand is there to drop
+    z = b.env[n]
+    if info.relu_output is not None and rule.eps > 0 and not options.get("zero_bias"):
+        z, options["z_is_relu"] = b.env[info.relu_output], True  # r vanishes where z <= 0: divide by relu(z) + eps
+    shares = b.call(elementwise.split_sum, [z, r, *[b.env[t] for t in terms]], options, name=f"r_{n.name}_in")
+    for i, term in enumerate(terms):
+        b.contribute(term, b.call(operator.getitem, [shares, i]))
+
+
+@emitter(MulUniform, Kind.MUL)
+def emit_mul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    operands = list(info.node.args[:2])
+    shares = b.call(elementwise.mul_uniform, [r, *[b.described(o) for o in operands]], name=f"r_{info.node.name}_in")
+    for i, operand in enumerate(operands):
+        b.contribute(operand, b.call(operator.getitem, [shares, i]))
+
+
+@emitter(NormIdentity, Kind.LAYER_NORM)
+def emit_layer_norm(b, info: NodeInfo, rule: NormIdentity, r: fx.Node) -> None:
+    f = info.facts
+    b.contribute(info.x, b.call(
+        elementwise.layer_norm, [b.env[info.x], b.value(info.weight), b.value(info.bias), b.env[info.node], r],
+        {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "eps": rule.eps, "zero_bias": rule.zero_bias,
+         "centered": f.centered}, name=f"r_{info.node.name}_in"))
+
+
+@emitter((Norm, Epsilon), Kind.AVG_POOL)
+def emit_avg_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    if info.layer is None:
+        return b.replay(info, r, norm_eps=rule.eps)
+    b.contribute(info.x, b.call(affine.epsilon, [b.env[info.x], None, None, b.env[info.node], r],
+                                {"layer": info.layer, "eps": rule.eps}, name=f"r_{info.node.name}_in"))
+
+
+@emitter((Norm, Epsilon), Kind.REDUCE)
+def emit_reduce(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    b.replay(info, r, norm_eps=rule.eps)
+
+
+@emitter(Norm, Kind.MAX_POOL)
+def emit_max_pool_as_avg(b, info: NodeInfo, rule: Norm, r: fx.Node) -> None:
+    """Max pooling read as average pooling over the same windows (the Norm alternative in docs/rules.md)."""
+    pool = info.layer
+    if pool is None or pool.adaptive or any(d != 1 for d in pool.dilation):
+        raise RuleError(f"Norm() on max pooling needs plain windows without dilation; node '{info.name}' is "
+                        f"{info.op}: use WinnerTakesAll() there")
+    layer = AvgPool(pool.dim, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+    b.contribute(info.x, b.call(affine.norm, [b.env[info.x], r], {"layer": layer, "eps": rule.eps},
+                                name=f"r_{info.node.name}_in"))
+
+
+@emitter((WinnerTakesAll, Structural, Gradient), Kind.MAX_POOL)
+def emit_max_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """All of a window's relevance to its maximum; the winners come from the forward's own pooling."""
+    if info.layer is None:  # max/min/top-k over an axis: routed by the op's own gradient
+        return b.replay(info, r)
+    n = info.node
+    args = [b.env[info.x], r] if b.is_tuple_node(n) else [b.described(info.x), r, b.pool_winners(info)]
+    b.contribute(info.x, b.call(structural.max_pool_wta, args, {"pool": info.layer}, name=f"r_{n.name}_in"))
+
+
+@emitter((Structural, Gradient), Kind.STRUCTURAL)
+def emit_structural(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    if not info.facts.reshape:
+        return b.replay(info, r)
+    b.contribute(info.x, b.call(structural.reshape_back, [b.described(info.x), r, b.described(info.node)],
+                                name=f"r_{info.node.name}_in"))
+
+
+@emitter((Structural, Gradient, WinnerTakesAll))
+def emit_replay(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    b.replay(info, r)
+
+
+# ---- attention and recurrence ----------------------------------------------------------------------------------
+@emitter(Softmax, Kind.SOFTMAX)
+def emit_softmax(b, info: NodeInfo, rule: Softmax, r: fx.Node) -> None:
+    n, dim = info.node, info.facts.dim
+    lse = b.after(n, attention.log_normaliser, [b.env[info.x], b.env[n]], {"dim": dim}, name=f"{n.name}_lse")
+    b.contribute(info.x, b.call(attention.softmax_from_output, [b.env[n], lse, r], {"dim": dim},
+                                name=f"r_{n.name}_in"))
+
+
+@emitter((MatmulUniform, ConstantAttention), Kind.MATMUL)
+def emit_matmul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    n = info.node
+    active, weights = info.facts.active, info.facts.softmax_operand
+    if isinstance(rule, ConstantAttention) and weights is not None:
+        active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
+    a, c = n.args[:2]
+    sizes = [math.prod(b.infos[v].shape) if v in b.infos else 0 for v in (n, a, c)]
+    z = None if sizes[0] > sizes[1] + sizes[2] else b.env[n]  # recompute attention scores, don't keep them
+    shares = b.call(attention.matmul, [b.env[a], b.env[c], z, r], {"active": active, "eps": rule.eps},
+                    name=f"r_{n.name}_in")
+    for i, operand in enumerate((a, c)):
+        if active[i]:
+            b.contribute(operand, b.call(operator.getitem, [shares, i]))
+
+
+@emitter(RecurrentLRP, Kind.RECURRENT)
+def emit_recurrent(b, info: NodeInfo, rule: RecurrentLRP, r: fx.Node) -> None:
+    """An LSTM/GRU/RNN in one step (:func:`lrpfx.rules.recurrent.recurrent`): relevance of the input sequence
+    and of the initial state, which arrives as the layer took it (None, one node, or a tuple of nodes)."""
+    n, hx = info.node, info.facts.hx
+    shares = b.call(recurrent.recurrent, [b.env[info.x], fx.node.map_arg(hx, lambda a: b.env[a]),
+                                          [b.value(w) for w in info.weight], r],
+                    {"spec": info.layer, "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in")
+    if info.x in b.infos:
+        b.contribute(info.x, b.call(operator.getitem, [shares, 0]))
+    if isinstance(hx, fx.Node) and hx in b.infos:
+        b.contribute(hx, b.call(operator.getitem, [shares, 1]))
+    elif isinstance(hx, tuple) and any(h in b.infos for h in hx):
+        r_hx = b.call(operator.getitem, [shares, 1])
+        for j, h in enumerate(hx):
+            if h in b.infos:
+                b.contribute(h, b.call(operator.getitem, [r_hx, j]))
+
+
+# ---- rules of one pure function (users' rules) -------------------------------------------------------------------
+@emitter(Rule)
+def emit_function(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """A rule that brings its own pure ``function(x, out, r, **arguments)`` for a single-input node."""
+    if rule.function is None or info.x is None:
+        raise cannot_apply(info, rule)
+    n = info.node
+    b.contribute(info.x, b.call(rule.function, [b.env[info.x], b.env[n], r], rule.arguments(),
+                                name=f"r_{n.name}_in"))

@@ -1,0 +1,65 @@
+"""The rule protocol. A rule is a frozen (hashable) dataclass that says *what* one relevance step computes and with
+which hyper-parameters; the computation is a pure function. A rule class declares
+
+- ``kinds``: the node kinds (:class:`lrpfx.graph.Kind`) it may be assigned to (``"*"``: any),
+- its properties, which the analyses read instead of asking for the class (``proportional``,
+  ``folds_batchnorm``, :meth:`keeps_zeros`),
+- ``function``: its pure relevance function, called by the program with the node's values and
+  :meth:`arguments` as keywords. For affine kinds (linear, conv, conv_transpose, batchnorm) the signature is
+  ``function(x, weight, bias, z, r, *, layer, **arguments) -> R_x``; for single-input kinds
+  ``function(x, out, r, **arguments) -> R_x``.
+
+Each subclass registers its ``name`` so rule strings (``"epsilon(0.1)"``) find it. Emitters that need more than
+one function call (sums, attention, folding) are registered per (rule class, kind) in :mod:`lrpfx.program.emit`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Callable, ClassVar, Dict, Optional
+
+from ..errors import RuleError
+
+# rule name -> class, filled as rule classes are defined (rule strings, "did you mean")
+RULE_CLASSES: Dict[str, type] = {}
+
+
+def check_eps(eps: float, name: str = "eps") -> None:
+    if not isinstance(eps, (int, float)) or math.isnan(eps) or eps < 0:
+        raise RuleError(f"{name} must be a float >= 0, got {eps!r}")
+
+
+class Rule:
+    """Base class of all rules. Subclasses are frozen dataclasses; see the module docstring for the protocol."""
+
+    kinds: ClassVar[frozenset] = frozenset()
+    name: ClassVar[str] = "rule"
+    # the input relevance is ``x * (something finite)``: zero wherever the input value is zero
+    proportional: ClassVar[bool] = False
+    # acts on an affine map, so a BatchNorm right after it is folded into its weights
+    folds_batchnorm: ClassVar[bool] = False
+    # the pure relevance function (a staticmethod-like class attribute; None: an emitter of its own does the work)
+    function: ClassVar[Optional[Callable]] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            RULE_CLASSES.setdefault(cls.name, cls)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of :attr:`function`: the rule's hyper-parameters (its dataclass fields)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def keeps_zeros(self, info) -> bool:
+        """Whether relevance reaches an input element only through output elements that are zero whenever it is
+        zero (copies, winner-takes-all, ``f(0) = 0`` activations under Pass) — for the support analysis."""
+        return False
+
+    def describe(self) -> str:
+        params = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({params})"
+
+
+def relevance_function(fn):
+    """Store a plain function as a rule's :attr:`Rule.function` (a class attribute must not become a method)."""
+    return staticmethod(fn)
