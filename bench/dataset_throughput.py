@@ -58,7 +58,7 @@ def run_once(out, args, device):
 def worker(args):
     """One torchrun rank: one thread, its own stats file."""
     torch.set_num_threads(args.threads or 1)
-    from lrpfx.data.dataset import local_device
+    from lrpfx.data import local_device
 
     device = local_device() if args.device == "cuda" else torch.device("cpu")
     stats = run_once(args.out, args, device)

@@ -2,7 +2,7 @@
 
 Trains the demo's small CNN on scikit-learn's 8x8 digits (lrpfx/demo.py: same data split, same training) with
 initial weights from each of ``--seeds``, then compares rules on the 360 test digits with
-lrpfx.eval.metrics.evaluate_rules: pixel flipping (patch 1, 32 steps, deleted pixels set to 0 = the background) as
+lrpfx.eval.evaluate_rules: pixel flipping (patch 1, 32 steps, deleted pixels set to 0 = the background) as
 MoRF/LeRF areas of the target logit, input relevance over the initial relevance, and the randomisation check on
 64 test digits. Prints one table per seed and the mean ± standard deviation over seeds.
 Run: ``python bench/digits_evaluate.py`` (a few minutes on 2 cores).
@@ -17,7 +17,7 @@ import time
 import torch
 
 from lrpfx import demo
-from lrpfx.eval.metrics import EVALUATION_COLUMNS, evaluate_rules
+from lrpfx.eval import EVALUATION_COLUMNS, evaluate_rules
 
 RULES = ("epsilon", "epsilon-plus-flat", "epsilon-plus", "alpha2beta1", "epsilon-gamma-box", "gradient",
          "gradient*input")

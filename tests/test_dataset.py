@@ -2,7 +2,7 @@
 another run's folder, and a two-process torchrun (gloo) run equal to one process, shard for shard.
 
 The model is float64 and every run uses one thread, so results are reproducible to the bit across processes;
-shards are explained in the same batches whatever the world size (see lrpfx.data.dataset)."""
+shards are explained in the same batches whatever the world size (see lrpfx.data.plan)."""
 import json
 import os
 import shutil
@@ -17,8 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import lrpfx
-from lrpfx.data import dataset as ds
-from lrpfx.data.dataset import DatasetError, ShardError, explain_dataset, load_explanations
+from lrpfx.data import DatasetError, ShardError, explain_dataset, load_explanations, plan, store
 
 import dataset_job as job
 
@@ -61,25 +60,25 @@ def copy_run(reference, tmp_path):
 # ---- the shard plan ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("length,size", [(40, 8), (37, 10), (5, 16), (1, 1)])
 def test_plan_covers_every_index_once_for_any_world_size(length, size):
-    shards = ds.plan_shards(length, size)
+    shards = plan.plan_shards(length, size)
     assert [s.index for s in shards] == list(range(len(shards)))
     assert all(s.stop - s.start == size for s in shards[:-1]) and 0 < shards[-1].stop - shards[-1].start <= size
     for world in (1, 2, 3, 4):
-        parts = [ds.assign_shards(shards, rank, world) for rank in range(world)]
-        indices = sorted(i for part in parts for s in part for b in ds.shard_batches(s, 3) for i in b)
+        parts = [plan.assign_shards(shards, rank, world) for rank in range(world)]
+        indices = sorted(i for part in parts for s in part for b in plan.shard_batches(s, 3) for i in b)
         assert indices == list(range(length))          # disjoint and complete
         assert [s.index for s in parts[world - 1]] == list(range(world - 1, len(shards), world))  # round-robin
     # batches never cross a shard border, and the same shard is cut into the same batches every time
-    assert ds.shard_batches(ds.Shard(2, 16, 24), 3) == [[16, 17, 18], [19, 20, 21], [22, 23]]
+    assert plan.shard_batches(plan.Shard(2, 16, 24), 3) == [[16, 17, 18], [19, 20, 21], [22, 23]]
 
 
 def test_shard_size_options():
-    assert ds.resolve_shard_size(100, 8, None, 4) == 25
-    assert ds.resolve_shard_size(100, 8, 10, None) == 10
-    assert ds.resolve_shard_size(10_000, 8, None, None) == 512
-    assert ds.resolve_shard_size(10_000, 100, None, None) == 500   # whole batches
+    assert plan.resolve_shard_size(100, 8, None, 4) == 25
+    assert plan.resolve_shard_size(100, 8, 10, None) == 10
+    assert plan.resolve_shard_size(10_000, 8, None, None) == 512
+    assert plan.resolve_shard_size(10_000, 100, None, None) == 500   # whole batches
     with pytest.raises(lrpfx.InputError, match="not both"):
-        ds.resolve_shard_size(100, 8, 10, 4)
+        plan.resolve_shard_size(100, 8, 10, 4)
 
 
 # ---- results -------------------------------------------------------------------------------------------------
@@ -92,8 +91,8 @@ def test_shards_hold_exactly_what_the_explainer_gives(reference):
     assert m["torch_version"] == torch.__version__ and m["lrpfx_version"] == lrpfx.__version__
     x, y = job.build_tensors()
     explainer = lrpfx.Explainer(job.build_model(), job.RULE)
-    for shard in ds.plan_shards(job.LENGTH, job.SHARD_SIZE):
-        for batch in ds.shard_batches(shard, job.BATCH_SIZE):   # the batches the run used
+    for shard in plan.plan_shards(job.LENGTH, job.SHARD_SIZE):
+        for batch in plan.shard_batches(shard, job.BATCH_SIZE):   # the batches the run used
             expected = explainer(x[batch])
             got = view[batch]
             assert torch.equal(got.index, torch.tensor(batch))
@@ -217,10 +216,10 @@ def test_crash_during_write_leaves_no_complete_looking_shard(reference, tmp_path
             raise KeyboardInterrupt("simulated crash between write and rename")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ds.os, "replace", crash_on_third_shard)
+    monkeypatch.setattr(store.os, "replace", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         run_job(out)
-    monkeypatch.setattr(ds.os, "replace", real_replace)
+    monkeypatch.setattr(store.os, "replace", real_replace)
     # two shards and the run's first manifest were renamed into place; the third never got its name
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors",
                                                       "shard-00001.safetensors"]

@@ -14,7 +14,8 @@ import torch
 
 from ..api import Explanation, _check_target, _check_targets, _primary_input, _token_ids, split_inputs
 from ..errors import InputError, TargetError
-from .conditions import Concept, Condition, ConditionPlan, parse_conditions, plan_for
+from .conditions import Concept, Condition, parse_conditions
+from .plan import ConditionPlan, plan_for
 
 
 def explain_conditions(explainer, x, conditions, *, target=None, targets=None, intermediate=False,
