@@ -1,6 +1,6 @@
 """Concept benchmark: conditional heatmaps against zennit-crp, cost of K conditions, mining throughput.
 
-    python bench/concepts.py [--size 32] [--n 512] [--batch 64] [--rounds 1] [--compile] [--json out.json]
+    python -m bench.concepts [--size 32] [--n 512] [--batch 64] [--rounds 1] [--compile] [--json out.json]
 
 1. N channel-conditional heatmaps of one image at VGG16 ``features.28`` (EpsilonPlusFlat, random weights,
    float32, CPU): lrpfx (``Explainer(...)(x, conditions=..., condition_batch_size=batch)``) against zennit-crp
@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 
 def lrpfx_worker(size: int, layer: str, n: int, batch: int, rounds: int, compile: bool) -> dict:
@@ -58,7 +57,7 @@ def _json_line(proc) -> dict:
 
 
 def versus_crp(size, layer, n, batch, rounds, compile, crp_too: bool = True) -> dict:
-    from crp_env import crp_python, crp_unavailable_reason
+    from tests.helpers.crp_env import crp_python, crp_unavailable_reason
 
     python = crp_python()
     if python is None:
@@ -68,8 +67,8 @@ def versus_crp(size, layer, n, batch, rounds, compile, crp_too: bool = True) -> 
     runs = {"lrpfx": [], "crp": []}
     for _ in range(rounds):  # alternate the two processes: a shared machine's load hits both alike
         runs["lrpfx"].append(_json_line(subprocess.run(
-            [sys.executable, __file__, "--worker", *common] + (["--compile"] if compile else []),
-            capture_output=True, text=True, env=env)))
+            [sys.executable, "-m", "bench.concepts", "--worker", *common] + (["--compile"] if compile else []),
+            capture_output=True, text=True, env=env, cwd=HERE.parent)))
         if crp_too:
             runs["crp"].append(_json_line(subprocess.run([python, str(HERE / "concepts_crp_worker.py"), *common],
                                                          capture_output=True, text=True, env=env)))

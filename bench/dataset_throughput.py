@@ -12,8 +12,8 @@ wall time (tracing and building included; for torchrun, the slowest rank's time;
 start-up is shown separately). The write overhead is the time spent serialising, hashing and writing shards
 over the time spent explaining.
 
-    python bench/dataset_throughput.py            # 64 samples, 1 process vs 2, 2 rounds (about 4 min, 2 cores)
-    python bench/dataset_throughput.py --device cuda --samples 512 --nproc 1
+    python -m bench.dataset_throughput            # 64 samples, 1 process vs 2, 2 rounds (about 4 min, 2 cores)
+    python -m bench.dataset_throughput --device cuda --samples 512 --nproc 1
 """
 import argparse
 import json

@@ -5,7 +5,7 @@ initial weights from each of ``--seeds``, then compares rules on the 360 test di
 lrpfx.eval.evaluate_rules: pixel flipping (patch 1, 32 steps, deleted pixels set to 0 = the background) as
 MoRF/LeRF areas of the target logit, input relevance over the initial relevance, and the randomisation check on
 64 test digits. Prints one table per seed and the mean ± standard deviation over seeds.
-Run: ``python bench/digits_evaluate.py`` (a few minutes on 2 cores).
+Run: ``python -m bench.digits_evaluate`` (a few minutes on 2 cores).
 
 The same table for one model from the command line, with a factory file whose ``trained()`` returns the model and
 ``test_set()`` the data: ``lrpfx evaluate --model digits.py:trained --dataset digits.py:test_set``.

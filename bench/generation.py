@@ -1,7 +1,7 @@
 """Generation benchmark: explaining 32 generated tokens in one pass against the alternatives.
 
-    python bench/generation.py                      # LLaMA-like, 4 layers, hidden 256, prompt 128, 32 new tokens
-    python bench/generation.py --rounds 3 --no-compile
+    python -m bench.generation                      # LLaMA-like, 4 layers, hidden 256, prompt 128, 32 new tokens
+    python -m bench.generation --rounds 3 --no-compile
 
 The model is ``bench/transformer.py``'s LLaMA-like builder (random weights, float32, vocabulary 1000) at its
 default size, batch 1. Timed side by side, round-robin after a warm-up that builds every program, medians:
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+from bench.transformer import make_model
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from transformer import make_model  # noqa: E402
 
 UNIT = "one explanation"
 
@@ -112,7 +112,7 @@ FLOOR = "32 input gradients"
 
 
 def report(args, med, agree) -> str:
-    from report import machine
+    from bench.report import machine
 
     unit, floor, ours = med[UNIT], med[FLOOR], med["explain_generated"]
     shape = (f"LLaMA-like (`bench/transformer.py`'s builder at its default size): {args.layers} layers, hidden "

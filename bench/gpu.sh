@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python bench/gpu_check.py
-python bench/report.py --device cuda --batches 32 --rounds 10 --models vgg16 resnet50 --out bench/RESULTS-gpu.md
-python bench/transformer.py --device cuda --batch 8 --rounds 10 --out bench/RESULTS_transformer-gpu.md
+python -m bench.gpu_check
+python -m bench.report --device cuda --batches 32 --rounds 10 --models vgg16 resnet50 --out bench/RESULTS-gpu.md
+python -m bench.transformer --device cuda --batch 8 --rounds 10 --out bench/RESULTS_transformer-gpu.md
 cat bench/RESULTS-gpu.md bench/RESULTS_transformer-gpu.md

@@ -3,8 +3,8 @@
 The same explanations on CUDA and on the CPU must agree: a CNN (ResNet18, epsilon-gamma-box) and a tiny LLaMA
 (AttnLRP through the torch.export front-end), eager and compiled. Exits non-zero on a mismatch.
 
-    python bench/gpu_check.py            # needs torch.cuda.is_available()
-    python bench/gpu_check.py --device cpu   # the same comparisons against itself (a dry run of the script)
+    python -m bench.gpu_check            # needs torch.cuda.is_available()
+    python -m bench.gpu_check --device cpu   # the same comparisons against itself (a dry run of the script)
 """
 from __future__ import annotations
 

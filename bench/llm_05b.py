@@ -1,14 +1,14 @@
 """A real-size LLM: AttnLRP on a LLaMA-shaped model of ~0.5B parameters (random weights), prompt of 1024 tokens.
 
-    python bench/llm_05b.py                                   # float32 and bfloat16, batch 1, 1024 tokens
-    python bench/llm_05b.py --dtypes float32 --rounds 2 --no-compile --no-lxt
+    python -m bench.llm_05b                                   # float32 and bfloat16, batch 1, 1024 tokens
+    python -m bench.llm_05b --dtypes float32 --rounds 2 --no-compile --no-lxt
 
 Per dtype: the floor (one input gradient: the target logit's gradient with respect to the input embeddings,
 parameters frozen, HF's own attention), lrpfx eager and compiled (``compile=True``) with the ``attnlrp``
 composite, timed round-robin after a warm-up (which builds and compiles the programs); medians. Peak memory is
 the growth of the resident set during one call (the last round), measured in this process after the freed heap
 is handed back to the OS (``common.rss_growth_during``). LXT 2.1's efficient mode runs in its own environment
-(``tests/lxt_env.py``) on the same weights with its own floor (``bench/lxt_bench.py``), so its ratio is
+(``tests/helpers/lxt_env.py``) on the same weights with its own floor (``bench/lxt_bench.py``), so its ratio is
 measured side by side there. Writes ``bench/RESULTS_llm.md``.
 
 Size: hidden 1024, 24 layers, 16 heads, MLP 4096, vocabulary 32000: 0.47B parameters (1.9 GB in float32).
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
+from bench import transformer
+from bench.common import rss_growth_during
+from bench.transformer import methods
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
-from common import rss_growth_during  # noqa: E402
-import transformer  # noqa: E402
-from transformer import methods  # noqa: E402
 
 SHAPE = {"layers": 24, "hidden": 1024, "heads": 16, "intermediate": 4096, "vocab": 32000}
 
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from report import machine
+    from bench.report import machine
 
     rows, raw = [], {}
     for dtype_name in args.dtypes:

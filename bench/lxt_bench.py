@@ -1,15 +1,15 @@
 """Time LXT 2.1's efficient AttnLRP against the input-gradient floor on a LLaMA-like model (CPU).
 
-Run with the LXT interpreter (``tests/lxt_env.py``), not the main one::
+Run with the LXT interpreter (``tests/helpers/lxt_env.py``), not the main one::
 
-    $(python tests/lxt_env.py | cut -d' ' -f1) bench/lxt_bench.py --layers 4 --hidden 256 --seq 512
+    $(python -m tests.helpers.lxt_env | cut -d' ' -f1) -m bench.lxt_bench --layers 4 --hidden 256 --seq 512
 
 Both methods use one model object with frozen parameters; LXT's monkey patch is switched on and off between
 calls (its patches replace class methods and module functions, which we record and swap), so the rounds can
 alternate and share whatever noise the machine has. Per round:
 
 * ``lxt``: forward of the patched model on ``inputs_embeds`` (requires grad), backward of the summed argmax
-  logits of the last position, ``E * E.grad`` (LXT's recipe, see tests/lxt_reference.py);
+  logits of the last position, ``E * E.grad`` (LXT's recipe, see tests/helpers/lxt_reference.py);
 * ``floor``: the same forward on the unpatched model and ``torch.autograd.grad`` of the same sum w.r.t. E.
 
 Prints one JSON object on one line: medians in seconds, their ratio (and the median per-round ratio), the
@@ -18,8 +18,8 @@ compare memory with ``--only lxt`` / ``--only floor`` in fresh processes: altern
 pool, so the second method looks smaller than it is).
 
 ``--spec FILE`` takes a ``torch.save``'d {"family", "config" (a 5.x ``to_dict()``), "state_dict"} (as for
-tests/lxt_reference.py) so a benchmark elsewhere can use identical weights; ``--state-dict FILE`` takes just the
-weights for the configuration given on the command line.
+tests/helpers/lxt_reference.py) so a benchmark elsewhere can use identical weights; ``--state-dict FILE`` takes just
+the weights for the configuration given on the command line.
 """
 from __future__ import annotations
 
@@ -35,8 +35,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from lxt_reference import FAMILIES, _ensure_torchvision, build_config  # noqa: E402
+from tests.helpers.lxt_reference import FAMILIES, _ensure_torchvision, build_config
 
 _MISSING = object()
 

@@ -11,7 +11,7 @@ Trains the demo's small CNN (lrpfx/demo.py, same data split and training), then,
 3. **Scores**: PixelFlipping (AUC), FaithfulnessCorrelation, MPRT (average rank correlation with the
    progressively randomised model), Sparseness and MaxSensitivity for lrpfx's built-in rules.
 
-Run: ``python bench/quantus_bench.py`` (about two minutes on 2 cores); ``--quick`` for a smoke run.
+Run: ``python -m bench.quantus_bench`` (about two minutes on 2 cores); ``--quick`` for a smoke run.
 The numbers are in bench/RESULTS_quantus.md.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recurrent benchmark: one LRP explanation of an LSTM / GRU classifier against one input gradient.
 
-    python bench/recurrent.py                 # batch 8, 50 steps, 64 features, hidden 128, 2 layers, bidirectional
-    python bench/recurrent.py --rounds 5 --steps 100
+    python -m bench.recurrent                 # batch 8, 50 steps, 64 features, hidden 128, 2 layers, bidirectional
+    python -m bench.recurrent --rounds 5 --steps 100
 
 Per cell (LSTM, GRU), timed side by side and round-robin after a warm-up that builds the programs, medians of
 ``--rounds``: ``gradient`` (forward and backward of the target logit through the fused PyTorch layer, the unit),

@@ -1,7 +1,7 @@
 """Benchmark report: time and peak memory of lrpfx against the floor (one input gradient) and the peers.
 
-    python bench/report.py                      # CPU: VGG16 and ResNet50, batch 1/2/8, writes bench/RESULTS.md
-    python bench/report.py --device cuda --batches 32 --out bench/RESULTS-gpu.md
+    python -m bench.report                      # CPU: VGG16 and ResNet50, batch 1/2/8, writes bench/RESULTS.md
+    python -m bench.report --device cuda --batches 32 --out bench/RESULTS-gpu.md
 
 All methods of one (model, batch) are warmed up (programs built and compiled), then timed round-robin for
 ``--rounds`` rounds; the table shows medians as ratios to the floor's median from the same rounds. Peak memory
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import COMPOSITES, make_model, methods  # noqa: E402
+from bench.common import COMPOSITES, make_model, methods
 
 CHOICES = {}  # (model, batch, method) -> "compiled" or "eager", what compile=True chose
 TARGETS = {"epsilon": (1.15, None), "epsilon-plus-flat": (1.6, 2.0), "epsilon-gamma-box": (2.2, 3.0)}
@@ -65,9 +64,8 @@ def peak_memory(model_name: str, batch: int, size: int, method: str, device: str
     """Peak memory growth in MiB of one call of ``method`` after a warm-up call, in a fresh process: CUDA's peak
     allocation, or on the CPU the resident set sampled during the call (freed heap handed back first)."""
     code = f"""
-import sys, torch
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from common import make_model, methods, rss_growth_during
+import torch
+from bench.common import make_model, methods, rss_growth_during
 torch.manual_seed(0)
 model = make_model({model_name!r}, device={device!r})
 x = torch.randn({batch}, 3, {size}, {size}, device={device!r})
@@ -79,7 +77,8 @@ if {device!r}.startswith('cuda'):
 else:
     print(rss_growth_during(run))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800,
+                         cwd=Path(__file__).resolve().parents[1])  # the root, where bench.common imports from
     if out.returncode != 0:
         return float("nan")
     return float(out.stdout.strip().splitlines()[-1])

@@ -6,7 +6,7 @@ weights. Compare ratios within one run; ``bench/report.py`` prints them as a tab
 import pytest
 import torch
 
-from common import COMPOSITES, captum_method, floor, lrpfx_method, make_model, zennit_method
+from bench.common import COMPOSITES, captum_method, floor, lrpfx_method, make_model, zennit_method
 
 MODELS = ("vgg16", "resnet50")
 BATCHES = (1, 2, 8)

@@ -1,6 +1,6 @@
 """pytest-benchmark cases for lrpfx.explain_dataset: ``python -m pytest bench/test_bench_dataset.py
 --benchmark-only`` (not part of the test run; the 1-process-versus-torchrun comparison is
-``python bench/dataset_throughput.py``).
+``python -m bench.dataset_throughput``).
 
 ResNet50 (random weights), 224x224 random inputs, batch 8, float16 shards of 16 samples; each round writes into
 a fresh folder. The shard-writing overhead (serialise, hash, write, rename) must stay under 10% of the time

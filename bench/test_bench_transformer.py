@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from transformer import make_model, methods
+from bench.transformer import make_model, methods
 
 pytest.importorskip("transformers")
 _cache = {}

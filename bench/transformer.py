@@ -1,14 +1,14 @@
 """Transformer benchmark: AttnLRP on a LLaMA-like model against the floor and LXT's efficient mode.
 
-    python bench/transformer.py                     # CPU: 4 layers, hidden 256, sequence 512, batch 2
-    python bench/transformer.py --layers 2 --seq 128 --rounds 3 --no-lxt
+    python -m bench.transformer                     # CPU: 4 layers, hidden 256, sequence 512, batch 2
+    python -m bench.transformer --layers 2 --seq 128 --rounds 3 --no-lxt
 
 Floor: one input gradient — the target logit's gradient with respect to the input embeddings, parameters
 frozen, on the same model (HF's own attention). lrpfx eager and compiled (``compile=True``) explain the same
 token ids with the ``attnlrp`` composite. LXT 2.1 (efficient mode) needs transformers 4.52.4 and runs in its side
-environment (``tests/lxt_env.py``) on the same weights, saved to a temporary file; its own floor is timed there too,
-so its ratio is measured side by side. Peak memory: growth of the resident set during one call after a warm-up
-call, each method in a fresh process. Writes the table to ``bench/RESULTS_transformer.md``.
+environment (``tests/helpers/lxt_env.py``) on the same weights, saved to a temporary file; its own floor is timed
+there too, so its ratio is measured side by side. Peak memory: growth of the resident set during one call after a
+warm-up call, each method in a fresh process. Writes the table to ``bench/RESULTS_transformer.md``.
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 
+from bench.common import rss_growth_during, settle
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
-from common import rss_growth_during, settle  # noqa: E402
 
 
 def llama_config(layers: int, hidden: int, heads: int, vocab: int):
@@ -89,8 +88,8 @@ def time_all(table, rounds, device="cpu"):
 
 def peak_memory(args, method: str) -> float:
     """Peak RSS growth (MiB) of one call over a forward-only baseline, in a fresh process."""
-    cli = [sys.executable, __file__, "--memory-of", method] + _shape_args(args)
-    out = subprocess.run(cli, capture_output=True, text=True, timeout=1800)
+    cli = [sys.executable, "-m", "bench.transformer", "--memory-of", method] + _shape_args(args)
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=1800, cwd=HERE.parent)
     return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
 
 
@@ -109,7 +108,7 @@ def measure_memory_here(args, method: str) -> None:
 def lxt_times(args, model, extra=(), timeout: int = 3600) -> dict:
     """LXT efficient mode and its floor, timed in the LXT environment on the same weights (``extra``: more
     arguments of lxt_bench.py, such as ``--dtype``)."""
-    from lxt_env import lxt_python, lxt_unavailable_reason
+    from tests.helpers.lxt_env import lxt_python, lxt_unavailable_reason
 
     python = lxt_python()
     if python is None:
@@ -117,11 +116,11 @@ def lxt_times(args, model, extra=(), timeout: int = 3600) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save(model.state_dict(), weights)
-        cli = [python, str(HERE / "lxt_bench.py"), "--state-dict", str(weights), "--rounds", str(args.rounds),
+        cli = [python, "-m", "bench.lxt_bench", "--state-dict", str(weights), "--rounds", str(args.rounds),
                "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
                "--vocab", str(args.vocab), "--seq", str(args.seq), "--batch", str(args.batch),
                "--intermediate", str(model.config.intermediate_size), *extra]
-        out = subprocess.run(cli, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
     if args.memory_of:
         measure_memory_here(args, args.memory_of)
         return 0
-    from report import machine
+    from bench.report import machine
 
     model, ids = make_model(args)
     med = time_all(methods(model, ids), args.rounds, args.device)

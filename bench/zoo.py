@@ -1,10 +1,10 @@
-"""The breadth zoo as a table: every architecture of ``tests/breadth_zoo.py`` explained with
+"""The breadth zoo as a table: every architecture of ``tests/helpers/breadth_zoo.py`` explained with
 ``CPLRP(epsilon=0, zero_bias=True)`` (Mamba: ``MambaLRP(epsilon=0, zero_bias=True)``) in float64.
 
-    python bench/zoo.py                    # all models, one subprocess each (a crash or a hang stays contained)
-    python bench/zoo.py hf-bloom timm-     # models whose name starts with these prefixes
-    python bench/zoo.py --markdown         # the table as Markdown
-    python bench/zoo.py --dynamic hf-swin  # with every input axis exported dynamic (the former default)
+    python -m bench.zoo                    # all models, one subprocess each (a crash or a hang stays contained)
+    python -m bench.zoo hf-bloom timm-     # models whose name starts with these prefixes
+    python -m bench.zoo --markdown         # the table as Markdown
+    python -m bench.zoo --dynamic hf-swin  # with every input axis exported dynamic (the former default)
 
 Columns: status (``ok`` or the lrpfx error's name), first call (trace or export, build, run), second call
 (the cached program), and conservation: max over samples of ``|Σ R - logit| / |logit|``, R summed over every
@@ -20,8 +20,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
 
 
@@ -30,7 +29,7 @@ def run_one(name: str, dynamic=None) -> dict:
 
     torch.set_num_threads(1)
     import lrpfx
-    from breadth_zoo import ZOO, explained_logit, total_relevance
+    from tests.helpers.breadth_zoo import ZOO, explained_logit, total_relevance
 
     case = ZOO[name]()
     row = {"model": name, "status": "ok", "build_s": None, "call_s": None, "conservation": None}
@@ -68,14 +67,14 @@ def main(argv=None):
     if args.one:
         print(json.dumps(run_one(args.one, True if args.dynamic else None)))
         return
-    from breadth_zoo import ZOO
+    from tests.helpers.breadth_zoo import ZOO
 
     names = [n for n in ZOO if not args.prefixes or any(n.startswith(p) for p in args.prefixes)]
     rows = []
     for name in names:
         try:
-            command = [sys.executable, __file__, "--one", name] + (["--dynamic"] if args.dynamic else [])
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+            command = [sys.executable, "-m", "bench.zoo", "--one", name] + (["--dynamic"] if args.dynamic else [])
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             row = json.loads(lines[-1]) if lines else {
                 "model": name, "status": "crash", "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}

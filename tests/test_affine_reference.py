@@ -1,6 +1,6 @@
 """Every affine rule against an independent float64 matrix-form reference (docs/lrp-reference.md §1).
 
-The reference (``tests/reference.py``) never touches lrpfx: each layer becomes a dense per-sample matrix
+The reference (``tests/helpers/reference.py``) never touches lrpfx: each layer becomes a dense per-sample matrix
 (identity basis pushed through the bias-free layer; ``W⁺``/``W⁻`` from the layer with clamped weights) and each
 rule is evaluated from the contract's formulas with plain matrix algebra.
 
@@ -27,7 +27,7 @@ from lrpfx.composites import parse_rule, single
 from lrpfx.rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, affine
 from lrpfx.rules import layers as L
 
-import reference as ref
+from tests.helpers import reference as ref
 
 DT = torch.float64
 RTOL, ATOL = 1e-9, 1e-12

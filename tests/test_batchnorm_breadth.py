@@ -23,8 +23,8 @@ from lrpfx.composites import CPLRP, single
 from lrpfx.rules import Epsilon, Norm, Pass
 
 try:
-    from breadth_zoo import PreActResNet
-    from models import build, calibrate_batchnorm, random_input, remove_biases
+    from tests.helpers.breadth_zoo import PreActResNet
+    from tests.helpers.models import build, calibrate_batchnorm, random_input, remove_biases
 except ImportError:  # tests/ imported as a package
     from tests.breadth_zoo import PreActResNet
     from tests.models import build, calibrate_batchnorm, random_input, remove_biases

@@ -1,8 +1,8 @@
 """Conditional relevance equals zennit-crp 0.6.0's ``CondAttribution`` (float64, random weights).
 
-zennit-crp pins zennit 0.4.6, so it runs in a side environment (``tests/crp_env.py``) through
-``tests/crp_reference.py``; the models are built here and handed over as state dicts. The test fails when that
-environment cannot be built (it needs pip access once). ``pytest tests/test_concepts_crp.py -s`` prints the
+zennit-crp pins zennit 0.4.6, so it runs in a side environment (``tests/helpers/crp_env.py``) through
+``tests/helpers/crp_reference.py``; the models are built here and handed over as state dicts. The test fails when
+that environment cannot be built (it needs pip access once). ``pytest tests/test_concepts_crp.py -s`` prints the
 numbers. Compared: CRP's heatmap (the input relevance summed over the colour axis) and the per-channel relevance
 at recorded layers, relative error ``max |diff| / max |CRP|``, for single-layer conditions, two-layer (chain)
 conditions, a condition inside a residual branch and one on the skip path's convolution. Composites: see
@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import lrpfx
-from crp_env import crp_python, crp_unavailable_reason, crp_versions
-from models import randomize_batchnorm
+from tests.helpers.crp_env import crp_python, crp_unavailable_reason, crp_versions
+from tests.helpers.models import randomize_batchnorm
 
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REFERENCE = Path(__file__).with_name("crp_reference.py")
+REFERENCE = Path(__file__).with_name("helpers") / "crp_reference.py"
 TOLERANCE = 1e-6
 BN_EPS = 1e-12  # see tests/test_zennit.py: Zennit leaves x / sqrt(1 + eps) in a merged BatchNorm
 NUM_CLASSES = 10

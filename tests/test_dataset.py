@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 import lrpfx
 from lrpfx.data import DatasetError, ShardError, explain_dataset, load_explanations, plan, store
 
-import dataset_job as job
+from tests.helpers import dataset_job as job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def run_job(out, rule=job.RULE, model=None, **options):
@@ -237,7 +237,7 @@ def test_crash_during_write_leaves_no_complete_looking_shard(reference, tmp_path
 def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     out = tmp_path / "run"
     gate = 2 * job.SHARD_SIZE + job.BATCH_SIZE    # shard 2's second batch blocks: the kill lands mid-shard
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dataset_job.py"), str(out), "--gate", str(gate),
+    proc = subprocess.Popen([sys.executable, job.__file__, str(out), "--gate", str(gate),
                              "--gate-file", str(tmp_path / "never")], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -303,7 +303,7 @@ def test_unknown_folder_contents_are_refused(tmp_path):
 def test_torchrun_two_processes_equal_one_process(reference, tmp_path):
     out = tmp_path / "ddp"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests" / "dataset_job.py"), str(out)], env=ENV, capture_output=True,
+                           job.__file__, str(out)], env=ENV, capture_output=True,
                           text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),

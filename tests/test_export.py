@@ -1,6 +1,6 @@
-"""Inspecting and shipping a relevance program (lrpfx.program.save): its code runs on its own, the rule table
-matches the composite, the DOT graph has one relevance node per relevance step, and a .pt2 runs in a fresh
-process without lrpfx or the model's class."""
+"""Inspecting and shipping a relevance program (lrpfx.program.save and the writers it uses): its code runs on its
+own, the rule table matches the composite, the DOT graph has one relevance node per relevance step, and a .pt2
+runs in a fresh process without lrpfx or the model's class."""
 import importlib.util
 import operator
 import os
@@ -15,10 +15,13 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.program import save as exporting
+from lrpfx.program import dot as program_dot
+from lrpfx.program.code import _import_line, program_globals
+from lrpfx.program.exported import to_exported
+from lrpfx.program.nodes import relevance_steps, rule_label
 from lrpfx.rules import affine
 
-from models import randomize_batchnorm
+from tests.helpers.models import randomize_batchnorm
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -49,7 +52,7 @@ def small_cnn():
 # ---- code ------------------------------------------------------------------------------------------------------
 def test_code_executes_and_reproduces_relevance(resnet):
     model, x, prog, refs = resnet
-    namespace = exporting.program_globals(prog)           # what fx bound: graph_module.forward.__globals__
+    namespace = program_globals(prog)  # what fx bound: graph_module.forward.__globals__
     assert "lrpfx_rules_affine_gamma" in namespace and "lrpfx_rules_affine_gamma" in prog.code
     exec(prog.code, namespace)
     with torch.no_grad():
@@ -76,8 +79,8 @@ def test_saved_python_module_runs(resnet, tmp_path):
 
 
 def test_python_module_marks_what_cannot_be_imported():
-    lines = [exporting._import_line("local_fn", lambda t: t),
-             exporting._import_line("lrpfx_rules_affine_gamma", affine.gamma)]
+    lines = [_import_line("local_fn", lambda t: t),
+             _import_line("lrpfx_rules_affine_gamma", affine.gamma)]
     assert lines[1] == "from lrpfx.rules.affine import gamma as lrpfx_rules_affine_gamma"
     assert lines[0].startswith("local_fn = _unavailable('local_fn'")
 
@@ -124,7 +127,7 @@ def test_dot_has_one_relevance_node_per_step(resnet):
     assert text.startswith("digraph") and text.rstrip().endswith("}")
     assert "subgraph cluster_forward" in text and "subgraph cluster_relevance" in text
     nodes, edges = parse_dot(text)
-    steps = exporting.relevance_steps(prog)
+    steps = relevance_steps(prog)
     graph_nodes = list(prog.graph_module.graph.nodes)
     start = [n.name for n in graph_nodes].index("r_output")
     expected = [n.name for n in graph_nodes[start:] if n.op in ("call_function", "call_module")]
@@ -148,7 +151,7 @@ def test_dot_has_one_relevance_node_per_step(resnet):
     for name in affine_labels:
         sources = {nodes[a][0] for a, b in edges if b == name}
         assert {"relevance", "forward"} <= sources or {"relevance", "io"} <= sources, name
-    with_params = parse_dot(exporting.to_dot(prog, params=True))[0]
+    with_params = parse_dot(program_dot.to_dot(prog, params=True))[0]
     assert any(cls == "param" for cls, _ in with_params.values())
 
 
@@ -158,9 +161,9 @@ def test_rule_label_reads_the_kwargs():
     node = graph.call_function(affine.gamma, (x, x, None, x, x),
                                {"layer": lrpfx.rules.layers.Linear(), "gamma": 0.25, "eps": 1e-6,
                                 "zero_bias": False, "x_nonneg": False, "positive_only": False})
-    assert exporting.rule_label(node) == "gamma(gamma=0.25, eps=1e-06) on Linear"
+    assert rule_label(node) == "gamma(gamma=0.25, eps=1e-06) on Linear"
     pick = graph.call_function(operator.getitem, (node, 1))
-    assert exporting.rule_label(pick) == "[1]"
+    assert rule_label(pick) == "[1]"
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's 'dot' executable is not installed "
@@ -174,7 +177,7 @@ def test_svg_rendering(tmp_path):
 
 def test_svg_without_graphviz_says_how_to_get_it(resnet, tmp_path, monkeypatch):
     prog = resnet[2]
-    monkeypatch.setattr(exporting.shutil, "which", lambda name: None)
+    monkeypatch.setattr(program_dot.shutil, "which", lambda name: None)
     with pytest.raises(lrpfx.LrpfxError, match=r"apt-get install graphviz.*'\.dot'"):
         prog.save(tmp_path / "prog.svg")
     assert prog.save(tmp_path / "prog.dot").read_text() == prog.to_dot()
@@ -186,7 +189,7 @@ def test_svg_without_graphviz_says_how_to_get_it(resnet, tmp_path, monkeypatch):
 FRESH = textwrap.dedent("""
     import sys
     sys.modules["lrpfx"] = None            # importing lrpfx (or the test module with the model) now fails
-    sys.modules["test_export"] = sys.modules["models"] = None
+    sys.modules["tests"] = sys.modules["tests.test_export"] = sys.modules["tests.helpers.models"] = None
     import torch
     ep = torch.export.load("prog.pt2")
     data = torch.load("data.pt")
@@ -194,7 +197,7 @@ FRESH = textwrap.dedent("""
         out, (r,) = ep.module()(data["x"])
     assert out.shape == data["out"].shape and r.shape == data["r"].shape, (out.shape, r.shape)
     print(float((out - data["out"]).abs().max()), float((r - data["r"]).abs().max()))
-    assert not any(m == "lrpfx" or m.startswith("lrpfx.") or m in ("test_export", "models") for m in sys.modules
+    assert not any(m in ("lrpfx", "tests") or m.startswith(("lrpfx.", "tests.")) for m in sys.modules
                    if sys.modules[m] is not None)
 """)
 
@@ -204,14 +207,14 @@ def test_pt2_with_target_input(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     prog = lrpfx.export(model, x, rule="epsilon-plus-flat")
     target = torch.tensor([1, 4])
-    exported = exporting.to_exported(prog, (x, target), target_input=True)
+    exported = to_exported(prog, (x, target), target_input=True)
     for xb, tb in ((x, target), (torch.randn(3, 3, 16, 16), torch.tensor([0, 2, 4]))):  # the batch axis is free
         out, (r,) = exported.module()(xb, tb)
         ref_out, (ref,) = prog(xb, target=tb)
         torch.testing.assert_close(out, ref_out)
         torch.testing.assert_close(r, ref)
     with pytest.raises(lrpfx.InputError, match="target"):
-        exporting.to_exported(prog, (x,), target_input=True)
+        to_exported(prog, (x,), target_input=True)
 
 
 def test_pt2_round_trip_in_fresh_process(tmp_path):

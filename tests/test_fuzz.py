@@ -1,5 +1,5 @@
 """Architecture fuzzing: random small networks against the LRP properties of reference §7 and an independent
-slow reference evaluator (``tests/slow_reference.py``).
+slow reference evaluator (``tests/helpers/slow_reference.py``).
 
 Every network is built from a *recipe*, plain data (dicts, strings, ints) drawn by hypothesis and turned into an
 ``nn.Module`` subclass by :func:`build_model` (same recipe, same weights): Conv1d/Conv2d/Linear stacks (groups,
@@ -55,7 +55,7 @@ from torch import nn
 import lrpfx
 from lrpfx.rules import Epsilon, Norm
 
-import slow_reference as sref
+from tests.helpers import slow_reference as sref
 
 DT = torch.float64
 pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning"),

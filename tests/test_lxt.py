@@ -1,7 +1,7 @@
 """Equivalence with LXT 2.1 (AttnLRP, efficient mode) on tiny random transformers in float64.
 
-LXT needs transformers 4.52.4, so it runs in a side venv (``tests/lxt_env.py``) through
-``tests/lxt_reference.py``; the model is built here with the installed transformers and handed over as
+LXT needs transformers 4.52.4, so it runs in a side venv (``tests/helpers/lxt_env.py``) through
+``tests/helpers/lxt_reference.py``; the model is built here with the installed transformers and handed over as
 config + state dict. The tests fail when that environment cannot be built (it needs pip access once).
 Run ``pytest tests/test_lxt.py -s`` to see the numbers.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lxt_env import lxt_python, lxt_unavailable_reason
+from tests.helpers.lxt_env import lxt_python, lxt_unavailable_reason
 
 transformers = pytest.importorskip("transformers")
 
-REFERENCE = Path(__file__).with_name("lxt_reference.py")
+REFERENCE = Path(__file__).with_name("helpers") / "lxt_reference.py"
 B, T = 2, 6
 TOLERANCE = 1e-4
 

@@ -1,5 +1,5 @@
 """LSTM, GRU and Elman RNN layers under Arras et al.'s rules (docs/recurrent.md), checked against an independent
-float64 NumPy implementation (tests/recurrent_reference.py), for conservation, on both front-ends, and for the
+float64 NumPy implementation (tests/helpers/recurrent_reference.py), for conservation, on both front-ends, and for the
 errors a user can cause."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import lrpfx
 from lrpfx import Composite
 from lrpfx.rules import Epsilon, Pass, RecurrentLRP
 from lrpfx.rules.recurrent import RecurrentSpec, recurrent
-from recurrent_reference import layer_relevance
+from tests.helpers.recurrent_reference import layer_relevance
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               # torch.export's own note on nn.RNNBase's cached weight list, not about lrpfx

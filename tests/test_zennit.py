@@ -27,7 +27,7 @@ from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, Epsil
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 
 try:
-    from models import build, random_input
+    from tests.helpers.models import build, random_input
 except ImportError:  # tests/ imported as a package
     from tests.models import build, random_input
 

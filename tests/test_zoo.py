@@ -48,7 +48,7 @@ pytest.importorskip("torchvision")
 from torchvision.ops.misc import SqueezeExcitation  # noqa: E402
 
 try:
-    from models import build, random_input
+    from tests.helpers.models import build, random_input
 except ImportError:  # tests/ imported as a package
     from tests.models import build, random_input
 

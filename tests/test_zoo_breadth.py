@@ -1,6 +1,6 @@
 """Breadth zoo (issue 14): Hugging Face decoders (dense and mixture-of-experts), encoders, encoder-decoders,
 vision, audio and two-tower models, timm CNNs and hybrid vision transformers, DenseNet and a pre-activation
-ResNet, all from tiny random configurations in float64 (``tests/breadth_zoo.py``; ``bench/zoo.py`` prints the
+ResNet, all from tiny random configurations in float64 (``tests/helpers/breadth_zoo.py``; ``bench/zoo.py`` prints the
 table with build and call times).
 
 Every model explains under ``CPLRP(epsilon=0, zero_bias=True)`` (Mamba under ``MambaLRP``'s): the relevance is
@@ -19,7 +19,7 @@ from lrpfx.composites import CPLRP
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 try:
-    from breadth_zoo import NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
+    from tests.helpers.breadth_zoo import NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
 except ImportError:  # tests/ imported as a package
     from tests.breadth_zoo import NOT_CONSERVING, ZOO, explained_logit, text_inputs, total_relevance
 

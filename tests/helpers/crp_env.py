@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional
 
-from side_env import SideEnv
+from .side_env import SideEnv
 
 CRP_VERSION = "0.6.0"
 ZENNIT_VERSION = "0.4.6"

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional
 
-from side_env import SideEnv
+from .side_env import SideEnv
 
 LXT_VERSION = "2.1"
 TRANSFORMERS_VERSION = "4.52.4"

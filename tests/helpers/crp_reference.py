@@ -1,8 +1,9 @@
 """Conditional heatmaps and concept relevances computed by zennit-crp 0.6.0 (``CondAttribution``).
 
-Run with the interpreter from ``tests/crp_env.py`` (zennit 0.4.6 + zennit-crp 0.6.0), never with the main one:
+Run with the interpreter from ``tests/helpers/crp_env.py`` (zennit 0.4.6 + zennit-crp 0.6.0), never with the main
+one:
 
-    python tests/crp_reference.py IN.pt OUT.pt
+    python tests/helpers/crp_reference.py IN.pt OUT.pt
 
 IN.pt (``torch.save`` of a list of dicts):
   arch          torchvision constructor name ("vgg16_bn", "resnet18", ...)

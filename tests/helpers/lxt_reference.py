@@ -1,8 +1,9 @@
 """AttnLRP reference relevance computed by LXT 2.1 in efficient mode (``lxt.efficient.monkey_patch``).
 
-Run with the interpreter from ``tests/lxt_env.py`` (transformers 4.52.4 + lxt 2.1), never with the main one:
+Run with the interpreter from ``tests/helpers/lxt_env.py`` (transformers 4.52.4 + lxt 2.1), never with the main
+one:
 
-    python tests/lxt_reference.py IN.pt OUT.pt
+    python tests/helpers/lxt_reference.py IN.pt OUT.pt
 
 IN.pt (``torch.save`` of a dict):
   family          "llama" | "qwen2" | "gpt2" | "bert"
