@@ -1,7 +1,11 @@
 """lrpfx: Layer-wise Relevance Propagation for PyTorch models, as an explicit relevance program."""
-from . import composites, rules
+from . import composites, pipeline, rules
 from .api import Explainer, Explanation, RelevanceProgram, explain, export
 from .composites import Composite
+from .graph.registry import register_op, unregister_op
+from .kinds import Kind
+from .pipeline import build_program, graph_of
+from .rules import Rule
 from .data import explain_dataset, load_explanations
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
@@ -13,4 +17,5 @@ from .version import __version__
 __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", "Composite", "composites", "rules", "fit_patterns", "Patterns",
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
-           "GenerationExplainer", "__version__"]
+           "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
+           "graph_of", "__version__"]

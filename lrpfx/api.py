@@ -7,31 +7,23 @@ caches it — compiled with ``torch.compile`` when asked — and runs it without
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.fx as fx
 from torch import nn
 
-from . import locks
-from .graph import canonize
-from . import graph
-from .composites import FIRST_KINDS, Composite, as_composite
-from .errors import (InputError, LrpfxError, LrpfxWarning, OutputError, RuleError, TargetError, TraceError,
-                     UnsupportedOpError, unmatched_pattern)
-from .frontend.export import decompose_attention, export_graph, input_shape_pattern
-from .program.faster import FasterOf, compile_program
+from . import locks, pipeline
+from .composites import Composite, as_composite
+from .errors import InputError, OutputError, TargetError
+from .frontend.export import input_shape_pattern
 from .locks import eval_mode
-from .frontend.normalise import normalise
-from .program.builder import ProgramBuilder
-from .rules import Pass, Rule, applies_to
-from .frontend.fx import record_values, source_line, trace
+from .pipeline import FRONTENDS
+from .program.faster import FasterOf, compile_program
+from .program.program import RelevanceProgram
+from .rules import Rule
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
-FRONTENDS = ("auto", "fx", "export")
 # inputs whose relevance is the explanation's main ``relevance`` when the input is a dict, in this order
 PRIMARY_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features", "x")
 
@@ -81,72 +73,6 @@ class Explanation:
         raise InputError(f"format must be 'html' or 'ansi', got {format!r}")
 
 
-@dataclass(frozen=True)
-class RuleRow:
-    """One row of :meth:`RelevanceProgram.rule_table`."""
-
-    node: str
-    module: str
-    op: str
-    kind: str
-    rule: str
-    chosen_by: str
-    shape: Tuple[int, ...]
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class RuleTable(list):
-    """A list of :class:`RuleRow` that prints as an aligned text table."""
-
-    def __str__(self) -> str:
-        header = ("node", "module", "op", "kind", "rule", "chosen by", "shape")
-        rows = [header] + [(r.node, r.module, r.op, r.kind, r.rule, r.chosen_by, str(tuple(r.shape))) for r in self]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
-
-    def as_dicts(self) -> List[Dict[str, Any]]:
-        return [r.as_dict() for r in self]
-
-
-@dataclass
-class RelevanceProgram:
-    """The rewritten graph: forward pass, then one relevance step per node. Call it like the model plus
-    ``target``; it returns ``(output, input_relevances[, intermediate])``."""
-
-    graph_module: fx.GraphModule
-    rows: RuleTable
-    composite: Composite
-
-    @property
-    def code(self) -> str:
-        return self.graph_module.code
-
-    def rule_table(self) -> RuleTable:
-        return self.rows
-
-    def __call__(self, *inputs, target=None):
-        """Run the program: ``target`` is None (argmax), an int, a LongTensor [B] or an initial relevance."""
-        if isinstance(target, int) and not isinstance(target, bool):
-            target = torch.full((inputs[0].shape[0],), target, dtype=torch.long, device=inputs[0].device)
-        with locks.running(), torch.no_grad():
-            return self.graph_module(*inputs, target)
-
-    def to_dot(self, **options) -> str:
-        """Graphviz DOT text of the program (:func:`lrpfx.program.save.to_dot`)."""
-        from .program.save import to_dot
-        return to_dot(self, **options)
-
-    def save(self, path, example_inputs=None, **options):
-        """Write the program as ``.dot``, ``.svg``/``.png`` (Graphviz), ``.py`` or ``.pt2`` (``torch.export``;
-        ``example_inputs`` default to random inputs of the built shapes): :func:`lrpfx.program.save.save`."""
-        from .program.save import save
-        return save(self, path, example_inputs, **options)
-
-
-
-
 def _as_tuple(x) -> Tuple[torch.Tensor, ...]:
     if isinstance(x, torch.Tensor):
         return (x,)
@@ -193,49 +119,6 @@ def _serves(pattern: tuple, inputs: ModelInputs) -> bool:
         for p, t in zip(pattern, inputs.tensors))
 
 
-def needs_export(model: nn.Module) -> bool:
-    """Models torch.fx cannot trace or explain op by op: Hugging Face models and torch.nn attention."""
-    if type(model).__module__.startswith("transformers."):
-        return True
-    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
-               for m in model.modules())
-
-
-def choose_rules(infos: Dict[fx.Node, graph.NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
-    """One rule per activation node, validated against the node's kind, and the mapping that chose each."""
-    affine = [n for n, i in infos.items() if i.kind in FIRST_KINDS]
-    first = affine[0] if affine else None
-    rules: Dict[fx.Node, Rule] = {}
-    reasons: Dict[fx.Node, str] = {}
-    for n, info in infos.items():
-        if info.kind in ("input", "embedding"):
-            continue  # where relevance stops
-        rule, reason = composite.rule_for(info, is_first=(n is first))
-        if rule is None:
-            raise UnsupportedOpError(_unsupported_message(info))
-        if isinstance(rule, Pass) and not passes_through(info):
-            raise RuleError(
-                f"Pass() cannot apply to node '{n.name}' ({info.op}){source_line(n)}: the identity rule needs one "
-                "activation input broadcast to one tensor output; assign Gradient() (or a rule of this kind) with "
-                f"Composite(by_name={{'{info.name}': Gradient()}})")
-        if not applies_to(rule, info.kind):
-            raise RuleError(
-                f"rule {rule.describe()} cannot apply to node '{n.name}' ({info.op}, kind '{info.kind}')"
-                f"{source_line(n)}; assign a rule that fits this kind with "
-                f"Composite(by_name={{'{info.name}': ...}})")
-        rules[n], reasons[n] = rule, reason
-    _check_patterns_match(infos, composite)
-    return rules, reasons
-
-
-def _check_patterns_match(infos: Dict[fx.Node, graph.NodeInfo], composite: Composite) -> None:
-    """A ``by_name`` glob that names no node is a typo or a pattern meant for another model: say so."""
-    names = sorted({i.name for i in infos.values()} | {n.name for n in infos})
-    for pattern, _ in composite.by_name:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise unmatched_pattern("by_name", pattern, names)
-
-
 def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:
     """A NaN or Inf in the explained output makes every relevance meaningless: say so instead of returning it."""
     if not allow_nonfinite and output.is_floating_point() and not bool(torch.isfinite(output).all()):
@@ -244,64 +127,6 @@ def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:
         raise OutputError(f"the model's output contains NaN or Inf (samples {bad}): the relevance would be "
                           "meaningless. Check the inputs and the model in this dtype (some models overflow in "
                           "float16 or return NaN for padded rows); pass allow_nonfinite=True to get it anyway")
-
-
-def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, graph.NodeInfo]) -> None:
-    """Refuse a graph in which relevance would silently stop at a node lrpfx does not track, and say so when an
-    input's relevance is zero because the output does not depend on it."""
-    node = graph.untracked_dependency(gm, infos)
-    if node is not None:
-        value = node.meta["lrpfx_value"]
-        container = not value.is_tensor and (value.tuple_len is None or value.nested)
-        what = "a nested tuple or other container" if container else f"a value lrpfx does not track ({value})"
-        raise UnsupportedOpError(
-            f"the output depends on the input through node '{node.name}' ({graph.op_label(node)}){source_line(node)}, "
-            f"which returns {what}; lrpfx cannot propagate relevance through it and would return a wrong zero. "
-            "Ways out: make the op return one tensor or a flat tuple of tensors (unpack nested results in a "
-            "wrapper module), or replace it by ops lrpfx knows (see the rule table of a model without it).")
-    for n in graph.unreached_inputs(gm, infos):
-        warnings.warn(f"the output does not depend on input '{n.name}': its relevance is zero by the model's "
-                      "structure, not by a rule", LrpfxWarning, stacklevel=4)
-
-
-def rule_table(infos: Dict[fx.Node, graph.NodeInfo], rules: Dict[fx.Node, Rule], reasons: Dict) -> RuleTable:
-    table = RuleTable()
-    for n, rule in rules.items():
-        info = infos[n]
-        label = rule.describe()
-        if info.folded_into is not None:
-            label += f" (BatchNorm '{infos[info.folded_into].name}' folded in)"
-        if info.fold_from is not None:
-            label = f"folded into the rule of '{info.fold_from.name}'"
-        table.append(RuleRow(n.name, info.name if info.module is not None else "", info.op, info.kind, label,
-                             reasons[n], info.shape))
-    return table
-
-
-def passes_through(info: graph.NodeInfo) -> bool:
-    """Whether the identity rule can apply: one activation input, broadcast (or equal) to one tensor output."""
-    value = info.node.meta["lrpfx_value"]
-    if info.x is None or not value.is_tensor:
-        return False
-    x_shape = info.x.meta["lrpfx_value"].shape
-    try:
-        return tuple(torch.broadcast_shapes(x_shape, value.shape)) == tuple(value.shape)
-    except RuntimeError:
-        return False
-
-
-def _unsupported_message(info: graph.NodeInfo) -> str:
-    n = info.node
-    key = f"Composite(by_name={{'{info.name}': ...}})"
-    ways = ["Gradient() to route the relevance by the op's gradient (exact for ops that select or move values: "
-            "max/min over an axis, sort, topk; an approximation for ops that mix values)"]
-    if passes_through(info):
-        ways.insert(0, "Pass() if it is elementwise (the relevance passes to its input unchanged)")
-    return (
-        f"no relevance rule for node '{info.name}' ({info.op}){source_line(n)}. lrpfx does not know how relevance "
-        f"flows through this op. Assign a rule with {key}: " + "; or ".join(ways) +
-        ". Or keep the module that contains it whole with leaf_modules=[...] and assign that module's rule by name."
-    )
 
 
 class Explainer:
@@ -360,73 +185,16 @@ class Explainer:
                 entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance, plan)
             return entry
 
-    def _graph(self, inputs: ModelInputs) -> Tuple[fx.GraphModule, str]:
-        """The model's graph, recorded on ``inputs``, from the front-end that can explain it."""
-        choice = self.frontend
-        if choice == "auto":
-            choice = "export" if inputs.names is not None or needs_export(self.model) else "fx"
-        if choice == "export":
-            return self._exported(inputs), "export"
-        if inputs.names is not None:
-            raise InputError("named (dict) inputs need the torch.export front-end: use frontend='auto' or 'export'")
-        try:
-            gm = trace(self.model, len(inputs.tensors), self.leaf_modules, self.output)
-            record_values(gm, inputs.tensors)
-            changed = decompose_attention(gm)  # F.scaled_dot_product_attention, split using the recorded shapes
-            if normalise(gm) or changed:  # lrpfx.frontend.normalise: baddbmm, spelled-out activations, named tuples
-                record_values(gm, inputs.tensors)
-        except TraceError as exc:
-            if self.frontend != "auto":
-                raise
-            try:
-                return self._exported(inputs), "export"
-            except LrpfxError as second:
-                raise TraceError(f"{exc}\n\ntorch.export failed as well:\n{second}") from exc
-        if self.frontend == "auto" and self._unexplained(gm):
-            try:  # an op fx keeps whole (a wrapped function, a module) may be plain ops to torch.export
-                exported = self._exported(inputs)
-                if not self._unexplained(exported):
-                    return exported, "export"
-            except LrpfxError:
-                pass
-        return gm, "fx"
-
-    def _exported(self, inputs: ModelInputs) -> fx.GraphModule:
-        gm = export_graph(self.model, inputs.names, inputs.tensors, dict(inputs.options), self.leaf_modules,
-                          self.output, dynamic=self.dynamic)
-        record_values(gm, inputs.tensors)
-        return gm
-
-    def _unexplained(self, gm: fx.GraphModule) -> bool:
-        """Whether some node has no rule (an op no table knows and the composite does not name), or the output
-        depends on the input through a node lrpfx does not track."""
-        graph.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
-        infos = graph.classify(gm)
-        return graph.untracked_dependency(gm, infos) is not None or any(
-            self.composite.rule_for(info, False)[0] is None for info in infos.values()
-            if info.kind not in ("input", "embedding"))
-
     def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         with eval_mode(self.model):
-            gm, frontend = self._graph(inputs)
+            gm, frontend = pipeline._front_end(self.model, inputs.tensors, inputs.names, dict(inputs.options),
+                                               self.frontend, self.leaf_modules, self.output, self.dynamic,
+                                               self.composite)
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
-        graph.hold_constant(gm, self.composite.constants, self.composite.constants_must_match)
-        infos = graph.classify(gm)
-        check_dependencies(gm, infos)
-        rules, reasons = choose_rules(infos, self.composite)
-        canonize.fold_batchnorms(infos, rules)
-        canonize.mark_nonnegative(infos)
-        table = rule_table(infos, rules, reasons)
-        output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-        canonize.mark_positive_only(infos, rules, output,
-                                    proportional_start=self.composite.start == "logit" and not target_is_relevance)
-        # a condition plan (lrpfx.concepts) names the masked nodes, the gates and the recorded nodes
-        options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
-        builder = ProgramBuilder(gm, infos, rules, start=self.composite.start,
-                                 times_input=self.composite.times_input, **options)
-        program = RelevanceProgram(builder.build(), table, self.composite)
+        program = pipeline.build_program(gm, self.composite, intermediate=intermediate,
+                                         start_is_relevance=target_is_relevance, plan=plan)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),

@@ -9,26 +9,24 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
-
-from torch import nn
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import RuleError
-from .rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform, MulUniform, Norm,
-                    NormIdentity, Pass, RecurrentLRP, Rule, Softmax, Structural, WinnerTakesAll, WSquare, ZBox,
-                    ZPlus)
+from .kinds import Kind
+from .rules import (RULE_CLASSES, AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform,
+                    MulUniform, Norm, NormIdentity, Pass, PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax,
+                    Structural, WinnerTakesAll, ZBox, ZPlus)
 
-_CONV_KINDS = {"conv", "conv_transpose"}
-FIRST_KINDS = {"linear", "conv", "conv_transpose"}
+_CONV_KINDS = {Kind.CONV, Kind.CONV_TRANSPOSE}
 
 # kind defaults (docs/rules.md): the rule a node kind gets when nothing else matched
-DEFAULTS: Dict[str, Rule] = {
-    "linear": Epsilon(), "conv": Epsilon(), "conv_transpose": Epsilon(),
-    "activation": Pass(), "identity": Pass(), "scale": Pass(), "batchnorm": Pass(),
-    "max_pool": WinnerTakesAll(), "avg_pool": Norm(), "reduce": Norm(), "add": Norm(),
-    "structural": Structural(), "mul": MulUniform(), "layer_norm": NormIdentity(),
-    "softmax": Softmax(), "matmul": MatmulUniform(), "recurrent": RecurrentLRP(),
+DEFAULTS: Dict[Kind, Rule] = {
+    Kind.LINEAR: Epsilon(), Kind.CONV: Epsilon(), Kind.CONV_TRANSPOSE: Epsilon(),
+    Kind.ACTIVATION: Pass(), Kind.IDENTITY: Pass(), Kind.SCALE: Pass(), Kind.BATCHNORM: Pass(),
+    Kind.MAX_POOL: WinnerTakesAll(), Kind.AVG_POOL: Norm(), Kind.REDUCE: Norm(), Kind.ADD: Norm(),
+    Kind.STRUCTURAL: Structural(), Kind.MUL: MulUniform(), Kind.LAYER_NORM: NormIdentity(),
+    Kind.SOFTMAX: Softmax(), Kind.MATMUL: MatmulUniform(), Kind.RECURRENT: RecurrentLRP(),
 }
 
 
@@ -97,7 +95,7 @@ class Composite:
                 return rule, f"by_type[{getattr(key, '__name__', key)}]"
         if info.kind in _CONV_KINDS and self.conv is not None:
             return self.conv, "conv"
-        if info.kind == "linear" and self.linear is not None:
+        if info.kind == Kind.LINEAR and self.linear is not None:
             return self.linear, "linear"
         if self.default is not None and info.kind in self.default.kinds:
             return self.default, "default"
@@ -173,9 +171,9 @@ def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str,
     """Norm with the given stabiliser on every step that splits relevance in proportion to contributions (sums,
     average pools, means): a rule's or preset's epsilon must reach them, or LRP-0 would not be LRP-0. An unfolded
     BatchNorm is the affine map ``x·scale + shift``: Epsilon with the same stabiliser (its shift is a bias)."""
-    return tuple((kind, Norm(eps, zero_bias)) for kind in ("add", "avg_pool", "reduce")) + (
-        ("recurrent", RecurrentLRP(eps, zero_bias)),  # its sums and linear maps take the same epsilon
-        ("batchnorm", Epsilon(eps, zero_bias)))
+    return tuple((kind, Norm(eps, zero_bias)) for kind in (Kind.ADD, Kind.AVG_POOL, Kind.REDUCE)) + (
+        (Kind.RECURRENT, RecurrentLRP(eps, zero_bias)),  # its sums and linear maps take the same epsilon
+        (Kind.BATCHNORM, Epsilon(eps, zero_bias)))
 
 
 def single(rule: Rule, label: Optional[str] = None) -> Composite:
@@ -188,7 +186,7 @@ def single(rule: Rule, label: Optional[str] = None) -> Composite:
 
 def gradient(times_input: bool = False) -> Composite:
     """The plain gradient of the target logit (``times_input``: gradient × input)."""
-    return Composite(default=Gradient(), by_type=tuple((k, Gradient()) for k in DEFAULTS) + (("unknown", Gradient()),),
+    return Composite(default=Gradient(), by_type=tuple((k, Gradient()) for k in DEFAULTS) + ((Kind.UNKNOWN, Gradient()),),
                      start="one", times_input=times_input,
                      label="gradient*input" if times_input else "gradient")
 
@@ -196,11 +194,9 @@ def gradient(times_input: bool = False) -> Composite:
 def patterns(patterns, attribution: bool = False) -> Composite:
     """PatternNet (or PatternAttribution) on Linear/Conv nodes, the gradient everywhere else (ReLU and max
     pooling gate as in the forward)."""
-    from .rules import PatternAttribution, PatternNet
-
     rule = (PatternAttribution if attribution else PatternNet)(patterns)
-    others = tuple((k, Gradient()) for k in DEFAULTS if k not in ("linear", "conv"))
-    return Composite(conv=rule, linear=rule, by_type=others + (("unknown", Gradient()),),
+    others = tuple((k, Gradient()) for k in DEFAULTS if k not in (Kind.LINEAR, Kind.CONV))
+    return Composite(conv=rule, linear=rule, by_type=others + ((Kind.UNKNOWN, Gradient()),),
                      label="patternattribution" if attribution else "patternnet")
 
 
@@ -220,15 +216,21 @@ PRESETS: Dict[str, Callable[[], Composite]] = {
 }
 
 # rule names usable in strings: name -> (constructor, number of parameters allowed)
-_RULE_NAMES: Dict[str, Callable[..., Rule]] = {
-    "epsilon": Epsilon, "gamma": Gamma, "zplus": ZPlus, "alphabeta": AlphaBeta, "zbox": ZBox, "flat": Flat,
-    "wsquare": WSquare, "pass": Pass, "norm": Norm, "wta": WinnerTakesAll, "structural": Structural,
+# rule strings beyond the rule classes' own names (``Rule.name``, registered as each class is defined)
+_ALIASES: Dict[str, Callable[..., Rule]] = {
     "zero": lambda: Epsilon(0.0), "alpha1beta0": lambda: AlphaBeta(1, 0), "alpha2beta1": lambda: AlphaBeta(2, 1),
     # the seed's (TorchLRP) "gamma+epsilon": gamma and epsilon both 0.1 unless given
     "gamma+epsilon": lambda gamma=0.1, eps=0.1: Gamma(gamma, eps),
-    "softmax": Softmax, "matmul-uniform": MatmulUniform, "constant-attention": ConstantAttention,
-    "mul-uniform": MulUniform, "norm-identity": NormIdentity, "recurrent": RecurrentLRP,
 }
+_NOT_FROM_STRINGS = (PatternNet,)  # need fitted patterns: built by the "patternnet" presets instead
+
+
+def rule_names() -> Dict[str, Callable[..., Rule]]:
+    """Every rule string: the names of rule classes (users' included) and the aliases."""
+    classes = {name: cls for name, cls in RULE_CLASSES.items() if not issubclass(cls, _NOT_FROM_STRINGS)}
+    return {**classes, **_ALIASES}
+
+
 _CALL = re.compile(r"^\s*([a-z0-9+*\-]+)\s*(?:\((.*)\))?\s*$")
 
 
@@ -247,7 +249,7 @@ _MODEL_RULE_NAMES = ("epsilon", "zero", "gamma", "zplus", "alpha1beta0", "alpha2
 def known_rule_strings(for_model: bool = False) -> str:
     """The rule strings a user can pass: presets and model-wide rules for ``rule=``, every rule name for a
     composite's mappings."""
-    names = set(PRESETS) | set(PATTERN_PRESETS) | set(_MODEL_RULE_NAMES) if for_model else set(_RULE_NAMES)
+    names = set(PRESETS) | set(PATTERN_PRESETS) | set(_MODEL_RULE_NAMES) if for_model else set(rule_names())
     return ", ".join(sorted(names))
 
 
@@ -264,14 +266,15 @@ def parse_rule(rule: Union[str, Rule], for_model: bool = False) -> Rule:
     if not isinstance(rule, str):
         raise RuleError(f"expected a rule string or a lrpfx.rules object, got {type(rule).__name__}")
     match = _CALL.match(rule.lower())
-    if not match or match.group(1) not in _RULE_NAMES:
+    names = rule_names()
+    if not match or match.group(1) not in names:
         word = match.group(1) if match else rule.strip().lower()
         raise RuleError(f"unknown rule {rule!r}; {_did_you_mean(word, for_model)}known rules: "
                         f"{known_rule_strings(for_model)}")
     name, params = match.group(1), match.group(2)
     values = [] if not params or not params.strip() else [_parse_number(p, rule) for p in params.split(",")]
     try:
-        return _RULE_NAMES[name](*values)
+        return names[name](*values)
     except TypeError:
         raise RuleError(f"rule string {rule!r}: wrong number of parameters for {name!r}") from None
 

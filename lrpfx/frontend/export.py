@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
 from ..graph.nodes import call_arg as _arg
-from ..graph.registry import is_activation_module
+from ..graph.registry import REGISTRY, is_activation_module
 from .fx import failure_location
 
 aten = torch.ops.aten
@@ -203,7 +203,7 @@ def collapse_leaves(gm: fx.GraphModule, model: nn.Module, leaf_modules: Iterable
     """Replace the ops of each leaf module by one call of the module: activation modules export spelled out
     (so they get the activation rule, not the rules of their pieces) and the user's ``leaf_modules``."""
     names = {m for m in leaf_modules if isinstance(m, str)}
-    types = tuple(m for m in leaf_modules if isinstance(m, type))
+    types = tuple(m for m in leaf_modules if isinstance(m, type)) + REGISTRY.modules()  # registered ops: whole
 
     def requested(path: str) -> bool:
         return path in names or bool(types and isinstance(model.get_submodule(path), types))

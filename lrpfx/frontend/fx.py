@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import linecache
 import operator
-import os
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Tuple
@@ -21,15 +20,17 @@ from torch import nn
 from ..errors import InputError, OutputError, TraceError
 from ..graph.nodes import is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
+from ..graph.registry import REGISTRY
 
 class LrpfxTracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps torch.nn modules and the user's named modules or types as leaves."""
+    """``torch.fx`` tracer that keeps torch.nn modules, the user's named modules or types, and the module classes
+    of registered ops (:func:`lrpfx.register_op`) as leaves; registered functions are recorded as one call."""
 
     def __init__(self, leaf_modules: Iterable = ()):
-        super().__init__()
+        super().__init__(autowrap_functions=REGISTRY.functions())
         self.record_stack_traces = True
         self.leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
-        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+        self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + REGISTRY.modules()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):

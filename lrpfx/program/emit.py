@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch.fx as fx
 
 from ..errors import RuleError
 from ..graph.nodes import parameter_of, source_line
 from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
-from ..rules import (AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform, MulUniform, Norm,
-                     NormIdentity, Pass, PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax, Structural,
-                     WinnerTakesAll, WSquare, ZBox, ZPlus, affine, attention, elementwise, experts, recurrent,
-                     structural)
+from ..rules import (ConstantAttention, Epsilon, Gradient, MatmulUniform, MulUniform, Norm, NormIdentity, Pass,
+                     PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax, Structural, WinnerTakesAll, ZBox,
+                     affine, attention, elementwise, experts, recurrent, structural)
 from ..rules.layers import AvgPool, ChannelAffine
 
 Emitter = Callable[..., None]

@@ -7,7 +7,7 @@ the program builder calls. ``kinds`` lists the node kinds (see :mod:`lrpfx.graph
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import ClassVar, Union
 
 import torch

@@ -1,0 +1,141 @@
+"""The stages in order, without an Explainer: front-end (a recorded graph of the model), graph (classify and
+analyse), assign (a rule per node), canonize (fold BatchNorm, non-negativity, relevance support) and build (the
+relevance program). Each stage is a function of the previous one's result, so each can be run and tested alone::
+
+    gm = lrpfx.pipeline.graph_of(model, x)
+    program = lrpfx.pipeline.build_program(gm, lrpfx.composites.EpsilonPlusFlat())
+    output, (relevance,) = program(x, target=3)
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import graph
+from .assign import choose_rules, rule_table
+from .composites import Composite, as_composite
+from .errors import LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
+from .frontend.export import decompose_attention, export_graph
+from .frontend.fx import record_values, trace
+from .frontend.normalise import normalise
+from .graph import canonize
+from .graph.nodes import source_line
+from .kinds import Kind
+from .locks import eval_mode
+from .program.builder import ProgramBuilder
+from .program.program import RelevanceProgram
+
+FRONTENDS = ("auto", "fx", "export")
+
+
+def graph_of(model: nn.Module, tensors, *, names: Optional[Sequence[str]] = None, options: Optional[dict] = None,
+             frontend: str = "auto", leaf_modules: Iterable = (), output=None, dynamic=None,
+             composite: Optional[Composite] = None) -> fx.GraphModule:
+    """Stage 1: the model's graph, recorded on the example inputs, from the front-end that can explain it
+    (``frontend="auto"``: torch.fx, else torch.export for Hugging Face models, torch.nn attention, named inputs
+    and graphs fx leaves unexplained under ``composite``). The model runs in eval mode and is handed back as it
+    was."""
+    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    with eval_mode(model):
+        return _front_end(model, tensors, names, options or {}, frontend, tuple(leaf_modules), output, dynamic,
+                          composite or as_composite("epsilon-plus-flat"))[0]
+
+
+def _front_end(model, tensors, names, options, frontend, leaf_modules, output, dynamic, composite):
+    choice = frontend
+    if choice == "auto":
+        choice = "export" if names is not None or needs_export(model) else "fx"
+
+    def exported():
+        gm = export_graph(model, names, tensors, options, leaf_modules, output, dynamic=dynamic)
+        record_values(gm, tensors)
+        return gm
+
+    if choice == "export":
+        return exported(), "export"
+    try:
+        gm = trace(model, len(tensors), leaf_modules, output)
+        record_values(gm, tensors)
+        changed = decompose_attention(gm)  # F.scaled_dot_product_attention, split using the recorded shapes
+        if normalise(gm) or changed:  # lrpfx.frontend.normalise: baddbmm, spelled-out activations, named tuples
+            record_values(gm, tensors)
+    except TraceError as exc:
+        if frontend != "auto":
+            raise
+        try:
+            return exported(), "export"
+        except LrpfxError as second:
+            raise TraceError(f"{exc}\n\ntorch.export failed as well:\n{second}") from exc
+    if frontend == "auto" and unexplained(gm, composite):
+        try:  # an op fx keeps whole (a wrapped function, a module) may be plain ops to torch.export
+            other = exported()
+            if not unexplained(other, composite):
+                return other, "export"
+        except LrpfxError:
+            pass
+    return gm, "fx"
+
+
+def needs_export(model: nn.Module) -> bool:
+    """Models torch.fx cannot trace or explain op by op: Hugging Face models and torch.nn attention."""
+    if type(model).__module__.startswith("transformers."):
+        return True
+    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               for m in model.modules())
+
+
+def unexplained(gm: fx.GraphModule, composite: Composite) -> bool:
+    """Whether some node has no rule (an op the registry does not know and the composite does not name), or the
+    output depends on the input through a node lrpfx does not track."""
+    graph.hold_constant(gm, composite.constants, composite.constants_must_match)
+    infos = graph.classify(gm)
+    return graph.untracked_dependency(gm, infos) is not None or any(
+        composite.rule_for(info, False)[0] is None for info in infos.values()
+        if info.kind not in (Kind.INPUT, Kind.EMBEDDING))
+
+
+def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is_relevance: bool = False,
+                  plan=None) -> RelevanceProgram:
+    """Stages 2-5 on a recorded graph (:func:`graph_of`): classify, assign, canonize, build. ``composite`` is a
+    :class:`~lrpfx.composites.Composite`, a rule or a rule string; ``start_is_relevance``: the program will be
+    given initial relevances rather than class indices; ``plan``: conditions of concept relevance
+    (:mod:`lrpfx.concepts`)."""
+    composite = as_composite(composite)
+    graph.hold_constant(gm, composite.constants, composite.constants_must_match)
+    infos = graph.classify(gm)
+    check_dependencies(gm, infos)
+    rules, reasons = choose_rules(infos, composite)
+    canonize.fold_batchnorms(infos, rules)
+    canonize.mark_nonnegative(infos)
+    table = rule_table(infos, rules, reasons)
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    # a float target is an arbitrary initial relevance: the support analysis must not assume ``output * onehot``
+    canonize.mark_positive_only(infos, rules, output,
+                                proportional_start=composite.start == "logit" and not start_is_relevance)
+    options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
+    builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, **options)
+    return RelevanceProgram(builder.build(), table, composite)
+
+
+def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, graph.NodeInfo]) -> None:
+    """Refuse a graph in which relevance would silently stop at a node lrpfx does not track, and say so when an
+    input's relevance is zero because the output does not depend on it."""
+    node = graph.untracked_dependency(gm, infos)
+    if node is not None:
+        value = node.meta["lrpfx_value"]
+        container = not value.is_tensor and (value.tuple_len is None or value.nested)
+        what = "a nested tuple or other container" if container else f"a value lrpfx does not track ({value})"
+        raise UnsupportedOpError(
+            f"the output depends on the input through node '{node.name}' ({graph.op_label(node)}){source_line(node)}, "
+            f"which returns {what}; lrpfx cannot propagate relevance through it and would return a wrong zero. "
+            "Ways out: make the op return one tensor or a flat tuple of tensors (unpack nested results in a "
+            "wrapper module), or replace it by ops lrpfx knows (see the rule table of a model without it).")
+    for n in graph.unreached_inputs(gm, infos):
+        warnings.warn(f"the output does not depend on input '{n.name}': its relevance is zero by the model's "
+                      "structure, not by a rule", LrpfxWarning, stacklevel=5)
+
+
