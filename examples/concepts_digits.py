@@ -3,11 +3,11 @@ concepts of its second convolution over the test split, draw the concept atlas a
 
     python examples/concepts_digits.py [--out-dir concepts_digits]
 
-The same as ``lrpfx concepts``; see lrpfx/concepts/cli.py for the steps.
+The same as ``lrpfx concepts``; see lrpfx/cli/concepts.py for the steps.
 """
 import argparse
 
-from lrpfx.concepts.cli import run
+from lrpfx.cli.concepts import run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

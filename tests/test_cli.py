@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lrpfx import cli
+from lrpfx.cli import bench as cli_bench
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -192,14 +193,14 @@ def test_debug_shows_the_traceback(workdir, monkeypatch):
 
 def test_bench_passes_arguments_through(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli_bench.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["bench", "--models", "resnet18", "--rounds", "1"]) == 0
     assert cli.main(["bench", "--", "--help"]) == 0
     script = cli.bench_script()
     assert script is not None and script.name == "report.py"
     assert calls == [[sys.executable, str(script), "--models", "resnet18", "--rounds", "1"],
                      [sys.executable, str(script), "--help"]]
-    monkeypatch.setattr(cli, "bench_script", lambda: None)
+    monkeypatch.setattr(cli_bench, "bench_script", lambda: None)
     assert cli.main(["bench"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lrpfx: error: bench/report.py not found")

@@ -6,44 +6,28 @@ concept graph of one test digit from a unit of the hidden linear layer down thro
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
-EXAMPLES = """examples:
-  lrpfx concepts --out-dir concepts_digits
-  lrpfx concepts --out-dir out --rule epsilon-gamma-box --concepts 8 --top-k 6 --sample 3
-"""
+from ..api import Explainer
+from ..concepts import atlas_rows, concept_graph, concept_relevance, mine_concepts, render_atlas
+from ..demo import accuracy, digits_cnn, load_digits_tensors, train
+
+DESCRIPTION = __doc__.split("\n\n")[1]
 
 
-def add_concepts_command(sub, formatter, parents) -> None:
-    """Register the ``concepts`` subcommand on ``sub`` (the parser's subparsers)."""
-    p = sub.add_parser("concepts", help="mine concepts of the digits CNN; write the concept atlas and a concept "
-                                        "graph", description=__doc__.split("\n\n")[1], epilog=EXAMPLES,
-                       formatter_class=formatter, parents=parents)
-    p.add_argument("--out-dir", default="lrpfx_concepts", help="folder for the shards, atlas.png and graph.* "
-                                                               "(default: %(default)s)")
-    p.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: %(default)s)")
-    p.add_argument("--layer", default="2", help="layer to mine (default: %(default)s, the second conv)")
-    p.add_argument("--concepts", type=int, default=6, help="concepts in the atlas (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=6, help="reference samples per concept (default: %(default)s)")
-    p.add_argument("--sample", type=int, default=0, help="test sample of the concept graph (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    p.set_defaults(run=lambda args: run(args.out_dir, args.rule, args.epochs, args.layer, args.concepts,
-                                        args.top_k, args.sample, args.seed, verbose=True) and 0)
+def run_concepts(args) -> int:
+    run(args.out_dir, args.rule, args.epochs, args.layer, args.concepts, args.top_k, args.sample, args.seed,
+        verbose=True)
+    return 0
 
 
 def run(out_dir="lrpfx_concepts", rule="epsilon-plus-flat", epochs: int = 15, layer: str = "2",
         concepts: int = 6, top_k: int = 6, sample: int = 0, seed: int = 0, verbose: bool = False) -> Dict:
     """Train, mine, draw: returns a summary (accuracy, chosen concepts, file paths)."""
-    import lrpfx
-    from lrpfx.demo import accuracy, digits_cnn, load_digits_tensors, train
-    from lrpfx.concepts import atlas_rows, concept_graph, mine_concepts, render_atlas
-
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +41,7 @@ def run(out_dir="lrpfx_concepts", rule="epsilon-plus-flat", epochs: int = 15, la
     # the concepts with the largest mean relevance over the data set
     mean = stats.class_relevance.mul(stats.class_counts.unsqueeze(1)).sum(0) / stats.class_counts.sum()
     chosen = mean.topk(min(concepts, mean.numel())).indices.tolist()
-    explainer = lrpfx.Explainer(model, rule)
+    explainer = Explainer(model, rule)
     rows = atlas_rows(explainer, lambda i: (x_test[i:i + 1], int(y_test[i])), layer, chosen, stats.top_relevance,
                       k=top_k)
     labels = [f"conv {layer} #{c}: " + " ".join(str(int(y_test[r.index])) for r in row)
@@ -66,7 +50,7 @@ def run(out_dir="lrpfx_concepts", rule="epsilon-plus-flat", epochs: int = 15, la
                                                         "by relevance (crop | conditional heatmap)")
     x = x_test[sample:sample + 1]
     target = int(y_test[sample])
-    units = lrpfx.concepts.concept_relevance(explainer, x, ["6"], target=target).relevance["6"][0]
+    units = concept_relevance(explainer, x, ["6"], target=target).relevance["6"][0]
     unit = int(units.abs().argmax())
     graph = concept_graph(explainer, x, "6", unit, target=target, width=(3, 2))
     paths = {s: str(graph.save(out / f"graph{s}")) for s in (".dot", ".csv", ".svg")}
