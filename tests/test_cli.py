@@ -193,17 +193,27 @@ def test_debug_shows_the_traceback(workdir, monkeypatch):
 
 def test_bench_passes_arguments_through(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli_bench.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli_bench.subprocess, "call",
+                        lambda cmd, env: calls.append((cmd, env["PYTHONPATH"].split(os.pathsep)[0])) or 0)
     assert cli.main(["bench", "--models", "resnet18", "--rounds", "1"]) == 0
     assert cli.main(["bench", "--", "--help"]) == 0
     script = cli.bench_script()
     assert script is not None and script.name == "report.py"
-    assert calls == [[sys.executable, str(script), "--models", "resnet18", "--rounds", "1"],
-                     [sys.executable, str(script), "--help"]]
+    root = str(script.parents[1])
+    assert calls == [([sys.executable, "-m", "bench.report", "--models", "resnet18", "--rounds", "1"], root),
+                     ([sys.executable, "-m", "bench.report", "--help"], root)]
     monkeypatch.setattr(cli_bench, "bench_script", lambda: None)
     assert cli.main(["bench"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lrpfx: error: bench/report.py not found")
+
+
+def test_bench_runs_the_report_of_the_checkout(tmp_path):
+    """For real: report.py imports its siblings as the package ``bench``, from any working folder."""
+    done = subprocess.run([sys.executable, "-m", "lrpfx.cli", "bench", "--", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "usage" in done.stdout.lower()
 
 
 def test_random_weights_are_the_same_on_every_run():

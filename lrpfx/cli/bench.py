@@ -1,6 +1,7 @@
 """``lrpfx bench``: run bench/report.py of a source checkout with every argument passed through."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,4 +41,15 @@ def run_bench(args) -> int:
     if script is None:
         raise CliError("bench/report.py not found: the benchmark suite ships with the lrpfx source checkout, not "
                        "the installed package; run 'lrpfx bench' from the checkout's root")
-    return subprocess.call([sys.executable, str(script), *args.args])
+    return subprocess.call(bench_command(script, args.args), env=bench_environment(script))
+
+
+def bench_command(script: Path, args: List[str]) -> List[str]:
+    """report.py runs as the module ``bench.report`` (it imports ``bench.common`` and ``tests.helpers``)."""
+    return [sys.executable, "-m", "bench.report", *args]
+
+
+def bench_environment(script: Path) -> dict:
+    """The checkout root on ``PYTHONPATH`` (not the working folder: a relative ``--out`` stays the user's)."""
+    root = str(script.parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}

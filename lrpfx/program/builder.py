@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
+import types
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -22,6 +24,29 @@ from ..kinds import Kind, NodeInfo
 from ..rules import Rule, structural
 from . import emit
 from .targets import initial_relevance
+
+
+def _importable(fn) -> bool:
+    """Whether generated code can name ``fn`` (a function reachable from its module by its qualified name)."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    obj = module
+    for part in getattr(fn, "__qualname__", "<").split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn or not isinstance(fn, types.FunctionType)
+
+
+class FunctionStep(torch.nn.Module):
+    """A relevance function the program's code cannot import by name, called as a module with its keywords."""
+
+    def __init__(self, fn, kwargs: dict):
+        super().__init__()
+        self.fn, self.kwargs = fn, dict(kwargs)
+
+    def forward(self, *args):
+        return self.fn(*args, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.fn.__qualname__}, {self.kwargs}"
 
 
 class MethodCall:
@@ -96,6 +121,13 @@ class ProgramBuilder:
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def call(self, fn, args, kwargs=None, name=None) -> fx.Node:
+        if not _importable(fn):  # a rule function defined in a notebook or an exec'd snippet: a module step
+            path = f"steps.{name or fn.__name__}"
+            self.attrs[path] = FunctionStep(fn, kwargs or {})
+            node = self.graph.call_module(path, tuple(args))
+            if name:
+                node.name = name
+            return node
         return self.graph.create_node("call_function", fn, tuple(args), kwargs or {}, name=name)
 
     def attr(self, path: str, value: Any) -> fx.Node:
