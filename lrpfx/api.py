@@ -22,6 +22,7 @@ from .pipeline import FRONTENDS
 from .program.faster import FasterOf, compile_program
 from .program.program import RelevanceProgram
 from .rules import Rule
+from .viz.tokens import render_ansi, render_html, token_strings
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
 # inputs whose relevance is the explanation's main ``relevance`` when the input is a dict, in this order
@@ -60,8 +61,6 @@ class Explanation:
         """A token heatmap of one sample (red positive, blue negative): ``format="html"`` gives an HTML snippet,
         ``"ansi"`` a string with terminal colours. ``tokenizer`` turns ids into text (a Hugging Face tokenizer,
         a dict, a list or a callable; None shows the ids)."""
-        from .viz.tokens import render_ansi, render_html, token_strings
-
         scores = self.tokens[sample]
         if scores.dim() == 2:  # several targets: pick one
             scores = scores[target]
@@ -215,6 +214,7 @@ class Explainer:
         ``conditions=[{"y": 3, "features.28": [50]}, ...]`` gives K conditional relevances, ``[B, K, ...]``, run
         ``condition_batch_size`` at a time (:func:`lrpfx.concepts.explain_conditions`)."""
         if conditions is not None:
+            # concepts are built on the Explainer (lrpfx.concepts imports this module): the shortcut reaches up
             from .concepts.relevance import explain_conditions
             return explain_conditions(self, x, conditions, target=target, targets=targets,
                                       intermediate=intermediate, batch_size=condition_batch_size)

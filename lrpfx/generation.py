@@ -28,6 +28,7 @@ from .api import Explainer, eval_mode
 from .composites import Composite
 from .errors import InputError
 from .rules import Rule
+from .viz.generation import render_generation
 
 __all__ = ["GenerationExplanation", "GenerationExplainer", "explain_generation", "explain_generated",
            "greedy_generate"]
@@ -60,8 +61,6 @@ class GenerationExplanation:
         """One sample as HTML (token matrix as a heatmap table and one token strip per generated token) or as
         ANSI-coloured lines. ``normalize="row"`` scales each generated token's row by its own largest |R|,
         ``"global"`` shares one scale across rows. ``tokenizer`` as in :func:`lrpfx.viz.tokens.token_strings`."""
-        from .viz.generation import render_generation
-
         if not 0 <= sample < self.ids.shape[0]:
             raise InputError(f"sample {sample} out of range: the batch has {self.ids.shape[0]} sequences")
         keep = None if self.attention_mask is None else self.attention_mask[sample].bool()

@@ -22,6 +22,7 @@ from torch import nn
 from . import graph
 from .errors import InputError, RuleError
 from .frontend.fx import record_values, trace
+from .locks import eval_mode, tracing
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 
@@ -178,9 +179,6 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
     """
     if kind not in ("all", "positive"):
         raise RuleError(f"kind must be 'all' or 'positive', got {kind!r}")
-    from .api import eval_mode
-    from .locks import tracing
-
     batches = _batches(loader, max_batches)
     if progress:
         try:

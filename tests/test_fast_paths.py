@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import torchvision
 
 import lrpfx
-from test_api import residual_model, seed_model
+from tests.test_api import residual_model, seed_model
 
 
 @pytest.mark.parametrize("rule", ["epsilon-gamma-box", "epsilon-plus-flat", "epsilon-alpha2beta1", "gradient",

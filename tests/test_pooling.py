@@ -7,7 +7,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx.rules import Epsilon, Norm
-from test_api import grad_times_input
+from tests.test_api import grad_times_input
 
 LRP0 = lrpfx.Composite(conv=Epsilon(0), linear=Epsilon(0), by_type={"avg_pool": Norm(0), "add": Norm(0)})
 

@@ -8,11 +8,13 @@ Conditions are run ``batch_size`` at a time; each chunk is one call of the progr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..api import Explanation, _check_target, _check_targets, _primary_input, _token_ids, split_inputs
+from ..api import (Explanation, _check_target, _check_targets, _primary_input, _token_ids, check_output,
+                   split_inputs)
+from ..locks import eval_mode, running
 from ..errors import InputError, TargetError
 from .conditions import Concept, Condition, parse_conditions
 from .plan import ConditionPlan, plan_for
@@ -66,9 +68,6 @@ def _chunk_target(chunk: Sequence[Condition], target, out_shape, batch: int, dev
 
 
 def _run_chunk(explainer, entry, plan: ConditionPlan, inputs, chunk, target):
-    from ..api import check_output
-    from ..locks import eval_mode, running
-
     first = inputs.tensors[0]
     batch = first.shape[0]
     t = _chunk_target(chunk, target, entry.out_shape, batch, first.device)

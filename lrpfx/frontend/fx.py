@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import InputError, OutputError, TraceError
+from ..errors import InputError, OutputError, TraceError, UnsupportedOpError
 from ..graph.nodes import is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
 from ..graph.registry import REGISTRY
@@ -147,8 +147,6 @@ def functionalize_inplace(gm: fx.GraphModule) -> None:
             chain.append(chain[-1].args[0])
         for base in chain[1:]:
             if any(order[u] > order[n] for u in base.users if u not in chain):
-                from ..errors import UnsupportedOpError
-
                 raise UnsupportedOpError(
                     f"node '{n.name}'{source_line(n)} changes a view of '{base.name}' in place, and '{base.name}' "
                     "is read again later; lrpfx runs in-place ops out of place, which would change the model's "

@@ -8,12 +8,13 @@ for anything else (``Gradient`` rule, winner-takes-all max pooling). In ``norm``
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .stabilize import divide
+from ..errors import UnsupportedOpError
 
 
 class Described(NamedTuple):
@@ -91,8 +92,6 @@ class Replay(nn.Module):
                 return tuple(pullback(r))
             grads = pullback(divide(r, z, self.norm_eps))
         except RuntimeError as exc:  # an op without a usable derivative (a fused kernel, an integer op, ...)
-            from ..errors import UnsupportedOpError
-
             raise UnsupportedOpError(
                 f"the relevance step of {self.describe} replays the op to differentiate it, and PyTorch could not: "
                 f"{exc}. Assign this node another rule (Pass() for an elementwise op) or rewrite the op") from exc

@@ -13,6 +13,8 @@ import math
 from functools import lru_cache
 from typing import Any, List, Mapping, Sequence, Tuple, Union
 
+from .image import colorize, normalize as scale_symmetric
+
 Scores = Union[Sequence[float], Any]  # a 1-D list, tuple, numpy array or tensor
 Normalize = Union[str, float, None]
 
@@ -140,8 +142,6 @@ RGB = Tuple[int, int, int]
 def _colours(tokens: Sequence[str], scores: Scores, normalize: Normalize) -> List[Tuple[RGB, RGB, float]]:
     """(background, foreground, score) per token: the ``bwr`` map of :mod:`lrpfx.viz.image` (white fading to red
     for positive, blue for negative), on the same symmetric scale as image heatmaps."""
-    from .image import colorize, normalize as scale_symmetric
-
     values = _score_list(tokens, scores)
     scaled = scale_symmetric(values, bound=_scale(values, normalize))
     out = []
