@@ -73,14 +73,15 @@ def lrp0_through_pass(model, x, target, share=1.0):
 @pytest.mark.parametrize("activation", ["module", "function"])
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 def test_a_registered_op_gets_its_kinds_rule(registered, activation, frontend):
-    if activation == "function" and frontend == "export":
-        pytest.skip("torch.export records a function's ATen ops, not the function (documented)")
     model = Net(activation).double().eval()
     x = torch.randn(4, 5, dtype=torch.float64)
     explainer = lrpfx.Explainer(model, lrpfx.Composite(linear=lrpfx.rules.Epsilon(0.0)), frontend=frontend)
     e = explainer(x, target=1)
     torch.testing.assert_close(e.relevance, lrp0_through_pass(model, x, torch.full((4,), 1)), rtol=1e-10, atol=1e-12)
     rows = [r for r in explainer.program(x).rule_table() if r.kind == "activation"]
+    if activation == "function" and frontend == "export":  # export records the function's ATen ops instead
+        assert not any(r.op.endswith("soft_clip") for r in rows) and any("tanh" in r.op for r in rows)
+        return  # (tanh under Pass, then a constant scale: the same relevance)
     assert len(rows) == 1 and rows[0].rule == "Pass()", explainer.program(x).rule_table()
     assert rows[0].op.endswith("Bent" if activation == "module" else "soft_clip")  # kept whole, one node
 

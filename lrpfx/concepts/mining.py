@@ -17,13 +17,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..api import Explainer
-from ..data.distributed import Dist
-from ..data.fingerprint import describe_run, describe_target, fingerprint
-from ..data.plan import assign_shards, plan_shards, resolve_shard_size, shard_batches
-from ..data.run import prepare_out_dir, run_manifest
-from ..data.sources import as_source, batch_targets, split_batch
+from ..data.fingerprint import describe_run, describe_target
+from ..data.plan import shard_batches
+from ..data.run import open_source, sharded_run
+from ..data.sources import batch_targets, split_batch
 from ..data.stats import RunStats
-from ..data.store import read_manifest, read_shard, verified_entry, write_manifest, write_shard
+from ..data.store import read_manifest, read_shard, verified_entry, write_shard
 from ..errors import InputError
 from ..progress import model_device
 from .conditions import Concept
@@ -70,33 +69,18 @@ def mine_concepts(model, data, rule, layers: Sequence[str], out_dir, *, top_k: i
     if not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive int, got {top_k!r}")
     out_dir = Path(out_dir)
-    source = as_source(data, batch_size, num_workers)
-    length = len(source)
-    if length == 0:
-        raise InputError("the data set is empty: nothing to mine")
-    size = resolve_shard_size(length, source.batch_size, shard_size, num_shards)
-    shards = plan_shards(length, size)
+    source, length, size, shards = open_source(data, batch_size, num_workers, shard_size, num_shards, "mine")
     explainer = Explainer(model, rule, **explainer_options)
     device = model_device(model)
     describe_target(target)
     run = describe_run(model, explainer.composite, target, "float32", length, size, type(source.dataset).__name__)
     run["concepts"] = {"layers": layers, "definitions": {k: repr(v) for k, v in sorted((concepts or {}).items())}}
-    run_fp = fingerprint(run)
-    dist = Dist(device)
-    stats = RunStats(rank=dist.rank, world_size=dist.world_size)
-    try:
-        prepare_out_dir(out_dir, run, overwrite, dist,
-                        run_manifest(run, run_fp, source, size, shards, dist.world_size, None))
-        mine = assign_shards(shards, dist.rank, dist.world_size)
-        entries = _mine_shards(explainer, source, mine, target, layers, concepts, out_dir, run_fp, resume, device,
-                               stats)
-        gathered = dist.gather(entries)
-        if dist.rank == 0:
-            listed = sorted((e for part in gathered for e in part), key=lambda e: e["index"])
-            write_manifest(out_dir, run_manifest(run, run_fp, source, size, shards, dist.world_size, listed))
-        dist.barrier()
-    finally:
-        dist.close()
+
+    def work(mine, run_fp, stats, rank):
+        return _mine_shards(explainer, source, mine, target, layers, concepts, out_dir, run_fp, resume, device,
+                            stats)
+
+    stats = sharded_run(run, source, size, shards, out_dir, overwrite, device, work)
     result = load_mining(out_dir, top_k)
     result.stats = stats
     return result

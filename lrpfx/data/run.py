@@ -54,12 +54,7 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
     if store not in STORE_DTYPES:
         raise InputError(f"store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
     out_dir = Path(out_dir)
-    source = as_source(data, batch_size, num_workers)
-    length = len(source)
-    if length == 0:
-        raise InputError("the data set is empty: nothing to explain")
-    size = resolve_shard_size(length, source.batch_size, shard_size, num_shards)
-    shards = plan_shards(length, size)
+    source, length, size, shards = open_source(data, batch_size, num_workers, shard_size, num_shards, "explain")
     explainer = Explainer(model, rule, compile=compile, **explainer_options)
     device = model_device(model)
     describe_target(target)  # validates the kind of target before any work
@@ -68,15 +63,39 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
         raise TargetError(f"a per-sample target needs one class per sample ({length}), got shape "
                           f"{tuple(torch.as_tensor(target).shape)}")
     run = describe_run(model, explainer.composite, target, store, length, size, type(source.dataset).__name__)
+
+    def work(mine, run_fp, stats, rank):
+        return _explain_shards(explainer, source, mine, target, STORE_DTYPES[store], out_dir, run_fp, resume,
+                               device, stats, progress and rank == 0)
+
+    stats = sharded_run(run, source, size, shards, out_dir, overwrite, device, work)
+    result = load_explanations(out_dir, verify=True)
+    result.stats = stats
+    return result
+
+
+def open_source(data, batch_size, num_workers, shard_size, num_shards, verb: str):
+    """The data source of a sharded job, its length, the shard size and the shards (an empty one is an error)."""
+    source = as_source(data, batch_size, num_workers)
+    length = len(source)
+    if length == 0:
+        raise InputError(f"the data set is empty: nothing to {verb}")
+    size = resolve_shard_size(length, source.batch_size, shard_size, num_shards)
+    return source, length, size, plan_shards(length, size)
+
+
+def sharded_run(run: Dict, source: DataSource, size: int, shards: List[Shard], out_dir: Path, overwrite: bool,
+                device, work) -> RunStats:
+    """What every sharded job shares: the ranks agree on the folder, the incomplete manifest is written, each
+    rank does its shards (``work(mine, run_fp, stats, rank)`` returns their manifest entries), and rank 0 writes
+    the complete manifest once all are done. Returns this process's statistics."""
     run_fp = fingerprint(run)
     dist = Dist(device)
     stats = RunStats(rank=dist.rank, world_size=dist.world_size)
     try:
         prepare_out_dir(out_dir, run, overwrite, dist,
                         run_manifest(run, run_fp, source, size, shards, dist.world_size, None))
-        entries = _explain_shards(explainer, source, assign_shards(shards, dist.rank, dist.world_size), target,
-                                  STORE_DTYPES[store], out_dir, run_fp, resume, device, stats,
-                                  progress and dist.rank == 0)
+        entries = work(assign_shards(shards, dist.rank, dist.world_size), run_fp, stats, dist.rank)
         gathered = dist.gather(entries)
         if dist.rank == 0:
             listed = sorted((e for part in gathered for e in part), key=lambda e: e["index"])
@@ -84,9 +103,7 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
         dist.barrier()
     finally:
         dist.close()
-    result = load_explanations(out_dir, verify=True)
-    result.stats = stats
-    return result
+    return stats
 
 
 def prepare_out_dir(out_dir: Path, run: Dict, overwrite: bool, dist: Dist, first_manifest: Dict) -> None:

@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..rules.layers import AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Linear, MaxPool
+from ..rules.layers import Conv, ConvTranspose, Linear
 from ..kinds import Axis, BatchNormStats, Elementwise, Grouped, Kind, Moves, NodeInfo, Normalisation, Product, Terms
 from .nodes import call_arg, op_label, op_name, value_rank
 
@@ -41,7 +41,8 @@ class Call:
         return not (isinstance(value, fx.Node) and value in self.active)
 
 
-def _tuple(v, dim):
+def as_tuple(v, dim):
+    """``v`` as a ``dim``-tuple (a number repeated, a sequence as is)."""
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dim
 
 
@@ -53,7 +54,7 @@ def _dtype_eps(node: fx.Node) -> float:
 def conv_layer(args: Dict[str, Any], dim: int, weight_shape) -> Conv:
     """A Conv spec from a module's attributes or a call's arguments; ``padding="same"`` as explicit pads."""
     stride, padding, dilation, groups = args["stride"], args["padding"], args["dilation"], args["groups"]
-    stride, dilation = _tuple(stride, dim), _tuple(dilation, dim)
+    stride, dilation = as_tuple(stride, dim), as_tuple(dilation, dim)
     mode = args.get("padding_mode", "zeros")
     if padding == "valid":
         padding = 0
@@ -64,7 +65,7 @@ def conv_layer(args: Dict[str, Any], dim: int, weight_shape) -> Conv:
         if any(t % 2 for t in totals) or mode != "zeros":
             return Conv(dim, stride, (0,) * dim, dilation, groups, "constant" if mode == "zeros" else mode, pad)
         padding = tuple(t // 2 for t in totals)
-    padding = _tuple(padding, dim)
+    padding = as_tuple(padding, dim)
     pad = tuple(p for p in reversed(padding) for _ in range(2)) if mode != "zeros" else ()
     return Conv(dim, stride, padding, dilation, groups, mode, pad)
 
@@ -89,8 +90,8 @@ def conv_module(info: NodeInfo, call: Call) -> bool:
 
 def conv_transpose_module(info: NodeInfo, call: Call) -> bool:
     m, dim = call.module, len(call.module.kernel_size)
-    info.layer = ConvTranspose(dim, _tuple(m.stride, dim), _tuple(m.padding, dim), _tuple(m.output_padding, dim),
-                               _tuple(m.dilation, dim), m.groups)
+    info.layer = ConvTranspose(dim, as_tuple(m.stride, dim), as_tuple(m.padding, dim), as_tuple(m.output_padding, dim),
+                               as_tuple(m.dilation, dim), m.groups)
     _module_parameters(info, m)
     return True
 
@@ -121,9 +122,9 @@ def conv_call(info: NodeInfo, call: Call) -> bool:
 
 def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
     n, dim = call.node, _CONV_DIMS[call.node.target]
-    info.layer = ConvTranspose(dim, _tuple(call_arg(n, 3, "stride", 1), dim), _tuple(call_arg(n, 4, "padding", 0), dim),
-                               _tuple(call_arg(n, 5, "output_padding", 0), dim),
-                               _tuple(call_arg(n, 7, "dilation", 1), dim), call_arg(n, 6, "groups", 1))
+    info.layer = ConvTranspose(dim, as_tuple(call_arg(n, 3, "stride", 1), dim), as_tuple(call_arg(n, 4, "padding", 0), dim),
+                               as_tuple(call_arg(n, 5, "output_padding", 0), dim),
+                               as_tuple(call_arg(n, 7, "dilation", 1), dim), call_arg(n, 6, "groups", 1))
     info.weight, info.bias = call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
     return True
 
@@ -148,24 +149,22 @@ def batchnorm_module(info: NodeInfo, call: Call) -> bool:
     return True
 
 
-def batchnorm_call(info: NodeInfo, call: Call) -> bool:
-    """``F.batch_norm(x, mean, var, weight, bias, training, momentum, eps)`` in eval mode."""
-    n = call.node
-    if call_arg(n, 5, "training", False):
-        return False
-    info.facts = BatchNormStats(call_arg(n, 1, "running_mean"), call_arg(n, 2, "running_var"),
-                                call_arg(n, 3, "weight"), call_arg(n, 4, "bias"), call_arg(n, 7, "eps", 1e-5))
-    return True
+def _batchnorm_reader(mean: int, var: int, weight: int, bias: int):
+    """An eval-mode BatchNorm call whose statistics and parameters sit at these argument positions (``training``
+    is argument 5 and ``eps`` argument 7 in both spellings)."""
+    def read(info: NodeInfo, call: Call) -> bool:
+        n = call.node
+        if len(call.acts) != 1 or call_arg(n, 5, "training", False) or call_arg(n, mean, "running_mean") is None:
+            return False
+        info.facts = BatchNormStats(call_arg(n, mean, "running_mean"), call_arg(n, var, "running_var"),
+                                    call_arg(n, weight, "weight"), call_arg(n, bias, "bias"),
+                                    call_arg(n, 7, "eps", 1e-5))
+        return True
+    return read
 
 
-def aten_batchnorm(info: NodeInfo, call: Call) -> bool:
-    """``aten.batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn)`` in eval mode."""
-    n = call.node
-    if len(call.acts) != 1 or call_arg(n, 5, "training", False) or call_arg(n, 3, "running_mean") is None:
-        return False
-    info.facts = BatchNormStats(call_arg(n, 3, "running_mean"), call_arg(n, 4, "running_var"),
-                                call_arg(n, 1, "weight"), call_arg(n, 2, "bias"), call_arg(n, 7, "eps", 1e-5))
-    return True
+batchnorm_call = _batchnorm_reader(1, 2, 3, 4)  # F.batch_norm(x, mean, var, weight, bias, training, momentum, eps)
+aten_batchnorm = _batchnorm_reader(3, 4, 1, 2)  # aten.batch_norm(x, weight, bias, mean, var, training, ...)
 
 
 def layer_norm_module(info: NodeInfo, call: Call) -> bool:
@@ -256,79 +255,6 @@ def power(info: NodeInfo, call: Call) -> bool:
     info.nonneg = float(e).is_integer() and int(e) % 2 == 0
     info.facts = Elementwise(False, e > 0)
     return True
-
-
-# ---- pooling and selection -----------------------------------------------------------------------------------
-def _pool_dim(label: str) -> int:
-    return 3 if "3d" in label else 1 if "1d" in label else 2
-
-
-def avg_pool_spec(label: str, a: Dict[str, Any]):
-    """An AvgPool/AdaptiveAvgPool spec from module attributes or call arguments; None if unusual."""
-    dim = _pool_dim(label)
-    if any(isinstance(v, fx.Node) for v in a.values()):
-        return None
-    if "output_size" in a:
-        return AdaptiveAvgPool(dim, a["output_size"])
-    kernel = _tuple(a["kernel_size"], dim)
-    stride = _tuple(a.get("stride") or kernel, dim)
-    return AvgPool(dim, kernel, stride, _tuple(a.get("padding", 0), dim), bool(a.get("ceil_mode", False)),
-                   bool(a.get("count_include_pad", True)), a.get("divisor_override"))
-
-
-def max_pool_spec(label: str, a: Dict[str, Any]):
-    """A MaxPool spec, or None where the op returns indices itself or has graph-valued arguments."""
-    dim = _pool_dim(label)
-    if a.get("return_indices") or any(isinstance(v, fx.Node) for v in a.values()):
-        return None
-    if "output_size" in a:
-        return MaxPool(dim, a["output_size"], adaptive=True)
-    kernel = _tuple(a["kernel_size"], dim)
-    return MaxPool(dim, kernel, _tuple(a.get("stride") or kernel, dim), _tuple(a.get("padding", 0), dim),
-                   _tuple(a.get("dilation", 1), dim), bool(a.get("ceil_mode", False)))
-
-
-_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-
-
-def _pool_arguments(n: fx.Node, names) -> Dict[str, Any]:
-    """Arguments of a pooling call by name (adaptive pools take ``output_size`` first)."""
-    if "adaptive" in op_label(n):
-        names = ("output_size", "return_indices")
-    values = {name: call_arg(n, i + 1, name, None) for i, name in enumerate(names)}
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def avg_pool_module(info: NodeInfo, call: Call) -> bool:
-    info.layer = avg_pool_spec(type(call.module).__name__, vars(call.module))
-    return True
-
-
-def max_pool_module(info: NodeInfo, call: Call) -> bool:
-    info.layer = max_pool_spec(type(call.module).__name__, vars(call.module))
-    return True
-
-
-def avg_pool_call(info: NodeInfo, call: Call) -> bool:
-    info.layer = avg_pool_spec(op_label(call.node), _pool_arguments(call.node, _AVG_POOL_ARGS))
-    return True
-
-
-def max_pool_call(info: NodeInfo, call: Call) -> bool:
-    info.layer = max_pool_spec(op_label(call.node), _pool_arguments(call.node, _MAX_POOL_ARGS))
-    return True
-
-
-def selection(info: NodeInfo, call: Call) -> bool:
-    """max/min over an axis or of everything, top-k: winner takes all (``torch.max(a, b)`` does not select);
-    no window spec, so relevance is routed by the op's own gradient."""
-    if len(call.acts) != 1:
-        return False
-    if op_name(call.node) in ("amax", "amin", "topk"):
-        return True
-    dim = call_arg(call.node, 1, "dim")
-    return dim is None or (isinstance(dim, int) and not isinstance(dim, bool))
 
 
 def scatter_sum(info: NodeInfo, call: Call) -> bool:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RuleError
-from . import readers as read
+from . import pooling, readers as read
 from ..kinds import Kind, OpSpec
 
 aten = torch.ops.aten
@@ -29,7 +29,7 @@ NAME_ROWS = [
     OpSpec(K.STRUCTURAL, names=("type_as", "view_as", "reshape_as", "expand_as", "to"), read=read.shaped_like,
            inputs=FIRST, label="shaped like another tensor"),
     OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
-    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=read.selection, label="max over an axis"),
+    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=pooling.selection, label="max over an axis"),
     OpSpec(K.ACTIVATION, names=("pow",), read=read.power, label="power"),
     OpSpec(K.LINEAR, names=("_grouped_mm", "grouped_mm", "grouped_mm_fallback"), read=read.grouped_product,
            label="grouped expert product"),
@@ -91,18 +91,18 @@ ROWS = [
            label="identity"),
     # pooling and sums
     OpSpec(K.AVG_POOL, modules=(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                                nn.AdaptiveAvgPool3d), read=read.avg_pool_module, label="avg_pool"),
+                                nn.AdaptiveAvgPool3d), read=pooling.avg_pool_module, label="avg_pool"),
     OpSpec(K.AVG_POOL, functions=(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
                                   F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d,
                                   aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
                                   aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
-                                  aten.avg_pool3d.default), read=read.avg_pool_call, label="avg_pool"),
+                                  aten.avg_pool3d.default), read=pooling.avg_pool_call, label="avg_pool"),
     OpSpec(K.MAX_POOL, modules=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                                nn.AdaptiveMaxPool3d), read=read.max_pool_module, label="max_pool"),
+                                nn.AdaptiveMaxPool3d), read=pooling.max_pool_module, label="max_pool"),
     OpSpec(K.MAX_POOL, functions=(F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
                                   F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d,
                                   torch.max_pool3d, aten.max_pool1d.default, aten.max_pool2d.default,
-                                  aten.max_pool3d.default), read=read.max_pool_call, label="max_pool"),
+                                  aten.max_pool3d.default), read=pooling.max_pool_call, label="max_pool"),
     OpSpec(K.REDUCE, functions=(torch.sum, torch.mean, aten.mean.dim, aten.sum.dim_IntList), methods=("sum", "mean"),
            label="sum"),
     # structure: reshapes (one input), then ops that move or copy elements of any number of inputs
