@@ -38,7 +38,7 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
                             layer=call.spec, x=call.x, weight=call.weights, facts=Recurrence(call.hx))
         elif n.op in ("call_module", "call_function", "call_method"):
             info = _from_registry(gm, n, Call(n, gm.get_submodule(n.target) if n.op == "call_module" else None,
-                                              acts, active))
+                                              acts, active, gm))
         else:
             info = NodeInfo(n, Kind.UNKNOWN, n.name, n.op)
         info.activations = acts

@@ -8,7 +8,7 @@ import torch.fx as fx
 
 from ..kinds import NodeInfo
 from ..rules.layers import AdaptiveAvgPool, AvgPool, MaxPool
-from .nodes import call_arg, op_label, op_name
+from .nodes import op_label, op_name
 from .readers import Call, as_tuple as _tuple
 
 
@@ -45,11 +45,11 @@ _AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_includ
 _MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
 
-def _pool_arguments(n: fx.Node, names) -> Dict[str, Any]:
+def _pool_arguments(call: Call, names) -> Dict[str, Any]:
     """Arguments of a pooling call by name (adaptive pools take ``output_size`` first)."""
-    if "adaptive" in op_label(n):
+    if "adaptive" in op_label(call.node):
         names = ("output_size", "return_indices")
-    values = {name: call_arg(n, i + 1, name, None) for i, name in enumerate(names)}
+    values = {name: call.arg(i + 1, name, None) for i, name in enumerate(names)}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -64,12 +64,12 @@ def max_pool_module(info: NodeInfo, call: Call) -> bool:
 
 
 def avg_pool_call(info: NodeInfo, call: Call) -> bool:
-    info.layer = avg_pool_spec(op_label(call.node), _pool_arguments(call.node, _AVG_POOL_ARGS))
+    info.layer = avg_pool_spec(op_label(call.node), _pool_arguments(call, _AVG_POOL_ARGS))
     return True
 
 
 def max_pool_call(info: NodeInfo, call: Call) -> bool:
-    info.layer = max_pool_spec(op_label(call.node), _pool_arguments(call.node, _MAX_POOL_ARGS))
+    info.layer = max_pool_spec(op_label(call.node), _pool_arguments(call, _MAX_POOL_ARGS))
     return True
 
 
@@ -80,7 +80,7 @@ def selection(info: NodeInfo, call: Call) -> bool:
         return False
     if op_name(call.node) in ("amax", "amin", "topk"):
         return True
-    dim = call_arg(call.node, 1, "dim")
+    dim = call.arg(1, "dim")
     return dim is None or (isinstance(dim, int) and not isinstance(dim, bool))
 
 

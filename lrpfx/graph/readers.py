@@ -3,12 +3,13 @@ the facts of its kind — layer specs for affine ops and pooling, statistics for
 
 A reader takes ``(info, call)`` and returns True when the op is what its row says (it fills ``info``), False where
 the row does not apply after all (graph-valued hyper-parameters, say); the node then stays ``unknown``.
-Arguments are read by position *or* keyword (:func:`~lrpfx.graph.nodes.call_arg`), so torch functions and their
-ATen twins, which take the same arguments in the same positions, share one reader.
+Arguments are read by name (fx's ``normalized_arguments``: the signature or ATen schema) and by position where no
+signature is known (:meth:`Call.arg`), so a torch function and its ATen twin share one reader.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -25,17 +26,36 @@ aten = torch.ops.aten
 
 @dataclass
 class Call:
-    """One node being classified: its module (for ``call_module``), its activation inputs, and the set of all
-    activation nodes (to tell activations from constants among its arguments)."""
+    """One node being classified: its module (for ``call_module``), its activation inputs, the set of all
+    activation nodes (to tell activations from constants among its arguments), and the graph it is in."""
 
     node: fx.Node
     module: Optional[nn.Module]
     acts: List[fx.Node]
     active: Any
+    root: Optional[nn.Module] = None
 
     @property
     def first(self):
         return self.node.args[0] if self.node.args else None
+
+    @cached_property
+    def named(self) -> Optional[Dict[str, Any]]:
+        """Every argument by its parameter name, defaults filled in (fx's ``normalized_arguments``: the op's
+        signature or ATen schema), or None where the op has no signature fx can bind (then by position)."""
+        if self.node.op != "call_function" or self.root is None:
+            return None
+        try:
+            bound = self.node.normalized_arguments(self.root, normalize_to_only_use_kwargs=True)
+        except Exception:  # ops without a usable signature (operator.*, builtins with overloads)
+            return None
+        return None if bound is None else dict(bound.kwargs)
+
+    def arg(self, index: int, name: str, default=None):
+        """Argument ``name``, read by name where the op's signature is known, else at position ``index``."""
+        if self.named is not None and name in self.named:
+            return self.named[name]
+        return call_arg(self.node, index, name, default)
 
     def is_constant(self, value) -> bool:
         return not (isinstance(value, fx.Node) and value in self.active)
@@ -97,8 +117,7 @@ def conv_transpose_module(info: NodeInfo, call: Call) -> bool:
 
 
 def linear_call(info: NodeInfo, call: Call) -> bool:
-    n = call.node
-    info.layer, info.weight, info.bias = Linear(), call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
+    info.layer, info.weight, info.bias = Linear(), call.arg(1, "weight"), call.arg(2, "bias")
     return True
 
 
@@ -108,33 +127,33 @@ _CONV_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, aten.conv1d.default: 1, ate
 
 
 def conv_call(info: NodeInfo, call: Call) -> bool:
-    n, dim = call.node, _CONV_DIMS[call.node.target]
-    w = call_arg(n, 1, "weight")
-    args = {"stride": call_arg(n, 3, "stride", 1), "padding": call_arg(n, 4, "padding", 0),
-            "dilation": call_arg(n, 5, "dilation", 1), "groups": call_arg(n, 6, "groups", 1)}
+    dim = _CONV_DIMS[call.node.target]
+    w = call.arg(1, "weight")
+    args = {"stride": call.arg(3, "stride", 1), "padding": call.arg(4, "padding", 0),
+            "dilation": call.arg(5, "dilation", 1), "groups": call.arg(6, "groups", 1)}
     try:
         info.layer = conv_layer(args, dim, w.meta["lrpfx_value"].shape)
     except (AttributeError, KeyError):  # a weight without a recorded shape: leave the node unknown
         return False
-    info.weight, info.bias = w, call_arg(n, 2, "bias")
+    info.weight, info.bias = w, call.arg(2, "bias")
     return True
 
 
 def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
-    n, dim = call.node, _CONV_DIMS[call.node.target]
-    info.layer = ConvTranspose(dim, as_tuple(call_arg(n, 3, "stride", 1), dim), as_tuple(call_arg(n, 4, "padding", 0), dim),
-                               as_tuple(call_arg(n, 5, "output_padding", 0), dim),
-                               as_tuple(call_arg(n, 7, "dilation", 1), dim), call_arg(n, 6, "groups", 1))
-    info.weight, info.bias = call_arg(n, 1, "weight"), call_arg(n, 2, "bias")
+    dim = _CONV_DIMS[call.node.target]
+    info.layer = ConvTranspose(dim, as_tuple(call.arg(3, "stride", 1), dim), as_tuple(call.arg(4, "padding", 0), dim),
+                               as_tuple(call.arg(5, "output_padding", 0), dim),
+                               as_tuple(call.arg(7, "dilation", 1), dim), call.arg(6, "groups", 1))
+    info.weight, info.bias = call.arg(1, "weight"), call.arg(2, "bias")
     return True
 
 
 def grouped_product(info: NodeInfo, call: Call) -> bool:
     """A grouped product of mixture-of-experts blocks: linear in the routed tokens, the expert weights constant."""
-    offs = call_arg(call.node, 2, "offs")
+    offs = call.arg(2, "offs")
     if len(call.acts) != 1 or not isinstance(offs, fx.Node):
         return False
-    info.weight, info.facts = call_arg(call.node, 1, "mat2"), Grouped(offs)
+    info.weight, info.facts = call.arg(1, "mat2"), Grouped(offs)
     return True
 
 
@@ -153,12 +172,11 @@ def _batchnorm_reader(mean: int, var: int, weight: int, bias: int):
     """An eval-mode BatchNorm call whose statistics and parameters sit at these argument positions (``training``
     is argument 5 and ``eps`` argument 7 in both spellings)."""
     def read(info: NodeInfo, call: Call) -> bool:
-        n = call.node
-        if len(call.acts) != 1 or call_arg(n, 5, "training", False) or call_arg(n, mean, "running_mean") is None:
+        if len(call.acts) != 1 or call.arg(5, "training", False) or call.arg(mean, "running_mean") is None:
             return False
-        info.facts = BatchNormStats(call_arg(n, mean, "running_mean"), call_arg(n, var, "running_var"),
-                                    call_arg(n, weight, "weight"), call_arg(n, bias, "bias"),
-                                    call_arg(n, 7, "eps", 1e-5))
+        info.facts = BatchNormStats(call.arg(mean, "running_mean"), call.arg(var, "running_var"),
+                                    call.arg(weight, "weight"), call.arg(bias, "bias"),
+                                    call.arg(7, "eps", 1e-5))
         return True
     return read
 
@@ -187,18 +205,16 @@ def _ndim(shape) -> int:
 
 
 def layer_norm_call(info: NodeInfo, call: Call) -> bool:
-    n = call.node
-    info.facts = Normalisation(_ndim(call_arg(n, 1, "normalized_shape")), call_arg(n, 4, "eps", 1e-5))
-    info.weight, info.bias = call_arg(n, 2, "weight"), call_arg(n, 3, "bias")
+    info.facts = Normalisation(_ndim(call.arg(1, "normalized_shape")), call.arg(4, "eps", 1e-5))
+    info.weight, info.bias = call.arg(2, "weight"), call.arg(3, "bias")
     return True
 
 
 def rms_norm_call(info: NodeInfo, call: Call) -> bool:
-    n = call.node
-    eps = call_arg(n, 3, "eps")
-    info.facts = Normalisation(_ndim(call_arg(n, 1, "normalized_shape")), eps if eps is not None else _dtype_eps(info.x),
+    eps = call.arg(3, "eps")
+    info.facts = Normalisation(_ndim(call.arg(1, "normalized_shape")), eps if eps is not None else _dtype_eps(info.x),
                                False)
-    info.weight = call_arg(n, 2, "weight")
+    info.weight = call.arg(2, "weight")
     return True
 
 
@@ -210,7 +226,7 @@ def softmax_module(info: NodeInfo, call: Call) -> bool:
 
 
 def softmax_call(info: NodeInfo, call: Call) -> bool:
-    dim = call_arg(call.node, 1, "dim")
+    dim = call.arg(1, "dim")
     if not isinstance(dim, int):
         return False
     info.facts = Axis(dim)
@@ -227,13 +243,13 @@ def activation_module(info: NodeInfo, call: Call) -> bool:
 
 def clamp(info: NodeInfo, call: Call) -> bool:
     """clamp/clip with number bounds: an activation; ``clamp(min=0)`` is a ReLU."""
-    n, name = call.node, op_name(call.node)
+    name = op_name(call.node)
     if name == "clamp_min":
-        low, high = call_arg(n, 1, "min"), None
+        low, high = call.arg(1, "min"), None
     elif name == "clamp_max":
-        low, high = None, call_arg(n, 1, "max")
+        low, high = None, call.arg(1, "max")
     else:
-        low, high = call_arg(n, 1, "min"), call_arg(n, 2, "max")
+        low, high = call.arg(1, "min"), call.arg(2, "max")
     numbers = all(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in (low, high))
     info.nonneg = numbers and low is not None and low >= 0
     info.facts = Elementwise(numbers and low == 0 and high is None,
@@ -275,7 +291,7 @@ def structural_module(info: NodeInfo, call: Call) -> bool:
 
 def pad_call(info: NodeInfo, call: Call) -> bool:
     """``F.pad``: a non-zero constant fill may change the sign."""
-    info.facts = Moves(False, True, call_arg(call.node, 3, "value", 0) in (0, 0.0, None))
+    info.facts = Moves(False, True, call.arg(3, "value", 0) in (0, 0.0, None))
     return True
 
 
@@ -301,7 +317,7 @@ _EVAL_IDENTITY = {"torchvision.ops.stochastic_depth.stochastic_depth": 3}
 
 def eval_identity(info: NodeInfo, call: Call) -> bool:
     position = _EVAL_IDENTITY.get(op_label(call.node))
-    return position is not None and call_arg(call.node, position, "training", True) is False
+    return position is not None and call.arg(position, "training", True) is False
 
 
 # ---- arithmetic ----------------------------------------------------------------------------------------------
