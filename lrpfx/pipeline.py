@@ -18,9 +18,9 @@ from torch import nn
 from . import graph
 from .assign import choose_rules, rule_table
 from .composites import Composite, as_composite
-from .errors import LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
+from .errors import InputError, LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
 from .frontend.export import decompose_attention, export_graph
-from .frontend.fx import record_values, trace
+from .frontend.fx import record_values, trace, values_from_export
 from .frontend.normalise import normalise
 from .graph import canonize
 from .graph.nodes import source_line
@@ -52,11 +52,14 @@ def _front_end(model, tensors, names, options, frontend, leaf_modules, output, d
 
     def exported():
         gm = export_graph(model, names, tensors, options, leaf_modules, output, dynamic=dynamic)
-        record_values(gm, tensors)
+        if not values_from_export(gm):  # a rewrite left a node without export's record: run the graph once
+            record_values(gm, tensors)
         return gm
 
     if choice == "export":
         return exported(), "export"
+    if names is not None:
+        raise InputError("named (dict) inputs need the torch.export front-end: use frontend='auto' or 'export'")
     try:
         gm = trace(model, len(tensors), leaf_modules, output)
         record_values(gm, tensors)

@@ -16,9 +16,10 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 import torch
 import torch.fx as fx
 from torch import nn
+from torch._guards import detect_fake_mode
 
 from ..errors import InputError, OutputError, TraceError, UnsupportedOpError
-from ..graph.nodes import is_own_file, source_line
+from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
 from ..graph.registry import REGISTRY
 
@@ -256,7 +257,7 @@ def _holds_float(value) -> bool:
 def _describe(value) -> ValueInfo:
     floats = _holds_float(value)
     if isinstance(value, torch.Tensor):
-        return ValueInfo(True, tuple(value.shape), value.dtype, holds_float=floats)
+        return ValueInfo(True, tuple(_size(d) for d in value.shape), value.dtype, holds_float=floats)
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
         return ValueInfo(False, (), value[0].dtype, tuple_len=len(value), holds_float=floats)
     if _tuple_of_tensors_or_tuples(value):  # one nesting level; tracked only where a rule reads it (recurrent)
@@ -289,5 +290,42 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.T
     """Run ``gm`` once on ``inputs``, storing a :class:`ValueInfo` in every node's ``meta``; returns the output."""
     with torch.no_grad():
         return _Recorder(gm).run(*inputs)
+
+
+def values_from_export(gm: fx.GraphModule) -> bool:
+    """Store every node's :class:`ValueInfo` from what torch.export recorded (``meta["val"]``, fake tensors with
+    symbolic sizes at their example values) instead of running the model again. Nodes lrpfx's rewrites added
+    (the split attention) are run on fake tensors. False, with nothing stored, where that fails — then
+    :func:`record_values` runs the graph."""
+    fakes = {n: n.meta["val"] for n in gm.graph.nodes if "val" in n.meta and n.op != "output"}
+    mode = detect_fake_mode(list(fakes.values()))
+    values = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            value = attribute(gm, n.target)
+        elif n.op == "output":
+            value = fx.node.map_arg(n.args[0], fakes.get)
+        elif n in fakes:
+            value = fakes[n]
+        elif mode is not None and n.op == "call_function":
+            try:
+                with mode:
+                    value = fakes[n] = n.target(*fx.node.map_arg(n.args, fakes.get),
+                                                **fx.node.map_arg(n.kwargs, fakes.get))
+            except Exception:  # an op fake tensors cannot run: record by running the graph instead
+                return False
+        else:
+            return False
+        if holds_packed(value):
+            raise packed_error(n, source_line(n))
+        values[n] = _describe(value)
+    for n, value in values.items():
+        n.meta["lrpfx_value"] = value
+    return True
+
+
+def _size(d) -> int:
+    """A size as an int: a symbolic size (torch.export's dynamic axes) at its example value."""
+    return d if isinstance(d, int) else int(d.node.hint)
 
 
