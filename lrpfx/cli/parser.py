@@ -39,7 +39,7 @@ needed there (with --target-input: module()(x, target)).
 """
 
 BENCH_EXAMPLES = """examples:
-  lrpfx bench                                        # python bench/report.py: CPU, VGG16 and ResNet50
+  lrpfx bench                                        # python -m bench.report: CPU, VGG16 and ResNet50
   lrpfx bench --models resnet18 --batches 1 --rounds 2 --no-peers
   lrpfx bench -- --help                              # report.py's own options
 
