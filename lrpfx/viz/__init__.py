@@ -1,0 +1,2 @@
+"""Pictures of relevance: image heatmaps and overlays (image.py), token heatmaps (tokens.py), generated text
+(generation.py)."""
