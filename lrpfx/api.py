@@ -175,14 +175,23 @@ class Explainer:
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
         key = (_signature(inputs), intermediate, target_is_relevance) + (() if plan is None else (plan,))
-        with locks.tracing():
-            entry = self._cache.get(key)
-            if entry is not None and not _serves(entry.shapes, inputs):
-                key = key + (_signature(inputs, static=True),)  # export fixed an axis: a program per shape
-                entry = self._cache.get(key)
-            if entry is None:
-                entry = self._cache[key] = self._build(inputs, intermediate, target_is_relevance, plan)
+        entry, full_key = self._lookup(key, inputs)
+        if entry is not None:  # a built program: no lock, so runs in other threads go on meanwhile
             return entry
+        with locks.tracing():  # exclusive: building traces; another thread may have built it meanwhile
+            entry, full_key = self._lookup(key, inputs)
+            if entry is None:
+                entry = self._cache[full_key] = self._build(inputs, intermediate, target_is_relevance, plan)
+            return entry
+
+    def _lookup(self, key: tuple, inputs: ModelInputs) -> Tuple[Optional["_Entry"], tuple]:
+        """The cached program for ``key`` that serves ``inputs`` (or None), and the key it is (to be) stored
+        under. Dict reads and writes are atomic, so lookups need no lock."""
+        entry = self._cache.get(key)
+        if entry is not None and not _serves(entry.shapes, inputs):
+            key = key + (_signature(inputs, static=True),)  # export fixed an axis: a program per shape
+            entry = self._cache.get(key)
+        return entry, key
 
     def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         with eval_mode(self.model):

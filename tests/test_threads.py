@@ -82,3 +82,38 @@ def test_tracing_is_exclusive_and_reentrant():
                 order.append("trace")
     t.join()
     assert order == ["run start", "run end", "trace"]
+
+
+class Gate(nn.Module):
+    """Holds the run of the thread named "held" until released (kept whole as a leaf, Pass rule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        if threading.current_thread().name == "held":
+            self.entered.set()
+            self.release.wait(60)
+        return x
+
+
+def test_a_call_of_a_built_program_does_not_wait_for_another_threads_run():
+    gate = Gate()
+    model = nn.Sequential(nn.Linear(4, 6), gate, nn.Linear(6, 3))
+    explainer = lrpfx.Explainer(model, lrpfx.Composite(by_type={Gate: "pass"}), leaf_modules=[Gate])
+    x = torch.randn(2, 4)
+    expected = explainer(x, target=1).relevance  # built here, before the threads
+    held = threading.Thread(target=lambda: explainer(x, target=1), name="held")
+    held.start()
+    assert gate.entered.wait(30)
+    done = []
+    other = threading.Thread(target=lambda: done.append(explainer(x, target=1).relevance))
+    other.start()
+    other.join(30)  # before: the cache lookup waited for the held run to end, so this never finished
+    finished = not other.is_alive()
+    gate.release.set()
+    held.join(30)
+    other.join(30)
+    assert finished, "a run of a built program waited for another thread's run"
+    torch.testing.assert_close(done[0], expected)
