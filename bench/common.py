@@ -114,7 +114,10 @@ def methods(model_name: str, model: nn.Module, x: torch.Tensor, compiled: bool =
         if compiled:
             table[f"lrpfx-compiled/{comp}"] = lrpfx_method(model, x, comp, compile=True)
         if peers:
-            table[f"zennit/{comp}"] = zennit_method(model, x, comp, model_name)
+            try:
+                table[f"zennit/{comp}"] = zennit_method(model, x, comp, model_name)
+            except Exception as exc:  # a canonizer that cannot handle the model (DenseNet's BN before conv)
+                print(f"  zennit/{comp}: skipped ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
     if peers and model_name.startswith("vgg"):
         table["captum/epsilon"] = captum_method(model, x)
     return table
