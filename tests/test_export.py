@@ -230,3 +230,18 @@ def test_pt2_round_trip_in_fresh_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     d_out, d_r = (float(v) for v in done.stdout.split())
     assert d_out <= 1e-5 and d_r <= 1e-6 * max(1.0, float(r.abs().max()))
+
+
+def test_the_relevance_half_is_found_by_what_it_calls_not_by_a_name():
+    from lrpfx.errors import LrpfxError
+    from lrpfx.program.nodes import split_nodes
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    program = lrpfx.export(model, torch.randn(2, 4))
+    forward, relevance = split_nodes(program)
+    start = relevance[0]
+    start.name = "renamed_start"  # a user's pass may rename nodes
+    assert split_nodes(program) == (forward, relevance)
+    plain = lrpfx.RelevanceProgram(torch.fx.symbolic_trace(model), program.rows, program.composite)
+    with pytest.raises(LrpfxError, match="not a relevance program"):
+        split_nodes(plain)

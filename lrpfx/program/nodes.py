@@ -1,7 +1,7 @@
 """Which node of a relevance program is which, and how a relevance step reads as a rule.
 
-Relevance nodes are ``r_output`` (the initial relevance) and every node after it in graph order; the program
-builder writes the forward first, then the relevance steps. The DOT view (:mod:`.dot`), the Python module
+Relevance nodes are the call of :func:`~.targets.initial_relevance` (named ``r_output``) and every node after it in
+graph order: the program builder writes the forward first, then the relevance steps. The DOT view (:mod:`.dot`), the Python module
 (:mod:`.code`) and the CLI's ``graph`` command all split and label nodes this way.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import LrpfxError
+from .targets import initial_relevance
 
 START_NODE = "r_output"
 _STEP_OPS = ("call_function", "call_module", "call_method")
@@ -32,13 +33,14 @@ def split_nodes(program) -> Tuple[List[fx.Node], List[fx.Node]]:
     relevance: List[fx.Node] = []
     seen_start = False
     for n in _graph(program).nodes:
-        if n.name == START_NODE:
+        if n.op == "call_function" and n.target is initial_relevance:  # found by what it calls, not its name
             seen_start = True
         if n.op in ("placeholder", "output"):
             continue
         (relevance if seen_start else forward).append(n)
     if not seen_start:
-        raise LrpfxError(f"this graph has no '{START_NODE}' node: it is not a relevance program built by lrpfx")
+        raise LrpfxError("this graph has no initial relevance (no call of lrpfx.program.targets.initial_relevance): "
+                         "it is not a relevance program built by lrpfx")
     return forward, relevance
 
 
