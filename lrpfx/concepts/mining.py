@@ -19,10 +19,10 @@ import torch
 from ..api import Explainer
 from ..data.fingerprint import describe_run, describe_target
 from ..data.plan import shard_batches
-from ..data.run import open_source, sharded_run
+from ..data.run import open_source, resume_shards, sharded_run
 from ..data.sources import batch_targets, split_batch
 from ..data.stats import RunStats
-from ..data.store import read_manifest, read_shard, verified_entry, write_shard
+from ..data.store import read_manifest, read_shard, write_shard
 from ..errors import InputError
 from ..progress import model_device
 from .conditions import Concept
@@ -89,15 +89,7 @@ def mine_concepts(model, data, rule, layers: Sequence[str], out_dir, *, top_k: i
 def _mine_shards(explainer, source, mine, target, layers, concepts, out_dir: Path, run_fp: str, resume: bool,
                  device, stats) -> List[Dict]:
     start = time.perf_counter()
-    entries = {}
-    pending = []
-    for shard in mine:
-        entry = verified_entry(out_dir, shard, run_fp) if resume else None
-        if entry is not None:
-            entries[shard.index] = entry
-            stats.shards_skipped += 1
-        else:
-            pending.append(shard)
+    entries, pending = resume_shards(mine, out_dir, run_fp, resume, stats)
     batches = [(shard, b) for shard in pending for b in shard_batches(shard, source.batch_size)]
     loader = iter(source.loader([b for _, b in batches])) if batches else iter(())
     parts: Dict[int, List[Dict[str, torch.Tensor]]] = {}

@@ -11,7 +11,7 @@ import datetime
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -72,6 +72,25 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
     result = load_explanations(out_dir, verify=True)
     result.stats = stats
     return result
+
+
+def resume_shards(mine: List[Shard], out_dir: Path, run_fp: str, resume: bool,
+                  stats: RunStats) -> Tuple[Dict[int, Dict], List[Shard]]:
+    """This rank's shards split into those already written and verified for this run (their manifest entries,
+    kept when resuming) and those still to do."""
+    entries: Dict[int, Dict] = {}
+    pending: List[Shard] = []
+    t = time.perf_counter()
+    for shard in mine:
+        entry = verified_entry(out_dir, shard, run_fp) if resume else None
+        if entry is not None:
+            entries[shard.index] = entry
+            stats.shards_skipped += 1
+        else:
+            stats.shards_redone += (out_dir / shard.name).exists()
+            pending.append(shard)
+    stats.verify_seconds = time.perf_counter() - t
+    return entries, pending
 
 
 def open_source(data, batch_size, num_workers, shard_size, num_shards, verb: str):
@@ -152,18 +171,7 @@ def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, st
                     run_fp: str, resume: bool, device, stats: RunStats, show: bool) -> List[Dict]:
     """Explain this rank's shards (keeping verified ones when resuming); returns their manifest entries."""
     start_time = time.perf_counter()
-    entries: Dict[int, Dict] = {}
-    pending: List[Shard] = []
-    t = time.perf_counter()
-    for shard in mine:
-        entry = verified_entry(out_dir, shard, run_fp) if resume else None
-        if entry is not None:
-            entries[shard.index] = entry
-            stats.shards_skipped += 1
-        else:
-            stats.shards_redone += (out_dir / shard.name).exists()
-            pending.append(shard)
-    stats.verify_seconds = time.perf_counter() - t
+    entries, pending = resume_shards(mine, out_dir, run_fp, resume, stats)
     bar = Progress(sum(s.stop - s.start for s in pending), f"explaining ({explainer.composite.label})", unit="sample",
                    enabled=show)
     try:
