@@ -153,6 +153,10 @@ def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
             "(torch.where), or keep that module whole with leaf_modules=[...] and give it a rule by name.")
 
 
+# node.meta key: a leaf module kept whole; export's record of it is its first output's, not the module's own result
+WHOLE_MODULE = "lrpfx_whole_module"
+
+
 # ---- clean-up -----------------------------------------------------------------------------------------------
 def _drop_guards(gm: fx.GraphModule) -> None:
     """Remove export's input guards and tensor-metadata assertions (the program checks its inputs itself)."""
@@ -261,6 +265,9 @@ def _collapse(gm: fx.GraphModule, model: nn.Module, path: str, nodes: List[fx.No
     call.meta["lrpfx_module"] = path
     call.meta["stack_trace"] = outputs[0].meta.get("stack_trace")
     call.meta["val"] = outputs[0].meta.get("val")
+    if not is_activation_module(model.get_submodule(path)):
+        # the module may return more than the one tensor the graph used (a tuple): only running it tells
+        call.meta[WHOLE_MODULE] = True
     outputs[0].replace_all_uses_with(call)
     for n in reversed(nodes):
         gm.graph.erase_node(n)

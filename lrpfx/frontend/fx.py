@@ -305,6 +305,8 @@ def values_from_export(gm: fx.GraphModule) -> bool:
             value = attribute(gm, n.target)
         elif n.op == "output":
             value = fx.node.map_arg(n.args[0], fakes.get)
+        elif n.meta.get("lrpfx_whole_module"):  # a leaf kept whole may return a tuple export never recorded
+            return False
         elif n in fakes:
             value = fakes[n]
         elif mode is not None and n.op == "call_function":
