@@ -195,7 +195,7 @@ class Explainer:
 
     def _build(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         with eval_mode(self.model):
-            gm, frontend = pipeline._front_end(self.model, inputs.tensors, inputs.names, dict(inputs.options),
+            gm, frontend = pipeline.front_end(self.model, inputs.tensors, inputs.names, dict(inputs.options),
                                                self.frontend, self.leaf_modules, self.output, self.dynamic,
                                                self.composite)
         out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]

@@ -41,11 +41,12 @@ def graph_of(model: nn.Module, tensors, *, names: Optional[Sequence[str]] = None
     was."""
     tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
     with eval_mode(model):
-        return _front_end(model, tensors, names, options or {}, frontend, tuple(leaf_modules), output, dynamic,
+        return front_end(model, tensors, names, options or {}, frontend, tuple(leaf_modules), output, dynamic,
                           composite or as_composite("epsilon-plus-flat"))[0]
 
 
-def _front_end(model, tensors, names, options, frontend, leaf_modules, output, dynamic, composite):
+def front_end(model, tensors, names, options, frontend, leaf_modules, output, dynamic, composite):
+    """The recorded graph and the front-end that made it (``"fx"`` or ``"export"``); see :func:`graph_of`."""
     choice = frontend
     if choice == "auto":
         choice = "export" if names is not None or needs_export(model) else "fx"

@@ -35,7 +35,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
 from ..graph.nodes import call_arg as _arg
 from ..graph.registry import REGISTRY, is_activation_module
-from .fx import failure_location
+from .fx import WHOLE_MODULE, failure_location
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
@@ -151,10 +151,6 @@ def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
             f"{failure_location(exc)}\n"
             "Ways out: replace data-dependent Python control flow (an `if` on tensor values) by tensor ops "
             "(torch.where), or keep that module whole with leaf_modules=[...] and give it a rule by name.")
-
-
-# node.meta key: a leaf module kept whole; export's record of it is its first output's, not the module's own result
-WHOLE_MODULE = "lrpfx_whole_module"
 
 
 # ---- clean-up -----------------------------------------------------------------------------------------------

@@ -292,6 +292,11 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.T
         return _Recorder(gm).run(*inputs)
 
 
+# node.meta key: a leaf module kept whole (frontend.export); export's record of it is its first output's, not the
+# module's own result
+WHOLE_MODULE = "lrpfx_whole_module"
+
+
 def values_from_export(gm: fx.GraphModule) -> bool:
     """Store every node's :class:`ValueInfo` from what torch.export recorded (``meta["val"]``, fake tensors with
     symbolic sizes at their example values) instead of running the model again. Nodes lrpfx's rewrites added
@@ -305,7 +310,7 @@ def values_from_export(gm: fx.GraphModule) -> bool:
             value = attribute(gm, n.target)
         elif n.op == "output":
             value = fx.node.map_arg(n.args[0], fakes.get)
-        elif n.meta.get("lrpfx_whole_module"):  # a leaf kept whole may return a tuple export never recorded
+        elif n.meta.get(WHOLE_MODULE):  # a leaf kept whole may return a tuple export never recorded
             return False
         elif n in fakes:
             value = fakes[n]

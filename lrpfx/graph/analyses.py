@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import unmatched_pattern
 from .nodes import call_arg, node_path, op_name
-from .readers import exponent
+from .readers import SHAPED_LIKE_NAMES, exponent
 from .recurrent import is_recurrent
 
 aten = torch.ops.aten
@@ -28,8 +28,6 @@ _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
 _SHAPE_ONLY_NAMES = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
                      "empty_like", "new_tensor", "size", "sym_size"}
 _THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
-# the second argument only supplies a shape or a dtype
-_LIKE_NAMES = {"type_as", "view_as", "reshape_as", "expand_as", "to"}
 # a mixture-of-experts router: top-k of gate probabilities
 _ROUTER_SCORE_NAMES = {"softmax", "_softmax", "sigmoid"}
 _PASS_THROUGH_NAMES = {"to", "_to_copy", "float", "double", "type_as", "contiguous", "clone", "view", "reshape",
@@ -78,7 +76,7 @@ def constant_by_design(n: fx.Node, active) -> bool:
     shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
     node a composite holds constant (:func:`hold_constant`)."""
     return n.meta.get(HELD) is not None or is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
-        op_name(n) in _LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+        op_name(n) in SHAPED_LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
 
 
 def is_routing(n: fx.Node) -> bool:

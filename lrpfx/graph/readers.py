@@ -295,6 +295,10 @@ def pad_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
+# the second argument only supplies a shape or a dtype: relevance flows through the first argument alone
+SHAPED_LIKE_NAMES = ("type_as", "view_as", "reshape_as", "expand_as", "to")
+
+
 def shaped_like(info: NodeInfo, call: Call) -> bool:
     """``x.type_as(y)`` and friends with an activation ``y``: ``y`` gives a shape or dtype only, relevance flows
     through ``x`` alone."""

@@ -26,7 +26,7 @@ SINGLE, FIRST, ANY = "single", "first", "any"
 # ---- rows matched by bare op name first (the long tail of Hugging Face and timm models) ---------------------------
 NAME_ROWS = [
     OpSpec(K.REDUCE, names=("index_add", "scatter_add"), read=read.scatter_sum, inputs=ANY, label="scatter sum"),
-    OpSpec(K.STRUCTURAL, names=("type_as", "view_as", "reshape_as", "expand_as", "to"), read=read.shaped_like,
+    OpSpec(K.STRUCTURAL, names=read.SHAPED_LIKE_NAMES, read=read.shaped_like,
            inputs=FIRST, label="shaped like another tensor"),
     OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
     OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=pooling.selection, label="max over an axis"),
@@ -218,11 +218,12 @@ class _Index:
 
 
 REGISTRY = Registry(ROWS, NAME_ROWS)
+_ACTIVATION_MODULES = tuple(cls for row in ROWS if row.kind == K.ACTIVATION for cls in row.modules)
 
 
 def is_activation_module(m: nn.Module) -> bool:
     """A torch.nn activation, or a library's parameter-free activation module recognised by its class name."""
-    if any(isinstance(m, cls) for row in ROWS if row.kind == K.ACTIVATION for cls in row.modules):
+    if isinstance(m, _ACTIVATION_MODULES):
         return True
     name = type(m).__name__.lower()
     return any(part in name for part in _ACTIVATION_NAME_PARTS) and not any(True for _ in m.parameters()) \
