@@ -90,11 +90,11 @@ def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule
         positive_only = (infos[u].kind == Kind.ACTIVATION and infos[u].facts.relu
                          and isinstance(rules.get(u), Pass) and vanishes.get(u, False))
         info.positive_only = positive_only and owner
-        if positive_only and _plain_relu(infos[u], n):
+        if positive_only and plain_relu(infos[u], n):
             info.relu_output = u  # max(z, 0) is already there: the step divides by it, z can be freed
 
 
-def _plain_relu(info: NodeInfo, x: fx.Node) -> bool:
+def plain_relu(info: NodeInfo, x: fx.Node) -> bool:
     """A ReLU of ``x`` whose output is exactly ``max(x, 0)`` (not ReLU6, which caps it)."""
     label = info.op.lower()
     return info.x is x and not isinstance(info.module, nn.ReLU6) and "relu6" not in label \

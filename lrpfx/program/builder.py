@@ -86,6 +86,16 @@ def add_relevance(a, b):
     return a + b
 
 
+def times_value(g, value, finite: bool = False):
+    """Relevance from relevance per value: ``g ⊙ value``, item by item for tuple-valued nodes. ``finite``: 0 where
+    the value is infinite (masked attention scores: the softmax hands them ``g = 0``; relevance steps never
+    read such values, but recorded relevances show them)."""
+    if isinstance(g, tuple):
+        return tuple(times_value(a, v, finite) for a, v in zip(g, value))
+    r = g * value
+    return r.masked_fill_(torch.isinf(value), 0.0) if finite and value.is_floating_point() else r
+
+
 def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
     """Conditional relevance (:mod:`lrpfx.concepts`): ``r`` times a per-condition gate ``[K]`` of 0/1, broadcast
     over a value of ``ndim`` axes; ``r`` gains the leading condition axis if it had none."""
@@ -94,6 +104,10 @@ def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
 
 class ProgramBuilder:
     """Writes one relevance program. Used once: ``ProgramBuilder(...).build()``."""
+
+    # steps of LRP-0-type rules hand on relevance per value (the modified gradient) where that is exact; False:
+    # relevance everywhere (the form the tests compare against)
+    modified_gradient: bool = True
 
     def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], *,
                  start: str, times_input: bool, intermediate, masked: Sequence[fx.Node] = (),
@@ -115,6 +129,9 @@ class ProgramBuilder:
         self.attrs: Dict[str, Any] = {}
         self.attr_nodes: Dict[str, fx.Node] = {}
         self.contrib: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
+        # contributions in the modified-gradient form: relevance = the node's value ⊙ this (docs/architecture.md)
+        self.contrib_per_value: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
+        self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
         self.target: Optional[fx.Node] = None
         self.tuple_contrib: Dict[fx.Node, Dict[int, List[fx.Node]]] = defaultdict(lambda: defaultdict(list))
@@ -146,12 +163,18 @@ class ProgramBuilder:
             return self.attr("params." + source, attribute(self.gm, source))
         raise TypeError(f"unexpected parameter source {source!r}")
 
-    def contribute(self, node: fx.Node, relevance: fx.Node) -> None:
+    def contribute(self, node: fx.Node, relevance: fx.Node, per_value: bool = False) -> None:
+        """Hand ``node`` a share of relevance; ``per_value=True``: the share is relevance divided by ``node``'s
+        value (the modified gradient ``G`` with ``R = value ⊙ G``), which saves the product with the value when
+        the step that receives it can take ``G`` itself."""
         gate = self.edge_gates.get((self.emitting, node))
-        if gate is not None:  # this contribution bypasses a conditioned node
+        if gate is not None:  # this contribution bypasses a conditioned node (a gate is linear: same in both forms)
             relevance = self.call(gate_relevance, [relevance, self.condition(gate)],
                                   {"ndim": len(node.meta["lrpfx_value"].shape)})
-        self.contrib[node].append(relevance)
+        (self.contrib_per_value if per_value else self.contrib)[node].append(relevance)
+
+    def is_per_value(self, r: fx.Node) -> bool:
+        return r in self.per_value
 
     def condition(self, i: int) -> fx.Node:
         if i not in self.condition_items:
@@ -160,11 +183,14 @@ class ProgramBuilder:
 
     def conditioned(self, n: fx.Node, r: fx.Node) -> fx.Node:
         """The relevance at ``n`` times its condition mask, or gated where it bypasses a condition."""
+        per_value = self.is_per_value(r)  # masks and gates are linear: the form stays
         if n in self.masked:
             r = self.call(operator.mul, [r, self.condition(self.masked[n])], name=f"r_{n.name}_masked")
         if n in self.node_gates:
             r = self.call(gate_relevance, [r, self.condition(self.node_gates[n])],
                           {"ndim": len(n.meta["lrpfx_value"].shape)}, name=f"r_{n.name}_gated")
+        if per_value:
+            self.per_value.add(r)
         return r
 
     def after(self, n: fx.Node, fn, args, kwargs=None, name=None) -> fx.Node:
@@ -205,6 +231,13 @@ class ProgramBuilder:
             self.env[n] = new
         return inputs, target, output
 
+    def reapply(self, n: fx.Node, replace: Dict[fx.Node, fx.Node], name: str) -> fx.Node:
+        """Original node ``n``'s op once more, out of place, on ``replace``d arguments (the rest: forward values)."""
+        new = self.graph.node_copy(n, lambda a: replace.get(a) or self.env[a])
+        new.name = name
+        self._make_out_of_place(new)
+        return new
+
     def _make_out_of_place(self, new: fx.Node) -> None:
         """In-place ops would overwrite values the relevance steps still read; run them out of place."""
         if new.op == "call_module":
@@ -221,9 +254,17 @@ class ProgramBuilder:
             new.target = out_of_place_method(new.target)
 
     # ---- relevance ---------------------------------------------------------------------------------------
-    def collect(self, n: fx.Node) -> Optional[fx.Node]:
-        """The total relevance of node ``n``'s value: the sum over its consumers' contributions."""
+    def collect(self, n: fx.Node, per_value: bool = False) -> Optional[fx.Node]:
+        """The total relevance of node ``n``'s value: the sum over its consumers' contributions. ``per_value``:
+        the step takes the modified gradient, so return that where every contribution has that form."""
         parts = list(self.contrib.get(n, ()))
+        gradients = self.contrib_per_value.get(n, ())
+        if gradients:
+            g = self._sum(list(gradients), add=add_relevance)
+            if per_value and not parts and n not in self.tuple_contrib:
+                self.per_value.add(g)
+                return g
+            parts.append(self._times_value(n, g))
         if n in self.tuple_contrib:  # pieces taken one by one; the whole tuple may be consumed as well (cat)
             pieces = self.tuple_contrib[n]
             present = tuple(sorted(pieces))
@@ -233,6 +274,19 @@ class ProgramBuilder:
         if not parts:
             return None
         return self._sum(parts, add=add_relevance)
+
+    def relevance_of(self, n: fx.Node, r: fx.Node) -> fx.Node:
+        """``r`` as relevance: the modified gradient times ``n``'s value; relevance as it is."""
+        if not self.is_per_value(r):
+            return r
+        return self.call(times_value, [r, self.env[n]], {"finite": True}, name=f"r_{n.name}")
+
+    def _times_value(self, n: fx.Node, g: fx.Node) -> fx.Node:
+        return self.call(times_value, [g, self.env[n]], name=f"r_{n.name}")
+
+    def reached(self, n: fx.Node) -> bool:
+        """Whether any relevance arrived at ``n``."""
+        return bool(self.contrib.get(n) or self.contrib_per_value.get(n) or n in self.tuple_contrib)
 
     def _input_relevance(self, n: fx.Node, embedded: Optional[List[fx.Node]]) -> Optional[fx.Node]:
         """An input's relevance: that of its embeddings for token ids; zeros for a float input nothing reached;
@@ -269,17 +323,19 @@ class ProgramBuilder:
                 if info is not None:
                     recorded[n] = r
                 continue
-            r = self.collect(n) if info is not None else None
-            if r is None:
+            if info is None or not self.reached(n):
                 continue
+            step = None if info.kind == Kind.EMBEDDING else self.step_for(info)
+            r = self.collect(n, per_value=step is not None and emit.takes_per_value(step, self, info))
             if info.kind == Kind.EMBEDDING:  # where relevance stops: it is the ids' relevance, [..., H]
                 r = recorded[n] = self._times_input(n, r)
                 embedded[info.facts.source].append(r)
                 continue
             r = self.conditioned(n, r)
-            recorded[n] = r
+            if self.intermediate is True or (self.intermediate and n in self.intermediate):
+                recorded[n] = self.relevance_of(n, r)
             self.emitting = n
-            self.emit(info, r)
+            step(self, info, self.rules.get(n), r)
         outputs = (self.env[output], tuple(input_relevance.get(n) for n in inputs))
         if self.intermediate:
             keys = intermediate_keys(self.infos)
@@ -294,18 +350,18 @@ class ProgramBuilder:
         return fx.GraphModule(self.attrs, self.graph, class_name="RelevanceProgram")
 
     # ---- one relevance step per node: the emitter registered for its rule and kind (lrpfx.program.emit) ----
-    def emit(self, info: NodeInfo, r: fx.Node) -> None:
+    def step_for(self, info: NodeInfo) -> emit.Emitter:
+        """The emitter that writes node ``info``'s relevance step(s)."""
         n = info.node
         if n.op == "call_function" and n.target is operator.getitem and self.is_tuple_node(n.args[0]):
-            self.emit_tuple_item(n, r)  # a piece of a tuple-valued node, whatever the rule
-        elif info.kind == Kind.BATCHNORM and info.fold_from is not None:
-            emit.emit_folded(self, info, r)  # the producer's rule on the folded map
-        else:
-            rule = self.rules[n]
-            step = emit.find_emitter(rule, info.kind)
-            if step is None:  # assignment validation should have caught this
-                raise emit.cannot_apply(info, rule)
-            step(self, info, rule, r)
+            return lambda b, info, rule, r: b.emit_tuple_item(info.node, r)  # a piece of a tuple, whatever the rule
+        if info.kind == Kind.BATCHNORM and info.fold_from is not None:
+            return emit.emit_folded  # the producer's rule on the folded map
+        rule = self.rules[n]
+        step = emit.find_emitter(rule, info.kind)
+        if step is None:  # assignment validation should have caught this
+            raise emit.cannot_apply(info, rule)
+        return step
 
     @staticmethod
     def is_tuple_node(node) -> bool:
@@ -363,8 +419,9 @@ class ProgramBuilder:
         values = [self.described(v) if linear and i in active else self.env[v] for i, v in enumerate(graph_values)]
         pulled = self.graph.call_module(path, (r, *values))
         pulled.name = f"r_{n.name}_in"
+        per_value = self.is_per_value(r)  # only where the op copies elements (emit.takes_per_value)
         for j, i in enumerate(active):
-            self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]))
+            self.contribute(graph_values[i], self.call(operator.getitem, [pulled, j]), per_value=per_value)
 
 
 def _node_function(gm: fx.GraphModule, n: fx.Node, attrs: Dict[str, Any]):

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch.fx as fx
 
 from ..errors import RuleError
+from ..graph.canonize import plain_relu
 from ..graph.nodes import parameter_of, source_line
 from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
 from ..rules import (ConstantAttention, Epsilon, Gradient, MatmulUniform, MulUniform, Norm, NormIdentity, Pass,
@@ -26,12 +27,14 @@ EMITTERS: Dict[Tuple[type, str], Emitter] = {}
 ANY_KIND = "*"
 
 
-def emitter(rule_types, *kinds):
+def emitter(rule_types, *kinds, per_value: Optional[Callable[..., bool]] = None):
     """Register the decorated ``fn(builder, info, rule, r)`` for rules of ``rule_types`` on nodes of ``kinds``
-    (none: any kind)."""
+    (none: any kind). ``per_value(builder, info, rule)``: where it holds, the emitter also takes ``r`` in the
+    modified-gradient form (relevance per value of the node, ``builder.is_per_value(r)``)."""
     rule_types = rule_types if isinstance(rule_types, tuple) else (rule_types,)
 
     def register(fn):
+        fn.per_value = per_value
         for rule_type in rule_types:
             for kind in kinds or (ANY_KIND,):
                 EMITTERS[(rule_type, str(kind))] = fn
@@ -48,6 +51,20 @@ def find_emitter(rule: Rule, kind: str) -> Optional[Emitter]:
     return None
 
 
+def takes_per_value(step: Emitter, b, info: NodeInfo) -> bool:
+    """Whether ``step`` takes the relevance of ``info``'s node in the modified-gradient form."""
+    test = getattr(step, "per_value", None)
+    return b.modified_gradient and test is not None and test(b, info, b.rules.get(info.node))
+
+
+def lrp0(b, rule: Rule) -> bool:
+    """Whether the step of ``rule`` gives relevance per value: an epsilon-type rule with ``eps = 0`` (LRP-0 on
+    affine maps, sums, pools, norms and bilinear products), whose steps are exact in that form (``R = x ⊙ G``
+    with ``G`` carried like a gradient: ``Wᵀ G`` for an affine map, the same ``G`` for each summand)."""
+    return b.modified_gradient and type(rule) in (Epsilon, Norm, NormIdentity, MatmulUniform, ConstantAttention) \
+        and rule.eps == 0
+
+
 def cannot_apply(info: NodeInfo, rule: Rule) -> RuleError:
     return RuleError(f"rule {rule.describe()} cannot apply to node '{info.node.name}' of kind '{info.kind}'"
                      f"{source_line(info.node)}")
@@ -59,6 +76,13 @@ def affine_step(b, info: NodeInfo, rule: Rule, w, bias, layer, x: fx.Node, r: fx
     """One call of the rule's affine function ``(x, weight, bias, z, r, *, layer, ...)``."""
     n = info.node
     z = b.env[n] if z is None else z
+    if lrp0(b, rule):  # Wᵀ(r / z) as the input's relevance per value: the product with x is left to who needs it
+        per_value_in = b.is_per_value(r)
+        args = [w, bias if rule.zero_bias and not per_value_in else None, None if per_value_in else z, r,
+                b.described(x)]
+        b.contribute(x, b.call(affine.epsilon_per_value, args, {"layer": layer, "out_scale": out_scale},
+                               name=f"g_{n.name}_in"), per_value=True)
+        return
     args = [b.env[x], w, bias, z, r]
     kwargs = {"layer": layer, **rule.arguments()}
     if out_scale is not None:
@@ -80,7 +104,12 @@ def _bound(b, n: fx.Node, which: str, bound):
     return float(bound)
 
 
-@emitter((Rule, Gradient), *WEIGHTED_KINDS)  # Gradient: the transposed map, not a replay
+def _affine_per_value(bias) -> Callable[..., bool]:
+    """LRP-0 on an affine map takes relevance per output value unless a bias it holds must leave ``z``."""
+    return lambda b, info, rule: lrp0(b, rule) and not (rule.zero_bias and bias(b, info) is not None)
+
+
+@emitter((Rule, Gradient), *WEIGHTED_KINDS, per_value=_affine_per_value(lambda b, info: info.bias))
 def emit_weighted(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     """Linear, conv, conv_transpose: the rule's affine function; a grouped expert product has no layer spec."""
     if info.layer is None:
@@ -104,8 +133,9 @@ def emit_grouped(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
                         f"Epsilon() or Gradient() with Composite(by_name={{'{info.name}': Epsilon()}})")
 
 
-def emit_folded(b, bn: NodeInfo, r: fx.Node) -> None:
-    """Conv/Linear followed by BatchNorm: one affine step with weights folded in the graph on every call."""
+def emit_folded(b, bn: NodeInfo, _rule, r: fx.Node) -> None:
+    """Conv/Linear followed by BatchNorm: one affine step with weights folded in the graph on every call (with
+    the producer's rule: the BatchNorm's own is not used)."""
     producer = bn.fold_from
     rule, s = b.rules[producer.node], bn.facts
     stats = [b.value(s.mean), b.value(s.var), b.value(s.weight), b.value(s.bias)]
@@ -126,6 +156,10 @@ def emit_folded(b, bn: NodeInfo, r: fx.Node) -> None:
     affine_step(b, bn, rule, w, bias, producer.layer, producer.x, r, z=b.env[bn.node])
 
 
+emit_folded.per_value = lambda b, bn, _rule: lrp0(b, b.rules[bn.fold_from.node]) \
+    and not b.rules[bn.fold_from.node].zero_bias  # the folded map always has a bias
+
+
 def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInfo) -> bool:
     """Whether the weight of a conv/linear followed by BatchNorm has more numbers than the layer's output (at the
     traced batch size): then the BatchNorm scale goes on the quotient, not into a freshly folded weight."""
@@ -133,7 +167,7 @@ def _weight_outweighs_output(gm: fx.GraphModule, producer: NodeInfo, bn: NodeInf
     return producer.kind in (Kind.CONV, Kind.LINEAR) and weight is not None and weight.numel() > math.prod(bn.shape)
 
 
-@emitter(Rule, Kind.BATCHNORM)
+@emitter(Rule, Kind.BATCHNORM, per_value=lambda b, info, rule: lrp0(b, rule) and not rule.zero_bias)
 def emit_channel_affine(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
     if rule.function is None:
@@ -172,22 +206,57 @@ def emit_pattern(b, info: NodeInfo, rule: PatternNet, r: fx.Node) -> None:
 
 
 # ---- elementwise, sums and pooling -----------------------------------------------------------------------------
-@emitter(Pass)
+def _keeps_dtype(b, info: NodeInfo) -> bool:
+    """Whether the node's activation inputs have its dtype: through a cast, relevance per value would take the
+    rounding of the cast value with it (``x ≠ y`` by one rounding), relevance does not."""
+    dtype = info.node.meta["lrpfx_value"].dtype
+    return all(a.meta["lrpfx_value"].dtype == dtype for a in info.node.all_input_nodes if a in b.infos)
+
+
+def _pass_per_value(b, info: NodeInfo, rule: Rule) -> bool:
+    """Relevance handed on unchanged is, per value, ``G·y/x``: ``G`` for identities, ``G`` where a plain ReLU
+    passed its input, ``f(G)`` for a product or quotient with a constant ``f(x) = c·x``."""
+    if b.infos[info.x].shape != info.shape or not _keeps_dtype(b, info):
+        return False
+    return info.kind in (Kind.IDENTITY, Kind.SCALE) or (
+        info.kind == Kind.ACTIVATION and info.facts is not None and info.facts.relu and plain_relu(info, info.x))
+
+
+@emitter(Pass, per_value=_pass_per_value)
 def emit_pass(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     n = info.node
-    if b.infos[info.x].shape == info.shape:
+    if b.is_per_value(r):
+        if info.kind == Kind.ACTIVATION:
+            r = b.call(elementwise.relu_per_value, [b.env[n], r], name=f"g_{n.name}_in")
+        elif info.kind == Kind.SCALE:  # the op itself on G in place of x: c·G, G/c, -G
+            r = b.reapply(n, {info.x: r}, name=f"g_{n.name}_in")
+        b.contribute(info.x, r, per_value=True)
+    elif b.infos[info.x].shape == info.shape:
         b.contribute(info.x, r)  # the identity rule is no step at all
     else:
         b.contribute(info.x, b.call(elementwise.pass_to, [r, b.described(info.x), b.described(n)],
                                     name=f"r_{n.name}_in"))
 
 
-@emitter((Norm, Epsilon), Kind.ADD)
+def _drops_constant(info: NodeInfo, rule: Rule) -> bool:
+    """zero_bias on a sum with a constant summand: the constant leaves ``z``."""
+    return getattr(rule, "zero_bias", False) and len(info.facts.terms) < len(info.node.args[:2])
+
+
+@emitter((Norm, Epsilon), Kind.ADD, per_value=lambda b, info, rule: lrp0(b, rule) and not _drops_constant(info, rule))
 def emit_sum(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     n = info.node
     terms, signs = info.facts.terms, info.facts.signs
+    if lrp0(b, rule) and not _drops_constant(info, rule):  # every summand gets r / z per value
+        per_value_in = b.is_per_value(r)
+        shares = b.call(elementwise.split_sum_per_value,
+                        [b.described(n) if per_value_in else b.env[n], r, *[b.described(t) for t in terms]],
+                        {"signs": signs, "r_per_value": per_value_in}, name=f"g_{n.name}_in")
+        for i, term in enumerate(terms):
+            b.contribute(term, b.call(operator.getitem, [shares, i]), per_value=True)
+        return
     options = {"signs": signs, "eps": rule.eps}
-    if getattr(rule, "zero_bias", False) and len(terms) < len(n.args[:2]):
+    if _drops_constant(info, rule):
         options["zero_bias"] = True  # a constant summand is there to drop
     z = b.env[n]
     if info.relu_output is not None and rule.eps > 0 and not options.get("zero_bias"):
@@ -197,27 +266,44 @@ def emit_sum(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
         b.contribute(term, b.call(operator.getitem, [shares, i]))
 
 
-@emitter(MulUniform, Kind.MUL)
+@emitter(MulUniform, Kind.MUL, per_value=lambda b, info, rule: True)
 def emit_mul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     operands = list(info.node.args[:2])
-    shares = b.call(elementwise.mul_uniform, [r, *[b.described(o) for o in operands]], name=f"r_{info.node.name}_in")
+    per_value = b.is_per_value(r)
+    if per_value:  # per value of one factor, the other factor's half: no product with the output needed
+        shares = b.call(elementwise.mul_uniform_per_value, [r, *[b.env[o] for o in operands]],
+                        name=f"g_{info.node.name}_in")
+    else:
+        shares = b.call(elementwise.mul_uniform, [r, *[b.described(o) for o in operands]],
+                        name=f"r_{info.node.name}_in")
     for i, operand in enumerate(operands):
-        b.contribute(operand, b.call(operator.getitem, [shares, i]))
+        b.contribute(operand, b.call(operator.getitem, [shares, i]), per_value=per_value)
 
 
-@emitter(NormIdentity, Kind.LAYER_NORM)
+@emitter(NormIdentity, Kind.LAYER_NORM,
+         per_value=lambda b, info, rule: lrp0(b, rule) and not (rule.zero_bias and info.bias is not None))
 def emit_layer_norm(b, info: NodeInfo, rule: NormIdentity, r: fx.Node) -> None:
     f = info.facts
+    if lrp0(b, rule) and not (rule.zero_bias and info.bias is not None):
+        per_value_in = b.is_per_value(r)
+        b.contribute(info.x, b.call(
+            elementwise.layer_norm_per_value, [b.env[info.x], b.value(info.weight), None if per_value_in else
+                                               b.env[info.node], r],
+            {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "centered": f.centered},
+            name=f"g_{info.node.name}_in"), per_value=True)
+        return
     b.contribute(info.x, b.call(
         elementwise.layer_norm, [b.env[info.x], b.value(info.weight), b.value(info.bias), b.env[info.node], r],
         {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "eps": rule.eps, "zero_bias": rule.zero_bias,
          "centered": f.centered}, name=f"r_{info.node.name}_in"))
 
 
-@emitter((Norm, Epsilon), Kind.AVG_POOL)
+@emitter((Norm, Epsilon), Kind.AVG_POOL, per_value=lambda b, info, rule: lrp0(b, rule) and info.layer is not None)
 def emit_avg_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     if info.layer is None:
         return b.replay(info, r, norm_eps=rule.eps)
+    if lrp0(b, rule):
+        return affine_step(b, info, rule, None, None, info.layer, info.x, r)
     b.contribute(info.x, b.call(affine.epsilon, [b.env[info.x], None, None, b.env[info.node], r],
                                 {"layer": info.layer, "eps": rule.eps}, name=f"r_{info.node.name}_in"))
 
@@ -239,22 +325,27 @@ def emit_max_pool_as_avg(b, info: NodeInfo, rule: Norm, r: fx.Node) -> None:
                                 name=f"r_{info.node.name}_in"))
 
 
-@emitter((WinnerTakesAll, Structural, Gradient), Kind.MAX_POOL)
+@emitter((WinnerTakesAll, Structural, Gradient), Kind.MAX_POOL, per_value=lambda b, info, rule: _keeps_dtype(b, info))
 def emit_max_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
-    """All of a window's relevance to its maximum; the winners come from the forward's own pooling."""
+    """All of a window's relevance to its maximum; the winners come from the forward's own pooling. The winner
+    is copied to the output, so relevance per value is routed the same way."""
     if info.layer is None:  # max/min/top-k over an axis: routed by the op's own gradient
         return b.replay(info, r)
     n = info.node
     args = [b.env[info.x], r] if b.is_tuple_node(n) else [b.described(info.x), r, b.pool_winners(info)]
-    b.contribute(info.x, b.call(structural.max_pool_wta, args, {"pool": info.layer}, name=f"r_{n.name}_in"))
+    b.contribute(info.x, b.call(structural.max_pool_wta, args, {"pool": info.layer}, name=f"r_{n.name}_in"),
+                 per_value=b.is_per_value(r))
 
 
-@emitter((Structural, Gradient), Kind.STRUCTURAL)
+@emitter((Structural, Gradient), Kind.STRUCTURAL,
+         per_value=lambda b, info, rule: info.facts.copies and _keeps_dtype(b, info))
 def emit_structural(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """Moves and copies route relevance back by their VJP; for an op that copies elements the same VJP routes
+    relevance per value (each output element is one input element)."""
     if not info.facts.reshape:
         return b.replay(info, r)
     b.contribute(info.x, b.call(structural.reshape_back, [b.described(info.x), r, b.described(info.node)],
-                                name=f"r_{info.node.name}_in"))
+                                name=f"r_{info.node.name}_in"), per_value=b.is_per_value(r))
 
 
 @emitter((Structural, Gradient, WinnerTakesAll))
@@ -263,28 +354,35 @@ def emit_replay(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
 
 
 # ---- attention and recurrence ----------------------------------------------------------------------------------
-@emitter(Softmax, Kind.SOFTMAX)
+@emitter(Softmax, Kind.SOFTMAX, per_value=lambda b, info, rule: True)
 def emit_softmax(b, info: NodeInfo, rule: Softmax, r: fx.Node) -> None:
     n, dim = info.node, info.facts.dim
+    if b.is_per_value(r):  # per value, AttnLRP's softmax rule is the softmax's VJP: no scores to rebuild
+        b.contribute(info.x, b.call(attention.softmax_per_value, [b.env[n], r], {"dim": dim},
+                                    name=f"g_{n.name}_in"), per_value=True)
+        return
     lse = b.after(n, attention.log_normaliser, [b.env[info.x], b.env[n]], {"dim": dim}, name=f"{n.name}_lse")
     b.contribute(info.x, b.call(attention.softmax_from_output, [b.env[n], lse, r], {"dim": dim},
                                 name=f"r_{n.name}_in"))
 
 
-@emitter((MatmulUniform, ConstantAttention), Kind.MATMUL)
+@emitter((MatmulUniform, ConstantAttention), Kind.MATMUL, per_value=lambda b, info, rule: lrp0(b, rule))
 def emit_matmul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     n = info.node
     active, weights = info.facts.active, info.facts.softmax_operand
     if isinstance(rule, ConstantAttention) and weights is not None:
         active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
     a, c = n.args[:2]
+    per_value_in = b.is_per_value(r)
     sizes = [math.prod(b.infos[v].shape) if v in b.infos else 0 for v in (n, a, c)]
-    z = None if sizes[0] > sizes[1] + sizes[2] else b.env[n]  # recompute attention scores, don't keep them
-    shares = b.call(attention.matmul, [b.env[a], b.env[c], z, r], {"active": active, "eps": rule.eps},
-                    name=f"r_{n.name}_in")
+    z = None if per_value_in or sizes[0] > sizes[1] + sizes[2] else b.env[n]  # recompute attention scores
+    per_value_out = lrp0(b, rule)
+    fn, options = (attention.matmul_per_value, {"r_per_value": per_value_in}) if per_value_out else \
+        (attention.matmul, {"eps": rule.eps})
+    shares = b.call(fn, [b.env[a], b.env[c], z, r], {"active": active, **options}, name=f"r_{n.name}_in")
     for i, operand in enumerate((a, c)):
         if active[i]:
-            b.contribute(operand, b.call(operator.getitem, [shares, i]))
+            b.contribute(operand, b.call(operator.getitem, [shares, i]), per_value=per_value_out)
 
 
 @emitter(RecurrentLRP, Kind.RECURRENT)

@@ -53,6 +53,20 @@ def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, positi
     return layer.transpose(s, w, x.shape).mul_(x)  # in place on the fresh transpose
 
 
+def epsilon_per_value(w, b, z, r, x, *, layer, out_scale: Optional[torch.Tensor] = None):
+    """LRP-0 in the modified-gradient form: ``Wᵀ(r / z)``, the input's relevance divided by the input (so
+    ``epsilon(x, w, b, z, r, eps=0) = x * epsilon_per_value(...)``). ``z=None``: ``r`` is already relevance per
+    output value, and the step is the plain transposed map, as the gradient's. ``b`` is given only to be left out
+    of ``z`` (zero_bias). ``x`` is the input's :class:`~lrpfx.rules.structural.Described` (only its shape is read).
+
+    Where ``z == 0`` exactly, the form passes ``r`` on as the gradient does, where :func:`epsilon` gives 0.
+    """
+    s = r if z is None else divide(r, z if b is None else _unbiased(layer, z, b), 0.0)
+    if out_scale is not None:
+        s = s * layer.bias_view(out_scale)
+    return layer.transpose(s, w, x.shape)
+
+
 def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg, positive_part):
     """One sign part of z+/alpha-beta: ``z = x⁺·Wa + x⁻·Wb + bias``, relevance back along the same terms.
 

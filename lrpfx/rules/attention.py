@@ -37,6 +37,31 @@ def softmax_from_output(s, lse, r, *, dim: int):
     return softmax(torch.log(s).add_(lse), s, r, dim=dim)
 
 
+def softmax_per_value(s, g, *, dim: int):
+    """:func:`softmax` for relevance per output value ``g`` (``R = s·g``), per input value: ``s·(g - Σ s·g)``,
+    which is the softmax's own VJP. Masked scores (``s = 0``) get 0."""
+    axis = dim if dim < 0 else dim - s.dim()
+    sg = s * g
+    return sg.sub_(s * sg.sum(dim=axis, keepdim=True))
+
+
+def matmul_per_value(a, b, z, r, *, active: Tuple[bool, bool], r_per_value: bool):
+    """:func:`matmul` with ``eps = 0`` in the modified-gradient form: each active operand's relevance divided
+    by the operand, ``(s @ Bᵀ)`` and ``(Aᵀ @ s)`` with ``s = r / (n·z)``, or ``s = r / n`` when ``r`` is already
+    per value of ``z`` (then ``z`` is not needed; ``None`` recomputes it otherwise)."""
+    n = sum(active)
+    if r_per_value:
+        s = r / n if n > 1 else r
+        keep = r.dim() - max(a.dim(), b.dim())
+    else:
+        z = a @ b if z is None else z
+        s = divide(r, z * n if n > 1 else z, 0.0)
+        keep = target_axes(r, z)
+    g_a = _sum_to(s @ _t(b), a.shape, keep) if active[0] else None
+    g_b = _sum_to(_t(a) @ s, b.shape, keep) if active[1] else None
+    return g_a, g_b
+
+
 def _t(m: torch.Tensor) -> torch.Tensor:
     return m.transpose(-1, -2)
 

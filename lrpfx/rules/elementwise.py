@@ -27,6 +27,29 @@ def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool 
     return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))
 
 
+def split_sum_per_value(z, r, *terms, signs: Tuple[int, ...], r_per_value: bool) -> Tuple[torch.Tensor, ...]:
+    """:func:`split_sum` with ``eps = 0`` in the modified-gradient form: each term's relevance divided by the
+    term, ``± r / z`` summed back where it was broadcast (terms and ``z`` are only read for their shapes when
+    ``r_per_value``: ``r`` is then already ``R / z``)."""
+    s = r if r_per_value else divide(r, z, 0.0)
+    keep = target_axes(r, z)
+    return tuple(_sum_to(s if sign > 0 else -s, t.shape, keep) for t, sign in zip(terms, signs))
+
+
+def mul_uniform_per_value(g, a, b) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mul_uniform` of ``a * b`` for a relevance given per output value ``g``: ``R_a = a·b·g / 2``,
+    so per value of ``a`` it is ``b·g / 2`` (and ``a·g / 2`` for ``b``), summed back where broadcast."""
+    keep = g.dim() - max(a.dim(), b.dim())
+    half = g * 0.5
+    return _sum_to(half * b, a.shape, keep), _sum_to(half * a, b.shape, keep)
+
+
+def relu_per_value(y, g):
+    """The identity rule through a plain ReLU for relevance per output value ``g``: per input value it is ``g``
+    where the ReLU passed its input (``y > 0``) and 0 where it cut it."""
+    return torch.where(y > 0, g, torch.zeros((), dtype=g.dtype, device=g.device))
+
+
 def _sum_to(t: torch.Tensor, shape, keep: int = 0) -> torch.Tensor:
     """Undo broadcasting: sum ``t`` over the axes that were expanded to reach its shape.
 
@@ -66,14 +89,26 @@ def layer_norm(x, w, b, z, r, *, normalized_ndim: int, ln_eps: float, eps: float
     is ``R_in = x · Jᵀ(r / stab(y))`` with ``Jᵀ s = c - mean(c)``, ``c = s·w/σ`` (no centring for RMSNorm).
     """
     dims = tuple(range(-normalized_ndim, 0))  # negative: r may carry a leading target axis
+    if zero_bias and b is not None:
+        z = z - b
+    c = _norm_transpose(divide(r, z, eps), x, w, dims, ln_eps, centered)
+    return x * c
+
+
+def layer_norm_per_value(x, w, z, r, *, normalized_ndim: int, ln_eps: float, centered: bool = True):
+    """:func:`layer_norm` with ``eps = 0`` in the modified-gradient form: ``Jᵀ(r / y)``, the input's relevance
+    divided by the input; ``z=None``: ``r`` is already per output value."""
+    dims = tuple(range(-normalized_ndim, 0))
+    return _norm_transpose(r if z is None else divide(r, z, 0.0), x, w, dims, ln_eps, centered)
+
+
+def _norm_transpose(s, x, w, dims, ln_eps, centered):
+    """``Jᵀ s`` of the normalisation with its standard deviation held constant."""
     if centered:
         sigma = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + ln_eps)
     else:
         sigma = torch.sqrt(x.pow(2).mean(dim=dims, keepdim=True) + ln_eps)
-    if zero_bias and b is not None:
-        z = z - b
-    s = divide(r, z, eps)
     c = s / sigma if w is None else s * w / sigma
     if centered:
         c = c - c.mean(dim=dims, keepdim=True)
-    return x * c
+    return c
