@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import resource
+import statistics
 import time
 from typing import Callable, Dict
 
@@ -121,6 +122,27 @@ def methods(model_name: str, model: nn.Module, x: torch.Tensor, compiled: bool =
     if peers and model_name.startswith("vgg"):
         table["captum/epsilon"] = captum_method(model, x)
     return table
+
+
+def round_robin(table: Dict[str, Callable[[], object]], rounds: int, device: str = "cpu",
+                warm_up: bool = True) -> Dict[str, float]:
+    """Median seconds per method, the methods timed in turn ``rounds`` times (after one untimed call each: it
+    builds, exports and compiles), so a change of machine load touches them all alike."""
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for run in table.values() if warm_up else ():
+        run()
+    times = {name: [] for name in table}
+    for _ in range(rounds):
+        for name, run in table.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _current_rss_mib() -> float:

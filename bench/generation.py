@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from bench.common import round_robin
 from bench.transformer import make_model
 
 HERE = Path(__file__).resolve().parent
@@ -88,15 +87,7 @@ def methods(model, prompt, ids, compile_too: bool = True):
 
 
 def time_all(table, rounds):
-    for run in table.values():
-        run()  # warm-up: exports and compiles the programs
-    times = {name: [] for name in table}
-    for _ in range(rounds):
-        for name, run in table.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return round_robin(table, rounds)
 
 
 def agreement(table, prompt_length: int) -> float:

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
             for name, t in med.items():
                 print(f"  {name:<36} {t * 1000:9.1f} ms  {t / med['floor']:.2f}× floor", flush=True)
 
-    lines = [f"# lrpfx benchmark results", "", f"Machine: {machine()}.", "",
+    lines = ["# lrpfx benchmark results", "", f"Machine: {machine()}.", "",
              f"Inputs {args.size}×{args.size}, random weights, float32, {args.rounds} rounds round-robin after a "
              "warm-up; medians, as ratios to the floor (one input gradient of the target logit, parameters "
              "frozen) measured in the same run.", ""]

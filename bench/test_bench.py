@@ -54,3 +54,16 @@ def test_captum_vgg16(benchmark, batch):
     model, x = model_and_input("vgg16", batch)
     benchmark.group = f"vgg16-b{batch}"
     benchmark(captum_method(model, x))
+
+
+@pytest.mark.parametrize("per_value", [True, False], ids=["per-value", "relevance"])
+@pytest.mark.parametrize("name", MODELS)
+def test_lrp0_forms(benchmark, name, per_value):
+    """LRP-0 with relevance per value (the modified gradient) and with relevance, batch 2 (bench/per_value.py)."""
+    import lrpfx
+    from bench.per_value import built
+
+    model, x = model_and_input(name, 2)
+    run = built(lambda: lrpfx.Explainer(model, "zero"), lambda ex: ex(x).relevance, per_value)
+    benchmark.group = f"{name}-b2-lrp0"
+    benchmark(run)

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from bench.common import rss_growth_during, settle
+from bench.common import round_robin, rss_growth_during, settle
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,11 +46,6 @@ def make_model(args):
     return model, ids.to(device)
 
 
-def sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def methods(model, ids, compiled: bool = True):
     import lrpfx
 
@@ -73,17 +66,7 @@ def methods(model, ids, compiled: bool = True):
 
 
 def time_all(table, rounds, device="cpu"):
-    for run in table.values():
-        run()  # warm-up: builds and compiles the programs
-    times = {name: [] for name in table}
-    for _ in range(rounds):
-        for name, run in table.items():
-            sync(device)
-            start = time.perf_counter()
-            run()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return round_robin(table, rounds, device)
 
 
 def peak_memory(args, method: str) -> float:
@@ -162,7 +145,8 @@ def main(argv=None) -> int:
     for name in ("floor", "lrpfx-eager", "lrpfx-compiled"):
         mem = memory.get(name)
         mem_ratio = f"{mem / memory['floor']:.2f}" if mem and memory.get("floor") else "–"
-        target = "" if name == "floor" else "<= 1.5× floor, memory <= 1.5×"
+        target = {"lrpfx-eager": "<= 1.3× floor, memory <= 1.2×",
+                  "lrpfx-compiled": "no slower than LXT (ratio), memory <= 1.2×"}.get(name, "")
         lines.append(f"| {name} | {med[name]:.3f} | {med[name] / floor:.2f} | "
                      f"{f'{mem:.0f}' if mem else '–'} | {mem_ratio} | {target} |")
     if "lxt_s" in lxt:

@@ -17,7 +17,7 @@ from torch import nn
 import lrpfx
 from lrpfx.composites import AttnLRP, single
 from lrpfx.program.builder import ProgramBuilder
-from lrpfx.rules import Epsilon, Norm
+from lrpfx.rules import Epsilon
 
 from tests.helpers.models import random_input
 
@@ -168,3 +168,67 @@ def test_concept_conditions_in_per_value_form(relevance_form):
     relevance_form(True)
     ours = _explain(model, composite, x, conditions=conditions)
     _close(ours.relevance, reference.relevance)
+
+
+def test_the_forms_benchmark_runs(tmp_path):
+    """``python -m bench.per_value`` on a small case writes its table (the benchmark must not rot)."""
+    from bench import per_value
+
+    out = tmp_path / "per_value.md"
+    assert per_value.main(["--models", "resnet18", "--size", "32", "--batch", "1", "--rounds", "1", "--no-llama",
+                           "--out", str(out)]) == 0
+    table = out.read_text()
+    for method in ("floor", "zero, per value", "zero, relevance", "epsilon (1e-6)"):
+        assert f"| {method} |" in table
+
+
+class SdpaNet(nn.Module):
+    """Attention through F.scaled_dot_product_attention: causal, with a float mask, with a boolean mask (left
+    padding: its first query rows attend to nothing), with grouped key/value heads."""
+
+    def __init__(self, variant: str, d=8, heads=2):
+        super().__init__()
+        self.variant, self.heads = variant, heads
+        kv = d // 2 if variant == "gqa" else d
+        self.embed, self.q, self.k, self.v = nn.Linear(5, d), nn.Linear(d, d), nn.Linear(d, kv), nn.Linear(d, kv)
+        self.o, self.head = nn.Linear(d, d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        h = self.embed(x)
+        q, k, v = (f(h).view(b, t, -1, 8 // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        options = {}
+        if self.variant == "causal":
+            options["is_causal"] = True
+        elif self.variant == "float-mask":
+            options["attn_mask"] = torch.linspace(-1.0, 0.0, t * t, dtype=x.dtype).view(t, t)
+        elif self.variant == "padding":
+            allowed = torch.ones(b, 1, t, t, dtype=torch.bool)
+            allowed[1, :, :, :2] = False  # sample 1: the first two keys are padding
+            options["attn_mask"] = allowed
+        elif self.variant == "gqa":
+            options["enable_gqa"] = True
+        a = nn.functional.scaled_dot_product_attention(q, k, v, **options)
+        return self.head(h + self.o(a.transpose(1, 2).reshape(b, t, -1))).sum(1)
+
+
+@pytest.mark.parametrize("variant", ["causal", "float-mask", "padding", "gqa"])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp-0"])
+def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
+    """One fused step (the attention's VJP with the uniform shares) equals the split steps, one and several
+    targets; the fused step is what the program runs, and the T×T weights are not among the kept values."""
+    from lrpfx.composites import CPLRP
+
+    torch.manual_seed(2)
+    model = SdpaNet(variant).double().eval()
+    composite = AttnLRP() if preset == "attnlrp" else CPLRP(epsilon=0.0)
+    x = random_input((2, 6, 5), seed=7)
+    relevance_form(False)
+    reference = _explain(model, composite, x)
+    multi_reference = _explain(model, composite, x, targets=[0, 2])
+    relevance_form(True)
+    ours, multi = _explain(model, composite, x), _explain(model, composite, x, targets=[0, 2])
+    _close(ours.relevance, reference.relevance)
+    _close(multi.relevance, multi_reference.relevance)
+    code = lrpfx.Explainer(model, composite).program(x).code
+    assert "attention_per_value" in code and "softmax_per_value" not in code and "matmul_per_value" not in code

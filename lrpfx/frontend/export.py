@@ -322,6 +322,7 @@ def decompose_attention(gm: fx.GraphModule) -> bool:
         for new in (scores, weights, out):
             new.meta["stack_trace"] = n.meta.get("stack_trace")
             new.meta["nn_module_stack"] = n.meta.get("nn_module_stack")
+        out.meta["lrpfx_sdpa"] = True  # the relevance pass may run the chain as one fused step (emit_attention)
         n.replace_all_uses_with(out)
         g.erase_node(n)
         changed = True

@@ -18,8 +18,8 @@ from ..graph.canonize import plain_relu
 from ..graph.nodes import parameter_of, source_line
 from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
 from ..rules import (ConstantAttention, Epsilon, Gradient, MatmulUniform, MulUniform, Norm, NormIdentity, Pass,
-                     PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax, Structural, WinnerTakesAll, ZBox,
-                     affine, attention, elementwise, experts, recurrent, structural)
+                     PatternAttribution, PatternNet, Rule, Structural, WinnerTakesAll, ZBox, affine, elementwise,
+                     experts, structural)
 from ..rules.layers import AvgPool, ChannelAffine
 
 Emitter = Callable[..., None]
@@ -353,57 +353,6 @@ def emit_replay(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     b.replay(info, r)
 
 
-# ---- attention and recurrence ----------------------------------------------------------------------------------
-@emitter(Softmax, Kind.SOFTMAX, per_value=lambda b, info, rule: True)
-def emit_softmax(b, info: NodeInfo, rule: Softmax, r: fx.Node) -> None:
-    n, dim = info.node, info.facts.dim
-    if b.is_per_value(r):  # per value, AttnLRP's softmax rule is the softmax's VJP: no scores to rebuild
-        b.contribute(info.x, b.call(attention.softmax_per_value, [b.env[n], r], {"dim": dim},
-                                    name=f"g_{n.name}_in"), per_value=True)
-        return
-    lse = b.after(n, attention.log_normaliser, [b.env[info.x], b.env[n]], {"dim": dim}, name=f"{n.name}_lse")
-    b.contribute(info.x, b.call(attention.softmax_from_output, [b.env[n], lse, r], {"dim": dim},
-                                name=f"r_{n.name}_in"))
-
-
-@emitter((MatmulUniform, ConstantAttention), Kind.MATMUL, per_value=lambda b, info, rule: lrp0(b, rule))
-def emit_matmul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
-    n = info.node
-    active, weights = info.facts.active, info.facts.softmax_operand
-    if isinstance(rule, ConstantAttention) and weights is not None:
-        active = tuple(flag and i != weights for i, flag in enumerate(active))  # attention weights: constant
-    a, c = n.args[:2]
-    per_value_in = b.is_per_value(r)
-    sizes = [math.prod(b.infos[v].shape) if v in b.infos else 0 for v in (n, a, c)]
-    z = None if per_value_in or sizes[0] > sizes[1] + sizes[2] else b.env[n]  # recompute attention scores
-    per_value_out = lrp0(b, rule)
-    fn, options = (attention.matmul_per_value, {"r_per_value": per_value_in}) if per_value_out else \
-        (attention.matmul, {"eps": rule.eps})
-    shares = b.call(fn, [b.env[a], b.env[c], z, r], {"active": active, **options}, name=f"r_{n.name}_in")
-    for i, operand in enumerate((a, c)):
-        if active[i]:
-            b.contribute(operand, b.call(operator.getitem, [shares, i]), per_value=per_value_out)
-
-
-@emitter(RecurrentLRP, Kind.RECURRENT)
-def emit_recurrent(b, info: NodeInfo, rule: RecurrentLRP, r: fx.Node) -> None:
-    """An LSTM/GRU/RNN in one step (:func:`lrpfx.rules.recurrent.recurrent`): relevance of the input sequence
-    and of the initial state, which arrives as the layer took it (None, one node, or a tuple of nodes)."""
-    n, hx = info.node, info.facts.hx
-    shares = b.call(recurrent.recurrent, [b.env[info.x], fx.node.map_arg(hx, lambda a: b.env[a]),
-                                          [b.value(w) for w in info.weight], r],
-                    {"spec": info.layer, "eps": rule.eps, "zero_bias": rule.zero_bias}, name=f"r_{n.name}_in")
-    if info.x in b.infos:
-        b.contribute(info.x, b.call(operator.getitem, [shares, 0]))
-    if isinstance(hx, fx.Node) and hx in b.infos:
-        b.contribute(hx, b.call(operator.getitem, [shares, 1]))
-    elif isinstance(hx, tuple) and any(h in b.infos for h in hx):
-        r_hx = b.call(operator.getitem, [shares, 1])
-        for j, h in enumerate(hx):
-            if h in b.infos:
-                b.contribute(h, b.call(operator.getitem, [r_hx, j]))
-
-
 # ---- rules of one pure function (users' rules) -------------------------------------------------------------------
 @emitter(Rule)
 def emit_function(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
@@ -413,3 +362,9 @@ def emit_function(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     n = info.node
     b.contribute(info.x, b.call(rule.function, [b.env[info.x], b.env[n], r], rule.arguments(),
                                 name=f"r_{n.name}_in"))
+
+
+# the attention and recurrence emitters live in their own module; importing it registers them
+from .emit_attention import emit_matmul, emit_recurrent, emit_softmax  # noqa: E402
+
+ELSEWHERE = (emit_softmax, emit_matmul, emit_recurrent)

@@ -62,6 +62,38 @@ def matmul_per_value(a, b, z, r, *, active: Tuple[bool, bool], r_per_value: bool
     return g_a, g_b
 
 
+def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tuple[float, float, float],
+                        r_per_value: bool = True):
+    """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
+
+    Step by step, per value, the ``A V`` product halves the relevance to ``A`` and ``V`` (uniform rule), the
+    softmax rule is the softmax's VJP, the scale and masks are linear, and ``QKᵀ`` halves again: together the
+    attention's own VJP with each operand's result times its share (¼, ¼, ½ under AttnLRP; 0, 0, 1 under CP-LRP).
+    So it runs as PyTorch's fused attention (forward and backward), which keeps no ``T × T`` weights. Forbidden
+    scores (``blocked``) take the dtype's most negative number, as in the split form. ``r`` (with a leading
+    target axis for several targets) is relevance per output value, or relevance (``r_per_value=False``).
+    """
+    dtype = q.dtype
+    bias = mask
+    if blocked is not None:
+        fill = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill_(blocked, torch.finfo(dtype).min)
+        bias = fill if bias is None else bias + fill
+    lead = r.dim() - q.dim()  # several targets: the targets become leading batch axes of the attention
+    operands = [t.expand(*r.shape[:lead], *t.shape) if lead else t for t in (q, k, v)]
+    active = [i for i, share in enumerate(shares) if share]
+
+    def fn(*xs):
+        args = list(operands)
+        for i, x in zip(active, xs):
+            args[i] = x
+        return torch.nn.functional.scaled_dot_product_attention(*args, attn_mask=bias, scale=scale)
+
+    out, pullback = torch.func.vjp(fn, *[operands[i] for i in active])
+    g = r if r_per_value else divide(r, out, 0.0)
+    pulled = dict(zip(active, pullback(g)))
+    return tuple(pulled[i] * shares[i] if i in pulled else None for i in range(3))
+
+
 def _t(m: torch.Tensor) -> torch.Tensor:
     return m.transpose(-1, -2)
 
