@@ -82,8 +82,7 @@ def table_lines(dtype_name: str, result: dict, lxt: dict) -> list:
     if "lxt_s" in lxt:
         lines.append(f"| {dtype_name} | LXT 2.1 efficient (own env; its floor {lxt['floor_s']:.2f} s) | "
                      f"{lxt['lxt_s']:.2f} | {lxt['lxt_s'] / lxt['floor_s']:.2f} | "
-                     f"{lxt['lxt_peak_rss_growth_mb']:.0f} | "
-                     f"{lxt['lxt_peak_rss_growth_mb'] / max(lxt['floor_peak_rss_growth_mb'], 1):.2f} |")
+                     f"{lxt['lxt_peak_rss_growth_mb']:.0f} | – |")  # its floor shares LXT's process and pool
     elif lxt:
         lines.append(f"| {dtype_name} | LXT 2.1: not run ({lxt.get('error')}) | – | – | – | – |")
     return lines

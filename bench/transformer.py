@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     print("lxt:", lxt, flush=True)
     memory = {} if args.no_memory or not on_cpu else {m: peak_memory(args, m) for m in ("floor", "lrpfx-eager", "lrpfx-compiled")}
     floor = med["floor"]
-    shape = (f"{args.device}, LLaMA-like: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocab {args.vocab}, "
+    shape = (f"LLaMA-like ({args.device}): {args.layers} layers, hidden {args.hidden}, {args.heads} heads, vocab {args.vocab}, "
              f"sequence {args.seq}, batch {args.batch}, float32, random weights")
     lines = ["# Transformer benchmark (AttnLRP)", "", f"Machine: {machine()}.", "", f"Model: {shape}. "
              f"Medians of {args.rounds} rounds round-robin after a warm-up; ratios to the floor of the same run.", "",
