@@ -216,7 +216,7 @@ class SdpaNet(nn.Module):
 @pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp-0"])
 def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
     """One fused step (the attention's VJP with the uniform shares) equals the split steps, one and several
-    targets; the fused step is what the program runs, and the T×T weights are not among the kept values."""
+    targets; the fused step is what the program runs, forward and relevance, so no T×T weights exist."""
     from lrpfx.composites import CPLRP
 
     torch.manual_seed(2)
@@ -232,3 +232,4 @@ def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
     _close(multi.relevance, multi_reference.relevance)
     code = lrpfx.Explainer(model, composite).program(x).code
     assert "attention_per_value" in code and "softmax_per_value" not in code and "matmul_per_value" not in code
+    assert "attention_forward" in code and "torch.softmax" not in code  # the forward runs the fused kernel too

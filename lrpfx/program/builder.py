@@ -23,6 +23,7 @@ from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
 from ..rules import Rule, structural
 from . import emit
+from .emit_attention import forward_fused, fused_attentions
 from .targets import initial_relevance
 
 
@@ -217,9 +218,13 @@ class ProgramBuilder:
             self.conditions = self.graph.placeholder("conditions")
         target = self.target = self.graph.placeholder("target", default_value=None)
         output = None
+        fused = fused_attentions(self)  # attentions whose relevance is one step: one kernel call forward, too
+        split_steps = {s for f in fused.values() for s in f.chain}
         for n in self.gm.graph.nodes:
-            if n.op == "placeholder":
+            if n.op == "placeholder" or n in split_steps:
                 continue
+            elif n in fused:
+                new = forward_fused(self, fused[n])
             elif n.op == "get_attr":
                 new = self.attr("params." + n.target, attribute(self.gm, n.target))
             elif n.op == "output":

@@ -79,6 +79,7 @@ class FusedAttention:
     blocked: Optional[fx.Node]  # a boolean mask of forbidden scores (causal, padding)
     scale: float
     shares: Tuple[float, float, float]  # each operand's share of the attention's VJP (0: it takes none)
+    chain: Tuple[fx.Node, ...]  # the split steps between the operands and ``out``: no step reads their values
 
 
 def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]:
@@ -110,14 +111,34 @@ def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]
     if any(len(n.users) != 1 for n in chain) or any(n not in b.infos for n in chain):
         return None
     if b.intermediate is True or any(n in (b.intermediate or ()) or n in b.masked or n in b.node_gates
-                                     for n in chain):
+                                     or n in b.values for n in chain):
         return None  # a step of the chain is asked for or conditioned: keep the steps
     if share_a and not _chain_per_value(b, chain, product):
         return None
     n_qk = sum(b.infos[product].facts.active)
     share_q = share_a / n_qk if b.infos[product].facts.active[0] else 0.0
     share_k = share_a / n_qk if b.infos[product].facts.active[1] else 0.0
-    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v))
+    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v), tuple(chain))
+
+
+def fused_attentions(b) -> dict:
+    """Every attention whose relevance runs as one step, by its ``A V`` node: the forward then runs it as one
+    call of the fused kernel too (:func:`lrpfx.rules.attention.attention_forward`)."""
+    found = {}
+    for n, info in b.infos.items():
+        if info.kind == Kind.MATMUL and n.meta.get(SDPA_MARK) and n in b.rules:
+            fused = fusable_attention(b, info, b.rules[n])
+            if fused is not None:
+                found[n] = fused
+    return found
+
+
+def forward_fused(b, f: FusedAttention) -> fx.Node:
+    """The forward of a fused attention: one call of the fused kernel in place of its split steps."""
+    operands = [b.env[o] for o in (f.q, f.k, f.v)]
+    return b.call(attention.attention_forward, [*operands, None if f.mask is None else b.env[f.mask],
+                                                None if f.blocked is None else b.env[f.blocked]],
+                  {"scale": f.scale}, name=f.out.name)
 
 
 def _chain_per_value(b, chain, product) -> bool:

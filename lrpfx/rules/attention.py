@@ -62,6 +62,22 @@ def matmul_per_value(a, b, z, r, *, active: Tuple[bool, bool], r_per_value: bool
     return g_a, g_b
 
 
+def _additive_mask(q, mask, blocked):
+    """The float mask and the forbidden scores (the dtype's minimum, as the split form fills them) as one
+    additive mask for the fused kernel."""
+    if blocked is None:
+        return mask
+    fill = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill_(blocked, torch.finfo(q.dtype).min)
+    return fill if mask is None else mask + fill
+
+
+def attention_forward(q, k, v, mask, blocked, *, scale: float):
+    """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum, by the fused kernel: the
+    forward of an attention whose relevance runs as one step (no step reads its weights)."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(q, mask, blocked),
+                                                            scale=scale)
+
+
 def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tuple[float, float, float],
                         r_per_value: bool = True):
     """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
@@ -73,11 +89,7 @@ def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tupl
     scores (``blocked``) take the dtype's most negative number, as in the split form. ``r`` (with a leading
     target axis for several targets) is relevance per output value, or relevance (``r_per_value=False``).
     """
-    dtype = q.dtype
-    bias = mask
-    if blocked is not None:
-        fill = torch.zeros(blocked.shape, dtype=dtype, device=q.device).masked_fill_(blocked, torch.finfo(dtype).min)
-        bias = fill if bias is None else bias + fill
+    bias = _additive_mask(q, mask, blocked)
     lead = r.dim() - q.dim()  # several targets: the targets become leading batch axes of the attention
     operands = [t.expand(*r.shape[:lead], *t.shape) if lead else t for t in (q, k, v)]
     active = [i for i, share in enumerate(shares) if share]
