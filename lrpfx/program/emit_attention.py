@@ -5,8 +5,8 @@ An attention that the front-end split out of ``F.scaled_dot_product_attention`` 
 softmax, ``A V``; the node ``A V`` carries ``meta["lrpfx_sdpa"]``) is explained step by step in general. Where
 every step of it hands on relevance per value (AttnLRP and CP-LRP with ``eps = 0``), the chain is the
 attention's own VJP with each operand's share scaled by the uniform splits, so one fused step replaces it
-(:func:`lrpfx.rules.attention.attention_per_value`): PyTorch's fused attention kernel, and the ``T × T`` weights
-are not kept for the relevance pass.
+(:func:`lrpfx.rules.attention.attention_per_value`): PyTorch's fused attention kernel; the forward copy then
+runs the attention as one kernel call too (:func:`forward_fused`), so the ``T × T`` weights are never formed.
 """
 from __future__ import annotations
 
