@@ -233,3 +233,4 @@ def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
     code = lrpfx.Explainer(model, composite).program(x).code
     assert "attention_per_value" in code and "softmax_per_value" not in code and "matmul_per_value" not in code
     assert "attention_forward" in code and "torch.softmax" not in code  # the forward runs the fused kernel too
+    assert ("causal = True" in code) == (variant == "causal")  # a causal pattern alone: no mask tensor

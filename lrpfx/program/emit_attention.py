@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 import torch.fx as fx
 
+from ..frontend.export import attention_blocked
 from ..kinds import Kind, NodeInfo
 from ..rules import (ConstantAttention, Gradient, MatmulUniform, Pass, RecurrentLRP, Rule, Softmax, Structural,
                      attention, recurrent)
@@ -80,6 +81,7 @@ class FusedAttention:
     scale: float
     shares: Tuple[float, float, float]  # each operand's share of the attention's VJP (0: it takes none)
     chain: Tuple[fx.Node, ...]  # the split steps between the operands and ``out``: no step reads their values
+    causal: bool = False  # ``blocked`` is the causal pattern alone: the kernel's is_causal, no mask tensor
 
 
 def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]:
@@ -118,7 +120,12 @@ def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]
     n_qk = sum(b.infos[product].facts.active)
     share_q = share_a / n_qk if b.infos[product].facts.active[0] else 0.0
     share_k = share_a / n_qk if b.infos[product].facts.active[1] else 0.0
-    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v), tuple(chain))
+    causal = mask is None and _is_call(blocked, attention_blocked) and blocked.args[2] is None \
+        and blocked.args[3] is True and len(blocked.users) == 1
+    if causal:  # the mask tensor is not needed: the kernel skips the forbidden blocks itself
+        chain.append(blocked)
+        blocked = None
+    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v), tuple(chain), causal)
 
 
 def fused_attentions(b) -> dict:
@@ -138,7 +145,7 @@ def forward_fused(b, f: FusedAttention) -> fx.Node:
     operands = [b.env[o] for o in (f.q, f.k, f.v)]
     return b.call(attention.attention_forward, [*operands, None if f.mask is None else b.env[f.mask],
                                                 None if f.blocked is None else b.env[f.blocked]],
-                  {"scale": f.scale}, name=f.out.name)
+                  {"scale": f.scale, "causal": f.causal}, name=f.out.name)
 
 
 def _chain_per_value(b, chain, product) -> bool:
@@ -170,7 +177,7 @@ def emit_fused_attention(b, f: FusedAttention, r: fx.Node) -> None:
     shares = b.call(attention.attention_per_value,
                     [*[b.env[o] for o in operands], None if f.mask is None else b.env[f.mask],
                      None if f.blocked is None else b.env[f.blocked], r],
-                    {"scale": f.scale, "shares": f.shares, "r_per_value": b.is_per_value(r)},
+                    {"scale": f.scale, "shares": f.shares, "r_per_value": b.is_per_value(r), "causal": f.causal},
                     name=f"g_{f.out.name}_attention")
     for i, operand in enumerate(operands):
         if f.shares[i]:

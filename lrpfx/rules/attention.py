@@ -71,15 +71,15 @@ def _additive_mask(q, mask, blocked):
     return fill if mask is None else mask + fill
 
 
-def attention_forward(q, k, v, mask, blocked, *, scale: float):
-    """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum, by the fused kernel: the
-    forward of an attention whose relevance runs as one step (no step reads its weights)."""
+def attention_forward(q, k, v, mask, blocked, *, scale: float, causal: bool = False):
+    """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum (or the causal pattern), by
+    the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights)."""
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(q, mask, blocked),
-                                                            scale=scale)
+                                                            scale=scale, is_causal=causal)
 
 
 def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tuple[float, float, float],
-                        r_per_value: bool = True):
+                        r_per_value: bool = True, causal: bool = False):
     """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
 
     Step by step, per value, the ``A V`` product halves the relevance to ``A`` and ``V`` (uniform rule), the
@@ -98,7 +98,7 @@ def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tupl
         args = list(operands)
         for i, x in zip(active, xs):
             args[i] = x
-        return torch.nn.functional.scaled_dot_product_attention(*args, attn_mask=bias, scale=scale)
+        return torch.nn.functional.scaled_dot_product_attention(*args, attn_mask=bias, scale=scale, is_causal=causal)
 
     out, pullback = torch.func.vjp(fn, *[operands[i] for i in active])
     g = r if r_per_value else divide(r, out, 0.0)
