@@ -1,6 +1,6 @@
 """Emitters: the relevance step(s) one rule writes for one node, registered per (rule class, node kind).
 
-``ProgramBuilder.emit`` looks the emitter up (:func:`find_emitter`: the rule's class and its bases, the node's
+``ProgramBuilder.step_for`` looks the emitter up (:func:`find_emitter`: the rule's class and its bases, the node's
 kind before ``"*"``) and calls ``emitter(builder, info, rule, r)``; the emitter adds calls of pure rule functions
 to the program and hands each input its share with ``builder.contribute``. A rule of your own needs no emitter
 when it sets ``function`` (:mod:`lrpfx.rules.base`); :func:`emitter` registers one where it needs more.
