@@ -281,13 +281,12 @@ class ProgramBuilder:
         return self._sum(parts, add=add_relevance)
 
     def relevance_of(self, n: fx.Node, r: fx.Node) -> fx.Node:
-        """``r`` as relevance: the modified gradient times ``n``'s value; relevance as it is."""
-        if not self.is_per_value(r):
-            return r
-        return self.call(times_value, [r, self.env[n]], {"finite": True}, name=f"r_{n.name}")
+        """``r`` as relevance for the user (intermediate relevances): relevance per value times ``n``'s value,
+        0 at infinite values; relevance as it is."""
+        return self._times_value(n, r, finite=True) if self.is_per_value(r) else r
 
-    def _times_value(self, n: fx.Node, g: fx.Node) -> fx.Node:
-        return self.call(times_value, [g, self.env[n]], name=f"r_{n.name}")
+    def _times_value(self, n: fx.Node, g: fx.Node, finite: bool = False) -> fx.Node:
+        return self.call(times_value, [g, self.env[n]], {"finite": True} if finite else None, name=f"r_{n.name}")
 
     def reached(self, n: fx.Node) -> bool:
         """Whether any relevance arrived at ``n``."""

@@ -243,11 +243,15 @@ def _drops_constant(info: NodeInfo, rule: Rule) -> bool:
     return getattr(rule, "zero_bias", False) and len(info.facts.terms) < len(info.node.args[:2])
 
 
-@emitter((Norm, Epsilon), Kind.ADD, per_value=lambda b, info, rule: lrp0(b, rule) and not _drops_constant(info, rule))
+def _sum_per_value(b, info: NodeInfo, rule: Rule) -> bool:
+    return lrp0(b, rule) and not _drops_constant(info, rule)
+
+
+@emitter((Norm, Epsilon), Kind.ADD, per_value=_sum_per_value)
 def emit_sum(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     n = info.node
     terms, signs = info.facts.terms, info.facts.signs
-    if lrp0(b, rule) and not _drops_constant(info, rule):  # every summand gets r / z per value
+    if _sum_per_value(b, info, rule):  # every summand gets r / z per value
         per_value_in = b.is_per_value(r)
         shares = b.call(elementwise.split_sum_per_value,
                         [b.described(n) if per_value_in else b.env[n], r, *[b.described(t) for t in terms]],
@@ -280,11 +284,13 @@ def emit_mul(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
         b.contribute(operand, b.call(operator.getitem, [shares, i]), per_value=per_value)
 
 
-@emitter(NormIdentity, Kind.LAYER_NORM,
-         per_value=lambda b, info, rule: lrp0(b, rule) and not (rule.zero_bias and info.bias is not None))
+_layer_norm_per_value = _affine_per_value(lambda b, info: info.bias)  # the norm's shift is its bias
+
+
+@emitter(NormIdentity, Kind.LAYER_NORM, per_value=_layer_norm_per_value)
 def emit_layer_norm(b, info: NodeInfo, rule: NormIdentity, r: fx.Node) -> None:
     f = info.facts
-    if lrp0(b, rule) and not (rule.zero_bias and info.bias is not None):
+    if _layer_norm_per_value(b, info, rule):
         per_value_in = b.is_per_value(r)
         b.contribute(info.x, b.call(
             elementwise.layer_norm_per_value, [b.env[info.x], b.value(info.weight), None if per_value_in else

@@ -90,9 +90,8 @@ def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]
     if not (b.modified_gradient and out.meta.get(SDPA_MARK) and lrp0(b, rule) and info.facts.softmax_operand == 0):
         return None
     weights, v = out.args[:2]
-    n_out = sum(_active(info, rule))
-    share_a = 1.0 / n_out if _active(info, rule)[0] else 0.0
-    share_v = 1.0 / n_out if _active(info, rule)[1] else 0.0
+    active = _active(info, rule)
+    share_a, share_v = (1.0 / sum(active) if flag else 0.0 for flag in active)
     chain = [weights]  # the nodes whose steps the fused step replaces: one consumer each
     x = _single_input(weights, torch.softmax)
     blocked = mask = None
