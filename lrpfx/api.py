@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional,
 import torch
 from torch import nn
 
-from . import locks, pipeline
+from . import locks, pipeline, rebind
 from .composites import Composite, as_composite
 from .errors import InputError, OutputError, TargetError
 from .frontend.export import input_shape_pattern
@@ -157,6 +157,7 @@ class Explainer:
         self.frontend = frontend
         self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.frontend.export.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
+        self._state: Optional[rebind.ModelState] = None  # the model the cached programs were built for
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
@@ -175,6 +176,7 @@ class Explainer:
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
         # ``output * onehot``, so it gets its own program
         key = (_signature(inputs), intermediate, target_is_relevance) + (() if plan is None else (plan,))
+        self._follow_model()
         entry, full_key = self._lookup(key, inputs)
         if entry is not None:  # a built program: no lock, so runs in other threads go on meanwhile
             return entry
@@ -183,6 +185,23 @@ class Explainer:
             if entry is None:
                 entry = self._cache[full_key] = self._build(inputs, intermediate, target_is_relevance, plan)
             return entry
+
+    def _follow_model(self) -> None:
+        """Keep the cache to programs of the model as it is now: after a parameter or buffer was replaced, the
+        programs are pointed at the new tensors (:mod:`lrpfx.rebind`); after any other change (a module swapped,
+        a dtype, device or configuration changed, a hook added) they are built again. Changes of tensor values
+        in place need nothing: programs read the model's tensors."""
+        state = rebind.model_state(self.model)
+        if state.same(self._state):
+            return
+        with locks.tracing():  # exclusive: no run uses a program while its references change
+            old, self._state = self._state, state
+            if old is None or not state.same_modules(old):
+                self._cache = {}
+                return
+            # the program may hold the old tensors (its own references) or the new ones (through the model's modules)
+            names, tensors = {**state.names_by_id(), **old.names_by_id()}, state.named_tensors()
+            self._cache = {key: entry for key, entry in self._cache.items() if _rebound(entry, names, tensors)}
 
     def _lookup(self, key: tuple, inputs: ModelInputs) -> Tuple[Optional["_Entry"], tuple]:
         """The cached program for ``key`` that serves ``inputs`` (or None), and the key it is (to be) stored
@@ -319,6 +338,18 @@ class _Entry(NamedTuple):
     run: Callable
     out_shape: Tuple[int, ...]
     shapes: tuple  # per input, its shape with None where any size is served
+
+
+def _rebound(entry: _Entry, names: Dict[int, str], tensors: Dict[str, torch.Tensor]) -> bool:
+    """Point an eager program at the model's current tensors; False when it must be built again instead (a
+    compiled program, or one holding a tensor rebinding cannot follow)."""
+    if entry.run is not entry.program.graph_module:
+        return False
+    found = rebind.slots(entry.program.graph_module, names)
+    if found is None:
+        return False
+    rebind.bind(found, tensors)
+    return True
 
 
 def _primary_input(named: Dict[str, Any]) -> str:

@@ -28,13 +28,12 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import rebind
-from . import graph
+from . import graph, rebind
 from .api import Explainer, eval_mode
 from .composites import Composite, as_composite
 from .errors import InputError, RuleError, TargetError
 from .program.builder import intermediate_keys
-from .rules import Epsilon, Norm, WinnerTakesAll
+from .rules import Epsilon, Norm, Pass, WinnerTakesAll
 from .frontend.fx import record_values, trace
 
 CAPTUM_EPSILON = 1e-9
@@ -63,7 +62,8 @@ class LRP:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.composite = _with_module_rules(model, as_composite(captum_default() if rule is None else rule))
+        self.rule = as_composite(captum_default() if rule is None else rule)
+        _with_module_rules(model, self.rule)  # refuses an untranslatable Captum rule attribute now
         self.options = options
         self._bound: Dict[tuple, nn.Module] = {}  # argument kinds -> the model with those arguments bound
         # model or bound model -> its Explainer and, per program, the tensor references to rebind
@@ -121,8 +121,9 @@ class LRP:
 
     def _explainer(self, model: nn.Module, x, intermediate: bool, is_relevance: bool) -> Explainer:
         """The Explainer of ``model`` with its program pointed at the current argument tensors."""
-        if model not in self._explainers:
-            self._explainers[model] = (Explainer(model, self.composite, **self.options), {})
+        composite = _with_module_rules(self.model, self.rule)  # the rule attributes the model carries now
+        if model not in self._explainers or self._explainers[model][0].composite != composite:
+            self._explainers[model] = (Explainer(model, composite, **self.options), {})
         explainer, slots = self._explainers[model]
         if model is self.model:
             return explainer  # the program shares the model's parameters: nothing to rebind
@@ -131,7 +132,7 @@ class LRP:
             slots[id(program)] = rebind.slots(program, model)
         found = slots[id(program)]
         if found is None:  # the program holds a tensor it cannot be rebound from: one program for this call
-            return Explainer(model, self.composite, **self.options)
+            return Explainer(model, composite, **self.options)
         rebind.bind(found, rebind.named_tensors(model))
         return explainer
 
@@ -273,10 +274,13 @@ def _with_module_rules(model: nn.Module, composite: Composite) -> Composite:
         if rule is None or not type(rule).__module__.startswith("captum"):
             continue
         kind = type(rule).__name__
+        if kind == "IdentityRule":  # relevance handed on unchanged: lrpfx's Pass
+            extra.append((name, Pass()))
+            continue
         if kind != "EpsilonRule":
             raise RuleError(f"module '{name}' carries Captum's {kind}, which lrpfx.captum does not translate (only "
-                            f"EpsilonRule is the same rule in both): remove the attribute and pass e.g. "
-                            f"rule=lrpfx.Composite(by_name={{'{name}': lrpfx.rules.Gamma(0.25)}})")
+                            "EpsilonRule and IdentityRule are the same rule in both): remove the attribute and pass "
+                            "rule=lrpfx.Composite(by_name={{'{}': {}}}){}".format(name, *_equivalent(rule)))
         eps = float(rule.STABILITY_FACTOR)
         if isinstance(module, _MAX_POOLS):
             extra.append((name, WinnerTakesAll()))
@@ -287,6 +291,18 @@ def _with_module_rules(model: nn.Module, composite: Composite) -> Composite:
     if not extra:
         return composite
     return Composite(**{**composite.__dict__, "by_name": tuple(extra) + tuple(composite.by_name)})
+
+
+def _equivalent(rule) -> Tuple[str, str]:
+    """The lrpfx rule closest to a Captum rule object, as code, and where the two differ."""
+    kind = type(rule).__name__
+    if kind == "GammaRule":
+        return (f"lrpfx.rules.Gamma({float(rule.gamma)!r})", "; it equals Captum's GammaRule on non-negative inputs, "
+                "positive outputs and zero biases (Captum keeps the bias as it is and is not sign-aware)")
+    if kind == "Alpha1_Beta0_Rule":
+        return ("lrpfx.rules.ZPlus()", ", which is AlphaBeta(1, 0); it equals Captum's Alpha1_Beta0_Rule on "
+                "non-negative inputs and zero biases")
+    return "lrpfx.rules.Epsilon(1e-9)", " (or any lrpfx rule)"
 
 
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,

@@ -12,7 +12,7 @@ holding a tensor it cannot trace back to a named parameter or buffer, and the ca
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -46,10 +46,11 @@ def names_by_id(model: nn.Module) -> Dict[int, str]:
     return names
 
 
-def slots(program: nn.Module, source: nn.Module) -> Optional[List[Slot]]:
-    """The references of ``program`` to ``source``'s tensors, or None if the program holds a tensor that is
-    neither one of them nor a constant of lrpfx's own (rebinding would then leave it behind)."""
-    names = names_by_id(source)
+def slots(program: nn.Module, source: Union[nn.Module, Dict[int, str]]) -> Optional[List[Slot]]:
+    """The references of ``program`` to ``source``'s tensors (a model, or its tensors' names by identity), or
+    None if the program holds a tensor that is neither one of them nor a constant of lrpfx's own (rebinding
+    would then leave it behind)."""
+    names = names_by_id(source) if isinstance(source, nn.Module) else source
     found: List[Slot] = []
     for path, module in program.named_modules(remove_duplicate=False):
         own = path.split(".")[0] in _OWN_PREFIXES
@@ -81,30 +82,13 @@ def module_copy(model: nn.Module) -> nn.Module:
 
 
 def structure_key(model: nn.Module) -> Optional[Tuple]:
-    """What a program built for ``model`` depends on besides tensor values: the module tree (class and simple
-    configuration attributes of every module), the names, shapes, dtypes and devices of its tensors, and which
-    of them are tied. None when some module holds a plain (unregistered) tensor attribute that rebinding could
-    not follow."""
-    modules = []
-    for name, m in model.named_modules(remove_duplicate=False):
-        config = []
-        for attr, value in vars(m).items():
-            if attr in _MODULE_INTERNALS:
-                continue
-            if _holds_tensor(value):
-                return None
-            if not attr.startswith("_") and attr != "training" and _is_plain(value):
-                config.append((attr, repr(value)))
-        modules.append((name, type(m), tuple(sorted(config))))
-    first: Dict[int, int] = {}
-    tensors = []
-    for i, (name, t) in enumerate(named_tensors(model).items()):
-        tensors.append((name, isinstance(t, nn.Parameter), tuple(t.shape), t.dtype, str(t.device),
-                        first.setdefault(id(t), i)))
-    return type(model), tuple(modules), tuple(tensors)
-
-
-_MODULE_INTERNALS = ("_parameters", "_buffers", "_modules")
+    """What a program built for ``model`` depends on besides tensor values (:class:`ModelState`'s structure), to
+    share one program between models of one structure. None when some module holds a plain (unregistered)
+    tensor attribute that rebinding could not follow."""
+    structure = model_state(model).structure
+    if any(value == _PLAIN_TENSOR for _, _, config in structure[0] for _, value in config):
+        return None
+    return type(model), structure
 
 
 def _holds_tensor(value, depth: int = 3) -> bool:
@@ -125,3 +109,77 @@ def _is_plain(value) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     return isinstance(value, (tuple, list)) and all(_is_plain(v) for v in value)
+
+
+class ModelState(NamedTuple):
+    """What a built program trusts about its model: the structure (module classes and configuration, tensor
+    names, shapes, dtypes, devices and ties), the objects it may hold by reference (modules, hooks, plain tensor
+    attributes and callables set on instances) and the parameters and buffers in name order. Objects are
+    compared by identity and held, so a freed object's id cannot come back as another's."""
+
+    structure: tuple
+    objects: tuple
+    tensors: tuple
+
+    def same(self, other: Optional["ModelState"]) -> bool:
+        return self.same_modules(other) and _identical(self.tensors, other.tensors)
+
+    def same_modules(self, other: Optional["ModelState"]) -> bool:
+        """Equal but for which tensors are the parameters and buffers: a program can be rebound to them."""
+        return other is not None and self.structure == other.structure and _identical(self.objects, other.objects)
+
+    def names_by_id(self) -> Dict[int, str]:
+        names: Dict[int, str] = {}
+        for (name, *_), t in zip(self.structure[1], self.tensors):
+            names.setdefault(id(t), name)
+        return names
+
+    def named_tensors(self) -> Dict[str, torch.Tensor]:
+        return {name: t for (name, *_), t in zip(self.structure[1], self.tensors)}
+
+
+def _identical(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def model_state(model: nn.Module) -> ModelState:
+    """The :class:`ModelState` of ``model`` now: one walk over its modules, cheap enough to check before every
+    run (in-place changes of tensor values need no check: programs read the tensors themselves)."""
+    modules, objects = [], []
+    for name, m in model.named_modules(remove_duplicate=False):
+        config = []
+        objects.append(m)
+        for attr, value in vars(m).items():
+            kind = type(value)
+            if kind in _SCALARS:  # the common case first: numbers, flags, strings
+                if attr[0] != "_" and attr != "training":
+                    config.append((attr, repr(value) if kind is float else value))
+            elif attr in _HOOKS:
+                if value:
+                    config.append((attr, tuple(value)))
+                    objects.extend(value.values())
+            elif attr in _TORCH_INTERNALS:
+                continue
+            elif _holds_tensor(value):
+                config.append((attr, _PLAIN_TENSOR))
+                objects.append(value)
+            elif callable(value) and not isinstance(value, (nn.Module, type)):  # e.g. a forward set on the instance
+                config.append((attr, getattr(value, "__qualname__", kind.__qualname__)))
+                objects.append(value)
+            elif attr[0] != "_" and _is_plain(value):
+                config.append((attr, repr(value)))
+        modules.append((name, type(m), tuple(config)))
+    first: Dict[int, int] = {}
+    described, tensors = [], named_tensors(model)
+    for i, (name, t) in enumerate(tensors.items()):
+        shape = None if isinstance(t, nn.parameter.UninitializedTensorMixin) else tuple(t.shape)
+        described.append((name, isinstance(t, nn.Parameter), shape, t.dtype, str(t.device), first.setdefault(id(t), i)))
+    return ModelState((tuple(modules), tuple(described)), tuple(objects), tuple(tensors.values()))
+
+
+# what every nn.Module holds for torch's own bookkeeping (state-dict hooks, parameter stores, ...)
+_TORCH_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+_PLAIN_TENSOR = "a plain tensor attribute"
+_SCALARS = frozenset((bool, int, float, str, type(None)))
+# a hook added after a build changes what the model computes
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
