@@ -20,7 +20,7 @@ from lrpfx.captum import LRP, LayerLRP
 from lrpfx.errors import InputError, RuleError, TargetError
 
 captum_attr = pytest.importorskip("captum.attr")
-from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule  # noqa: E402
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 
@@ -199,3 +199,22 @@ def test_bad_inputs_give_lrpfx_errors(vgg):
     gamma.conv2.rule = GammaRule()
     with pytest.raises(RuleError, match="GammaRule"):
         LRP(gamma)
+
+
+@pytest.mark.parametrize("rule, equivalent", [(GammaRule(0.1), r"Gamma\(0\.1\)"), (Alpha1_Beta0_Rule(), r"ZPlus\(\)"),
+                                              (GammaRule(0.5), r"Gamma\(0\.5\)")])
+def test_untranslated_rules_name_their_lrpfx_equivalent(vgg, rule, equivalent):
+    model = copy.deepcopy(vgg[0])
+    model.conv2.rule = rule
+    with pytest.raises(RuleError, match=f"by_name={{'conv2': lrpfx.rules.{equivalent}}}"):
+        LRP(model)
+
+
+def test_identity_rule_passes_relevance_through(vgg):
+    """Captum's IdentityRule on an activation is lrpfx's Pass: the same as Captum's own result."""
+    model, x = vgg
+    marked = captum_copy(model, exact_pools=True)
+    marked.relu3.rule = IdentityRule()
+    ours = LRP(marked).attribute(x, target=2)
+    theirs = captum_attr.LRP(captum_copy(marked, exact_pools=True)).attribute(x, target=2)
+    assert relative(ours, theirs) < EXACT
