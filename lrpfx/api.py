@@ -131,12 +131,14 @@ def check_output(output: torch.Tensor, allow_nonfinite: bool) -> None:
 class Explainer:
     """A reusable explanation function for one model and one rule/composite.
 
-    ``Explainer(model, rule="epsilon-plus-flat", compile=False)`` builds a relevance program per input signature
-    (dtype, device, shape past the batch axis) on first use and caches it. The model is never modified; it is run
+    ``Explainer(model, rule="auto", compile=False)`` builds a relevance program per input signature (dtype,
+    device, shape past the batch axis) on first use and caches it. ``rule="auto"`` (the default) chooses the
+    preset by what the model's graph contains: AttnLRP for transformers, epsilon-plus-flat for CNNs, epsilon
+    for MLPs (:func:`lrpfx.composites.choose_preset`; the rule table says which). The model is never modified; it is run
     in eval semantics and handed back with its ``training`` flags as they were.
     """
 
-    def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
+    def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "auto", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
                  patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None):
@@ -395,13 +397,13 @@ def _check_targets(targets, out_shape, batch: int, device) -> torch.Tensor:
     return t.long()
 
 
-def explain(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", target=None,
+def explain(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "auto", target=None,
             **options) -> Any:
     """Relevance of ``x`` for ``model``'s prediction (or ``target``), shaped like ``x``."""
     return Explainer(model, rule, **options)(x, target=target).relevance
 
 
-def export(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "epsilon-plus-flat",
+def export(model: nn.Module, x: Inputs, rule: Union[str, Rule, Composite] = "auto",
            intermediate: bool = False, **options) -> RelevanceProgram:
     """The relevance program for ``model`` and inputs like ``x``: readable code, rule table, GraphModule."""
     explainer = Explainer(model, rule, **options)

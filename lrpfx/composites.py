@@ -202,6 +202,26 @@ def patterns(patterns, attribution: bool = False) -> Composite:
 
 PATTERN_PRESETS = ("patternnet", "patternattribution")
 
+# ``rule="auto"`` (the default): the preset is chosen from what the model's graph contains (:func:`choose_preset`)
+AUTO = Composite(label="auto")
+
+
+def choose_preset(kinds, names) -> Tuple[str, str]:
+    """The preset for a graph of these node kinds and qualified names, and why: attention or normalisation
+    layers make a transformer (AttnLRP; a Flat first layer would land on one projection), Mamba's ``x_proj`` a
+    selective state-space model (MambaLRP), convolutions a CNN (epsilon-plus-flat: z+ in the convolutions, a
+    flat first layer), anything else an MLP or a recurrent net (epsilon: a Flat first layer would give every
+    input feature the same relevance)."""
+    kinds = set(kinds)
+    if any(fnmatch.fnmatchcase(name, "*.x_proj") or name == "x_proj" for name in names) and Kind.MATMUL in kinds:
+        return "mamba-lrp", "a selective state-space model (x_proj found)"
+    if Kind.SOFTMAX in kinds or Kind.LAYER_NORM in kinds:
+        found = "attention" if Kind.SOFTMAX in kinds else "normalisation layers"
+        return "attnlrp", f"a transformer ({found} found)"
+    if kinds & _CONV_KINDS:
+        return "epsilon-plus-flat", "a CNN (convolutions found)"
+    return "epsilon", "a network of linear layers (no convolution, attention or normalisation found)"
+
 PRESETS: Dict[str, Callable[[], Composite]] = {
     "epsilon-plus": EpsilonPlus,
     "epsilon-plus-flat": EpsilonPlusFlat,
@@ -249,7 +269,7 @@ _MODEL_RULE_NAMES = ("epsilon", "zero", "gamma", "zplus", "alpha1beta0", "alpha2
 def known_rule_strings(for_model: bool = False) -> str:
     """The rule strings a user can pass: presets and model-wide rules for ``rule=``, every rule name for a
     composite's mappings."""
-    names = set(PRESETS) | set(PATTERN_PRESETS) | set(_MODEL_RULE_NAMES) if for_model else set(rule_names())
+    names = set(PRESETS) | set(PATTERN_PRESETS) | set(_MODEL_RULE_NAMES) | {"auto"} if for_model else set(rule_names())
     return ", ".join(sorted(names))
 
 
@@ -279,10 +299,13 @@ def parse_rule(rule: Union[str, Rule], for_model: bool = False) -> Rule:
         raise RuleError(f"rule string {rule!r}: wrong number of parameters for {name!r}") from None
 
 
-def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite:
-    """Anything the public API accepts as ``rule=`` turned into a Composite (``patterns_`` for the pattern keys)."""
+def as_composite(rule: Union[str, Rule, Composite, None], patterns_=None) -> Composite:
+    """Anything the public API accepts as ``rule=`` turned into a Composite (``patterns_`` for the pattern keys);
+    None and ``"auto"`` give :data:`AUTO`, resolved per graph by :func:`choose_preset`."""
     if isinstance(rule, Composite):
         return rule
+    if rule is None or (isinstance(rule, str) and rule.strip().lower() == "auto"):
+        return AUTO
     if isinstance(rule, str) and rule.strip().lower() in PATTERN_PRESETS:
         if patterns_ is None:
             raise RuleError(f"rule {rule!r} needs fitted patterns: patterns=lrpfx.fit_patterns(model, loader)")
@@ -294,4 +317,5 @@ def as_composite(rule: Union[str, Rule, Composite], patterns_=None) -> Composite
 
 
 __all__ = ["Composite", "MambaLRP", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1",
-           "EpsilonAlpha2Beta1Flat", "AttnLRP", "CPLRP", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS"]
+           "EpsilonAlpha2Beta1Flat", "AttnLRP", "CPLRP", "single", "gradient", "PRESETS", "parse_rule", "as_composite", "DEFAULTS", "AUTO",
+           "choose_preset"]

@@ -8,6 +8,7 @@ relevance program). Each stage is a function of the previous one's result, so ea
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from . import graph
 from .assign import choose_rules, rule_table
-from .composites import Composite, as_composite
+from .composites import AUTO, Composite, as_composite, choose_preset
 from .errors import InputError, LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
 from .frontend.export import decompose_attention, export_graph
 from .frontend.fx import record_values, trace, values_from_export
@@ -30,6 +31,7 @@ from .program.builder import ProgramBuilder
 from .program.program import RelevanceProgram
 
 FRONTENDS = ("auto", "fx", "export")
+log = logging.getLogger("lrpfx")
 
 
 def graph_of(model: nn.Module, tensors, *, names: Optional[Sequence[str]] = None, options: Optional[dict] = None,
@@ -42,7 +44,7 @@ def graph_of(model: nn.Module, tensors, *, names: Optional[Sequence[str]] = None
     tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
     with eval_mode(model):
         return front_end(model, tensors, names, options or {}, frontend, tuple(leaf_modules), output, dynamic,
-                          composite or as_composite("epsilon-plus-flat"))[0]
+                          composite or AUTO)[0]
 
 
 def front_end(model, tensors, names, options, frontend, leaf_modules, output, dynamic, composite):
@@ -109,10 +111,15 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     given initial relevances rather than class indices; ``plan``: conditions of concept relevance
     (:mod:`lrpfx.concepts`)."""
     composite = as_composite(composite)
+    chosen = None
+    if composite is AUTO:
+        composite, chosen = default_composite(gm)
     graph.hold_constant(gm, composite.constants, composite.constants_must_match)
     infos = graph.classify(gm)
     check_dependencies(gm, infos)
     rules, reasons = choose_rules(infos, composite)
+    if chosen is not None:
+        reasons = {n: f"{chosen}: {why}" for n, why in reasons.items()}
     canonize.fold_batchnorms(infos, rules)
     canonize.mark_nonnegative(infos)
     table = rule_table(infos, rules, reasons)
@@ -123,6 +130,15 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
     builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, **options)
     return RelevanceProgram(builder.build(), table, composite)
+
+
+def default_composite(gm: fx.GraphModule):
+    """The preset for a model explained without a rule (:func:`lrpfx.composites.choose_preset`), and the words
+    the rule table shows for it; logged once per built program."""
+    infos = graph.classify(gm)
+    name, why = choose_preset((info.kind for info in infos.values()), (info.name for info in infos.values()))
+    log.info("no rule given: using %r, the default for %s; pass rule= to choose another", name, why)
+    return as_composite(name), f"default for {why.split(' (')[0]}"
 
 
 def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, graph.NodeInfo]) -> None:

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = explain.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="image file to explain (JPEG, PNG, ...; needs Pillow)")
     source.add_argument("--input", help="torch.save'd input tensor [B, ...] to explain")
-    explain.add_argument("--rule", default="epsilon-plus-flat",
+    explain.add_argument("--rule", default="auto",
                          help="preset or rule string, e.g. epsilon-gamma-box, epsilon(0.1) (default: %(default)s)")
     explain.add_argument("--target", type=int, default=None, help="class index to explain (default: the argmax)")
     explain.add_argument("--out", default="lrpfx_heatmap.png", help="PNG file to write (default: %(default)s)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--image", help="an image, preprocessed as in 'explain', as the example input")
     source.add_argument("--input", help="torch.save'd example input tensor")
     graph.add_argument("--size", type=int, default=None, help="crop size for --image")
-    graph.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
+    graph.add_argument("--rule", default="auto", help="preset or rule string (default: %(default)s)")
     graph.add_argument("--out", action="append", default=[], metavar="FILE",
                        help=f"write the program; the suffix picks the format ({', '.join(SUFFIXES)}); "
                             "may be repeated")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(explain_ds)
     _dataset_options(explain_ds)
     explain_ds.add_argument("--out", required=True, metavar="DIR", help="output folder (created when missing)")
-    explain_ds.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
+    explain_ds.add_argument("--rule", default="auto", help="preset or rule string (default: %(default)s)")
     explain_ds.add_argument("--batch-size", type=int, default=32, help="samples per explanation call "
                                                                       "(default: %(default)s)")
     sizes = explain_ds.add_mutually_exclusive_group()

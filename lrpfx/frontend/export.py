@@ -100,6 +100,21 @@ def dynamic_axes(inputs: Sequence[torch.Tensor], dynamic: Optional[bool] = None)
     return (tuple(axes(t) for t in inputs),)
 
 
+def widen_unit_axes(inputs: Sequence[torch.Tensor], dynamic) -> Tuple[torch.Tensor, ...]:
+    """The example inputs with every dynamic axis of size 1 repeated to size 2. torch.export fixes an axis whose
+    example size is 0 or 1, so a first call with one sample would pin the batch size; the program recorded on
+    the wider example serves size 1 as well (only shapes are traced, never these values)."""
+    if dynamic is None:
+        return tuple(inputs)
+    widened = []
+    for t, axes in zip(inputs, dynamic[0]):
+        for i, axis in enumerate(axes):
+            if axis is not torch.export.Dim.STATIC and t.shape[i] == 1:
+                t = torch.cat([t, t], dim=i)
+        widened.append(t)
+    return tuple(widened)
+
+
 def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Sequence[torch.Tensor],
                  options: Dict[str, Any], leaf_modules: Iterable = (), output: Optional[Callable] = None,
                  dynamic: Optional[bool] = None) -> fx.GraphModule:
@@ -109,7 +124,8 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     dynamic = dynamic_axes(inputs, dynamic)
     try:
         try:
-            program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
+            program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
+                                          strict=False)
         except LrpfxError:
             raise
         except Exception:  # some models only export for fixed shapes

@@ -29,7 +29,7 @@ print(json.dumps({{"torch": torch.__version__, "zennit": version("zennit"), "zen
 """
 
 CRP_ENV = SideEnv("zennit-crp", [["--no-deps", f"zennit=={ZENNIT_VERSION}"],
-                                  ["--no-deps", f"zennit-crp=={CRP_VERSION}"]], _CHECK)
+                                  ["--no-deps", f"zennit-crp=={CRP_VERSION}"]], _CHECK, shares=("torchvision", "tqdm"))
 
 
 def crp_python() -> Optional[str]:

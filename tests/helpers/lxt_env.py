@@ -27,7 +27,8 @@ from importlib.metadata import version
 print(json.dumps({{"torch": torch.__version__, "transformers": transformers.__version__, "lxt": version("lxt")}}))
 """
 
-LXT_ENV = SideEnv("lxt", [["--no-deps", f"lxt=={LXT_VERSION}"], [f"transformers=={TRANSFORMERS_VERSION}"]], _CHECK)
+LXT_ENV = SideEnv("lxt", [["--no-deps", f"lxt=={LXT_VERSION}"], [f"transformers=={TRANSFORMERS_VERSION}"]], _CHECK,
+                  shares=("torchvision",))  # lxt.efficient imports torchvision
 
 
 def lxt_python() -> Optional[str]:

@@ -2,9 +2,12 @@
 
 LXT 2.1 needs ``transformers==4.52.4`` and zennit-crp 0.6.0 pins ``zennit==0.4.6``; neither can be installed next
 to the packages the tests run with. A side environment is a virtual environment of its own in which only the
-pinned packages are installed, and which sees the *running* interpreter's packages (torch above all) behind its
-own: a ``.pth`` file in its site-packages adds the running interpreter's site directories after the side
-environment's own, so a pinned package there shadows the main one.
+pinned packages are installed, and which sees the *running* interpreter's torch — and only what it shares on
+purpose: the distributions named in ``shares`` and everything they require, nothing else of the main
+environment. A folder of links to those distributions' files is added behind the side environment's own
+packages by a ``.pth`` file, so a pinned package there shadows the main one, and a package the main environment
+has in a newer release (transformers 5 needs a newer ``huggingface_hub`` and ``kernels``) cannot leak into a
+side environment pinned to an older one.
 
 Why not ``venv --system-site-packages``: created from inside a virtual environment, that flag exposes the *base*
 interpreter's packages, not the active environment's, so torch installed in a venv (the normal case) would be
@@ -20,14 +23,17 @@ import fcntl
 import hashlib
 import json
 import os
-import site
+import re
+import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+from importlib import metadata
+from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence
 
 import torch
+from packaging.requirements import Requirement
 
 PIP_TIMEOUT_S = 900
 _MARKER = "lrpfx-side-env.json"
@@ -41,30 +47,62 @@ def _run(cmd, timeout: float) -> str:
     return proc.stdout
 
 
-def running_site_dirs() -> List[str]:
-    """The running interpreter's site directories (a venv's own site-packages when it runs in one)."""
-    dirs = list(site.getsitepackages())
-    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
-        dirs.append(site.getusersitepackages())
-    return [d for d in dirs if os.path.isdir(d)]
+def required_closure(names: Sequence[str]) -> List[metadata.Distribution]:
+    """The running interpreter's distributions ``names`` and, recursively, every one they require (extras and
+    requirements whose markers do not hold here are left out; a requirement not installed is skipped)."""
+    found: dict = {}
+    pending = list(names)
+    while pending:
+        name = _canonical(pending.pop())
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found[name] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return list(found.values())
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def link_distributions(dists: Sequence[metadata.Distribution], folder: Path) -> None:
+    """Fill ``folder`` with links to the top-level files and folders of ``dists`` (packages, their metadata, and
+    the shared libraries they ship), so that a path entry on ``folder`` imports exactly these."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for dist in dists:
+        for top in {PurePosixPath(str(f)).parts[0] for f in dist.files or ()} - {".."}:
+            source, link = Path(dist.locate_file(top)), folder / top
+            if source.exists() and not link.exists():
+                link.symlink_to(source, target_is_directory=source.is_dir())
 
 
 class SideEnv:
     """A cached virtual environment with pinned packages that also sees the running interpreter's packages.
 
     ``installs`` is a list of pip argument lists, run in order (``[["--no-deps", "lxt==2.1"], ...]``);
+    ``shares`` names the running interpreter's distributions the environment sees (with what they require);
     ``check`` is Python code run in the environment that prints one JSON line of versions and fails when the
     environment is not what the tests need.
     """
 
-    def __init__(self, name: str, installs: Sequence[Sequence[str]], check: str):
+    def __init__(self, name: str, installs: Sequence[Sequence[str]], check: str, shares: Sequence[str] = ("torch",)):
         self.name, self.installs, self.check = name, [list(i) for i in installs], check
+        self.shares = tuple(shares)
         self.reason: Optional[str] = None
         self._python: Optional[str] = None
 
     @property
     def directory(self) -> Path:
-        key = hashlib.sha256(f"{sys.prefix}|{torch.__version__}|{self.installs}".encode()).hexdigest()[:10]
+        key = hashlib.sha256(f"{sys.prefix}|{torch.__version__}|{self.installs}|{self.shares}".encode()).hexdigest()[:10]
         root = Path(os.environ.get("LRPFX_SIDE_ENV_DIR", Path.home() / ".cache" / "lrpfx"))
         return root / f"{self.name}-{key}"
 
@@ -72,12 +110,12 @@ class SideEnv:
         return self.directory / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
     def _link_running_packages(self) -> None:
-        """Make the running interpreter's packages visible behind the environment's own (site.addsitedir also
-        processes their .pth files: editable installs keep working)."""
+        """Make the shared distributions of the running interpreter visible behind the environment's own."""
         py = self._interpreter()
         own = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], 60).strip()
-        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in running_site_dirs())
-        (Path(own) / "_lrpfx_running_env.pth").write_text(lines)
+        shared = self.directory / "running"
+        link_distributions(required_closure(self.shares), shared)
+        (Path(own) / "_lrpfx_running_env.pth").write_text(f"import site; site.addsitedir({str(shared)!r})\n")
 
     def _build(self) -> dict:
         start = time.monotonic()
