@@ -163,9 +163,10 @@ class Explainer:
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
-        """With ``compile=True``: per built program (keyed by its input signature), ``"compiled"`` or ``"eager"``,
+        """With ``compile=True``: per built program, keyed by the inputs it serves (``"float32[*, 3, 32, 32]"``,
+        ``*`` where any size is served; one entry per input, joined by ``", "``), ``"compiled"`` or ``"eager"``,
         whichever ran faster on the first calls, or None while still undecided (:mod:`lrpfx.program.faster`)."""
-        return {str(key[0]): entry.run.choice for key, entry in self._cache.items()
+        return {_describe_inputs(key[0], entry.shapes): entry.run.choice for key, entry in self._cache.items()
                 if isinstance(entry.run, FasterOf)}
 
     # ---- building -------------------------------------------------------------------------------------------
@@ -340,6 +341,16 @@ class _Entry(NamedTuple):
     run: Callable
     out_shape: Tuple[int, ...]
     shapes: tuple  # per input, its shape with None where any size is served
+
+
+def _describe_inputs(signature: tuple, shapes: tuple) -> str:
+    """Inputs a program serves, readably: ``"float32[*, 3, 32, 32]"`` per input (``name: `` for named inputs)."""
+    names = signature[1] or (None,) * len(shapes)
+    parts = []
+    for name, (_, dtype, _device), shape in zip(names, signature[0], shapes):
+        dims = ", ".join("*" if d is None else str(d) for d in shape)
+        parts.append(f"{name + ': ' if name else ''}{str(dtype).replace('torch.', '')}[{dims}]")
+    return ", ".join(parts)
 
 
 def _rebound(entry: _Entry, names: Dict[int, str], tensors: Dict[str, torch.Tensor]) -> bool:

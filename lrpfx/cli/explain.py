@@ -95,7 +95,7 @@ def _picture(img, relevance, prepared: PreparedInput, style: str, args):
         r = r.flatten(1, -3)
     options = dict(cmap=args.cmap, reduce=args.reduce, clip=args.clip)
     if style == "heatmap":
-        maps = [img.heatmap(r[b], **options) for b in range(r.shape[0])]
+        maps = [img.upscale(img.heatmap(r[b], **options)) for b in range(r.shape[0])]
         if len(maps) == 1:
             return maps[0]
         return img.grid(maps, nrow=min(len(maps), 8), captions=[f"sample {b}" for b in range(len(maps))])

@@ -23,7 +23,7 @@ from ..data.run import open_source, resume_shards, sharded_run
 from ..data.sources import batch_targets, split_batch
 from ..data.stats import RunStats
 from ..data.store import read_manifest, read_shard, write_shard
-from ..errors import InputError
+from ..errors import InputError, close_names
 from ..progress import model_device
 from .conditions import Concept
 from .relevance import concept_relevance
@@ -51,7 +51,7 @@ class ConceptMining:
 
     def __getitem__(self, layer: str) -> ConceptStats:
         if layer not in self.layers:
-            raise InputError(f"layer '{layer}' was not mined; layers: {list(self.layers)}")
+            raise InputError(f"layer '{layer}' was not mined; {close_names(layer, self.layers)}")
         return self.layers[layer]
 
 

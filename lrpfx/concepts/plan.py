@@ -14,7 +14,6 @@ ancestors without passing through it (see :meth:`ConditionPlan.builder_options`)
 """
 from __future__ import annotations
 
-import difflib
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Sequence, Set, Tuple
@@ -22,7 +21,7 @@ from typing import Any, Dict, FrozenSet, List, Sequence, Set, Tuple
 import torch
 import torch.fx as fx
 
-from ..errors import InputError
+from ..errors import InputError, close_names
 from ..kinds import NodeInfo
 from ..program.builder import intermediate_keys
 from .conditions import Concept, Condition, default_concept
@@ -168,9 +167,7 @@ def resolve_node(name: str, lookup: Dict[str, fx.Node], gm: fx.GraphModule, info
         if name in graph_names:
             raise InputError(f"node '{name}' carries no relevance: its value does not depend on the input (a "
                              f"constant, a parameter or a mask); condition on a node between the input and the output")
-        close = difflib.get_close_matches(name, list(lookup), n=5, cutoff=0.5)
-        hint = f"; close matches: {close}" if close else ""
-        raise InputError(f"unknown node '{name}'{hint}. Node names are the keys of "
+        raise InputError(f"unknown node '{name}'; {close_names(name, lookup)}. Node names are the keys of "
                          f"Explainer(...)(x, intermediate=True).intermediate")
     info = infos[node]
     if info.kind in ("input", "embedding"):

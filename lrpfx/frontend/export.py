@@ -22,8 +22,13 @@ makes every axis dynamic); :func:`input_shape_pattern` says which axes stayed fi
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
+import warnings
 import math
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,7 +36,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, torch_message
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
 from ..graph.nodes import call_arg as _arg
 from ..graph.registry import REGISTRY, is_activation_module
@@ -100,6 +105,31 @@ def dynamic_axes(inputs: Sequence[torch.Tensor], dynamic: Optional[bool] = None)
     return (tuple(axes(t) for t in inputs),)
 
 
+@contextlib.contextmanager
+def quiet_torch():
+    """torch.export's messages for its own developers, silenced while lrpfx exports: log lines (axis
+    specialisations, symbols without user code), the partial graph it prints on a failure (once per retry), and
+    warnings about module attributes it sees assigned (an RNN's ``_flat_weights``). What matters reaches the
+    user as lrpfx's own error; anything else written to stderr meanwhile is passed on."""
+    torch_logger = logging.getLogger("torch")
+    level, torch_logger.level = torch_logger.level, logging.CRITICAL
+    captured, dumps = io.StringIO(), []
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(captured):
+            warnings.filterwarnings("ignore", message=".*_flat_weights")
+            yield
+    except Exception as exc:
+        dumps.append(str(getattr(exc, "partial_fx_graph", "")))
+        raise
+    finally:
+        torch_logger.setLevel(level)
+        text = captured.getvalue()
+        for dump in filter(None, dumps):
+            text = text.replace(dump, "")
+        if text.strip():
+            sys.stderr.write(text)
+
+
 def widen_unit_axes(inputs: Sequence[torch.Tensor], dynamic) -> Tuple[torch.Tensor, ...]:
     """The example inputs with every dynamic axis of size 1 repeated to size 2. torch.export fixes an axis whose
     example size is 0 or 1, so a first call with one sample would pin the batch size; the program recorded on
@@ -123,13 +153,14 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
-        try:
-            program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
-                                          strict=False)
-        except LrpfxError:
-            raise
-        except Exception:  # some models only export for fixed shapes
-            program = torch.export.export(wrapper, tuple(inputs), strict=False)
+        with quiet_torch():
+            try:
+                program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
+                                              strict=False)
+            except LrpfxError:
+                raise
+            except Exception:  # some models only export for fixed shapes
+                program = torch.export.export(wrapper, tuple(inputs), strict=False)
     except LrpfxError:
         raise
     except Exception as exc:  # export raises many types from deep inside the user's code
@@ -162,7 +193,7 @@ def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], 
 
 
 def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
-    head = "\n".join(str(exc).strip().splitlines()[:6])
+    head = "\n".join(line for line in torch_message(exc).splitlines()[:6] if line.strip())
     return (f"could not export {type(model).__name__} with torch.export: {type(exc).__name__}: {head}"
             f"{failure_location(exc)}\n"
             "Ways out: replace data-dependent Python control flow (an `if` on tensor values) by tensor ops "

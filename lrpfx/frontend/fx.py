@@ -18,9 +18,9 @@ import torch.fx as fx
 from torch import nn
 from torch._guards import detect_fake_mode
 
-from ..errors import InputError, OutputError, TraceError, UnsupportedOpError
+from ..errors import InputError, OutputError, TraceError, UnsupportedOpError, torch_message
 from ..graph.nodes import attribute, is_own_file, source_line
-from ..graph.recurrent import holds_packed, packed_error
+from ..graph.recurrent import holds_packed, packed_error, packing_error, packs_sequences
 from ..graph.registry import REGISTRY
 
 class LrpfxTracer(fx.Tracer):
@@ -60,6 +60,8 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
         graph = tracer.trace(model, concrete_args=concrete or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
+        if packs_sequences(exc):
+            raise packing_error(failure_location(exc)) from exc
         raise TraceError(_trace_failure_message(model, exc)) from exc
     finally:
         _remove_added_attributes(model, before)
@@ -186,7 +188,7 @@ def failure_location(exc: BaseException) -> str:
 def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
     where = failure_location(exc)
     return (
-        f"could not trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}{where}\n"
+        f"could not trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {torch_message(exc)}{where}\n"
         "Ways out: (1) if this is data-dependent control flow (an `if` or loop on tensor values), mark the "
         "module that contains it as a leaf, e.g. explain(..., leaf_modules=['block.name']) or "
         "leaf_modules=[MyBlock], and give that leaf a rule with Composite(by_name={'block.name': Pass()}); "
@@ -274,12 +276,16 @@ def _tuple_of_tensors_or_tuples(value) -> bool:
 
 
 class _Recorder(fx.Interpreter):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra_traceback = False  # the error names the node and the user's line; fx's own frames would bury it
+
     def run_node(self, n: fx.Node):
         try:
             value = super().run_node(n)
         except Exception as exc:
             raise InputError(f"the model failed on these inputs at node '{n.name}'{source_line(n)}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{type(exc).__name__}: {torch_message(exc)}") from exc
         if holds_packed(value):
             raise packed_error(n, source_line(n))
         n.meta["lrpfx_value"] = _describe(value)

@@ -4,6 +4,8 @@ front-end), read as one node of kind ``recurrent`` (rule: :class:`lrpfx.rules.re
 """
 from __future__ import annotations
 
+import traceback
+from pathlib import PurePath
 from typing import Any, List, NamedTuple, Optional
 
 import torch
@@ -72,11 +74,25 @@ def holds_packed(value) -> bool:
     return any(isinstance(v, PackedSequence) for v in items)
 
 
+def packs_sequences(exc: BaseException) -> bool:
+    """Whether tracing failed inside torch's sequence packing (``pack_padded_sequence`` and friends)."""
+    return any(PurePath(f.filename).parts[-3:] == ("nn", "utils", "rnn.py") for f in traceback.extract_tb(exc.__traceback__))
+
+
+def packing_error(where: str) -> UnsupportedOpError:
+    """The model packs sequences inside ``forward``: no graph can hold the packing; say what to pass instead."""
+    return UnsupportedOpError(
+        f"the model packs sequences inside forward (pack_padded_sequence or pack_sequence){where}\n"
+        f"{_PADDED_ADVICE}")
+
+
 def packed_error(n: fx.Node, where: str) -> UnsupportedOpError:
     """lrpfx explains recurrent layers on padded tensors only: say how to get there."""
     return UnsupportedOpError(
-        f"node '{n.name}'{where} produces a torch.nn.utils.rnn.PackedSequence; lrpfx explains recurrent layers "
-        "on padded tensors, not packed sequences. Fix: pass the padded batch [B, T, F] (batch_first) to the "
-        "layer instead of pack_padded_sequence(...); for sequences of different lengths, pad on the left for "
-        "a unidirectional layer (the last step is then every sequence's own last step), or explain "
-        "sequences of one length per call.")
+        f"node '{n.name}'{where} produces a torch.nn.utils.rnn.PackedSequence. {_PADDED_ADVICE}")
+
+
+_PADDED_ADVICE = ("lrpfx explains recurrent layers on padded tensors, not packed sequences. Fix: pass the padded "
+                  "batch [B, T, F] (batch_first) to the layer instead of pack_padded_sequence(...); for sequences of "
+                  "different lengths, pad on the left for a unidirectional layer (the last step is then every "
+                  "sequence's own last step), or explain sequences of one length per call.")

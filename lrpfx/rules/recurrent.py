@@ -9,6 +9,8 @@ direction. The fused op's result is ``(out, h_n)`` (GRU, RNN) or ``(out, (h_n, c
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -230,10 +232,24 @@ def _states_layout(t: Optional[torch.Tensor], unbatched: bool):
     return None if t is None else (t.unsqueeze(-2) if unbatched else t)
 
 
-# torch.compile would unroll the loops over time (minutes of compilation for a few steps): this step runs eagerly
-@torch.compiler.disable
 def recurrent(x, hx, weights: Sequence[torch.Tensor], r, *, spec: RecurrentSpec, eps: float,
               zero_bias: bool = False):
+    """Relevance of a recurrent layer's input and initial state: ``(r_x, r_hx)`` (:func:`recurrent_steps`).
+
+    torch.compile would unroll the loops over time (minutes of compilation for a few steps), so under compilation
+    the step runs eagerly. ``torch.compiler.disable`` is applied then rather than at import: it imports
+    ``torch._dynamo``, seconds that a program never compiled should not pay."""
+    step = _eager_recurrent_steps() if torch.compiler.is_compiling() else recurrent_steps
+    return step(x, hx, weights, r, spec=spec, eps=eps, zero_bias=zero_bias)
+
+
+@functools.lru_cache(maxsize=1)
+def _eager_recurrent_steps():
+    return torch.compiler.disable(recurrent_steps)
+
+
+def recurrent_steps(x, hx, weights: Sequence[torch.Tensor], r, *, spec: RecurrentSpec, eps: float,
+                    zero_bias: bool = False):
     """Relevance of a recurrent layer's input and initial state: ``(r_x, r_hx)``.
 
     ``x`` is the layer input; ``hx`` the initial state as the layer took it (None, ``h0``, or ``(h0, c0)``);

@@ -218,6 +218,17 @@ def _fit(draw, text: str, width: int) -> str:
     return text
 
 
+def upscale(array, min_side: int = 192):
+    """An image ``[H, W(, C)]`` enlarged by the smallest whole factor that makes its shorter side at least
+    ``min_side`` pixels (nearest neighbour: every input pixel stays one sharp block), unchanged if it already is.
+    Relevance of small inputs (8×8 digits, 28×28 MNIST) is unreadable at one screen pixel per input pixel."""
+    a = to_numpy(array)
+    factor = -(-min_side // max(1, min(a.shape[0], a.shape[1])))
+    if factor <= 1:
+        return a
+    return a.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def save_png(array, path: Union[str, Path], backend: str = "auto") -> Path:
     """Write an image (uint8 or floats in ``[0, 1]``; ``[H, W]``, ``[H, W, 3]`` or ``[H, W, 4]``) as PNG. Uses
     Pillow when importable (``backend="auto"``), else (or with ``backend="zlib"``) a small numpy+zlib writer."""
