@@ -1,4 +1,5 @@
-"""Breadth zoo (docs/architectures.md): Hugging Face decoders (dense and mixture-of-experts), encoders, encoder-decoders,
+"""Breadth zoo (the families of docs/architectures.md):
+Hugging Face decoders (dense and mixture-of-experts), encoders, encoder-decoders,
 vision, audio and two-tower models, timm CNNs and hybrid vision transformers, DenseNet and a pre-activation
 ResNet, all from tiny random configurations in float64 (``tests/helpers/breadth_zoo.py``; ``bench/zoo.py`` prints the
 table with build and call times).
