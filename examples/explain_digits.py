@@ -1,4 +1,4 @@
-"""Train a small CNN on scikit-learn's digits, fit PatternNet patterns, and draw the seed's figure.
+"""Train a small CNN on scikit-learn's digits, fit PatternNet patterns, and draw TorchLRP's figure.
 
     python examples/explain_digits.py --out digits.png        # the same as `lrpfx demo`
     python examples/explain_digits.py --dataset mnist         # torchvision's MNIST, when it can be downloaded

@@ -129,11 +129,13 @@ def EpsilonGammaBox(low=-3.0, high=3.0, epsilon: float = 1e-6, gamma: float = 0.
 
 
 def EpsilonAlpha2Beta1(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    """Zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on conv nodes, Epsilon on linear nodes."""
     return Composite(conv=AlphaBeta(2, 1, zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias),
                      label="epsilon-alpha2beta1")
 
 
 def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, zero_bias: bool = False) -> Composite:
+    """Zennit's EpsilonAlpha2Beta1Flat: as EpsilonAlpha2Beta1, with Flat on the first affine node."""
     return Composite(conv=AlphaBeta(2, 1, zero_bias=zero_bias), linear=Epsilon(epsilon, zero_bias), first=Flat(),
                      label="epsilon-alpha2beta1-flat")
 
@@ -239,7 +241,7 @@ PRESETS: Dict[str, Callable[[], Composite]] = {
 # rule strings beyond the rule classes' own names (``Rule.name``, registered as each class is defined)
 _ALIASES: Dict[str, Callable[..., Rule]] = {
     "zero": lambda: Epsilon(0.0), "alpha1beta0": lambda: AlphaBeta(1, 0), "alpha2beta1": lambda: AlphaBeta(2, 1),
-    # the seed's (TorchLRP) "gamma+epsilon": gamma and epsilon both 0.1 unless given
+    # TorchLRP's "gamma+epsilon": gamma and epsilon both 0.1 unless given
     "gamma+epsilon": lambda gamma=0.1, eps=0.1: Gamma(gamma, eps),
 }
 _NOT_FROM_STRINGS = (PatternNet,)  # need fitted patterns: built by the "patternnet" presets instead

@@ -14,7 +14,7 @@ from torch import nn
 import lrpfx
 from lrpfx.eval import pixel_flipping
 
-# the seed's (TorchLRP's) figure: label, rule key, pattern kind (None: no patterns needed)
+# TorchLRP's figure: label, rule key, pattern kind (None: no patterns needed)
 DEMO_RULES: Sequence[Tuple[str, str, object]] = (
     ("gradient × input", "gradient*input", None),
     ("epsilon", "epsilon(0.1)", None),
@@ -117,7 +117,7 @@ def render(x: torch.Tensor, labels: List[int], predictions: List[int], maps: Dic
 
 
 def run(out: str = "lrpfx_digits.png", epochs: int = 15, dataset: str = "digits", seed: int = 0) -> Dict[str, float]:
-    """Train, fit patterns, explain 9 test digits with the seed's rules, measure pixel flipping, draw. The same
+    """Train, fit patterns, explain 9 test digits with TorchLRP's rules, measure pixel flipping, draw. The same
     arguments give the same model, numbers and figure."""
     start = time.time()
     torch.manual_seed(seed)  # before the model is built: its initial weights are part of the result

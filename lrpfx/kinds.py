@@ -138,9 +138,10 @@ class OpSpec:
 
     ``modules`` are ``nn.Module`` classes, ``functions`` torch/functional/operator callables and ATen overloads,
     ``methods`` Tensor method names, ``names`` bare op names that match all three spellings at once (for the long
-    tail: ``"clamp"`` is ``torch.clamp``, ``Tensor.clamp`` and ``aten.clamp.default``). ``read(node, module)``, when
-    given, reads the node's arguments into its facts (:class:`~lrpfx.graph.readers.Call`) and returns None
-    where this row does not apply after all (a convolution with graph-valued stride, say).
+    tail: ``"clamp"`` is ``torch.clamp``, ``Tensor.clamp`` and ``aten.clamp.default``). ``read(info, call)``, when
+    given, fills the :class:`NodeInfo` ``info`` (its facts, weight, bias, layer) from the node's arguments, which
+    ``call`` (a :class:`~lrpfx.graph.readers.Call`) reads by name or position, and returns False where this row
+    does not apply after all (a convolution with graph-valued stride, say).
     """
 
     kind: Kind

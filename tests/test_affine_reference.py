@@ -1,4 +1,4 @@
-"""Every affine rule against an independent float64 matrix-form reference (docs/lrp-reference.md §1).
+"""Every affine rule against an independent float64 matrix-form reference (docs/rules.md, "Rules for affine nodes").
 
 The reference (``tests/helpers/reference.py``) never touches lrpfx: each layer becomes a dense per-sample matrix
 (identity basis pushed through the bias-free layer; ``W⁺``/``W⁻`` from the layer with clamped weights) and each

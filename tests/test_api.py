@@ -18,7 +18,7 @@ LRP0_ZERO_BIAS = lrpfx.Composite(conv=Epsilon(0, zero_bias=True), linear=Epsilon
 
 
 def seed_model():
-    """The seed's (TorchLRP's) usage example, scaled down."""
+    """TorchLRP's usage example, scaled down."""
     return nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
                          nn.Linear(4 * 4 * 4, 10)).double()
 
@@ -66,7 +66,7 @@ def grad_times_input(model, x, target=None):
     return g * x.detach(), g
 
 
-# ---- seed parity: every seed rule key on the seed's model --------------------------------------------------
+# ---- TorchLRP parity: every TorchLRP rule key on its example model -----------------------------------------
 @pytest.mark.parametrize("rule", ["epsilon", "gamma", "gamma+epsilon", "alpha1beta0", "alpha2beta1", "gradient",
                                   "gradient*input", "zplus", "flat", "wsquare", "zbox(-3,3)", "epsilon(0.1)",
                                   "gamma(0.25)", "alphabeta(3,2)", "epsilon-gamma-box", "epsilon-plus",
@@ -94,7 +94,7 @@ def test_alpha1beta0_equals_zplus():
                                atol=1e-14)
 
 
-# ---- reference §7: LRP-0 = gradient × input, conservation ----------------------------------------------
+# ---- LRP-0 = gradient × input, conservation (docs/rules.md) --------------------------------------------
 @pytest.mark.parametrize("make", [seed_model, residual_model,
                                   lambda: nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 3)).double()])
 def test_lrp0_equals_gradient_times_input(make):

@@ -1,4 +1,4 @@
-"""The transformer rules (reference §3) against independent float64 formulas: each rule function on its own,
+"""The transformer rules (docs/rules.md, "Transformer rules") against independent float64 formulas: each rule function on its own,
 and a one-head attention block explained end to end against a hand-written AttnLRP / CP-LRP pass."""
 import math
 

@@ -85,7 +85,7 @@ def test_lrp0_equals_gradient_times_input_with_unfolded_batchnorm(name, frontend
 def test_zero_bias_conserves_and_is_bounded_for_linear_maps(name):
     """BatchNorm statistics and scales random, every shift and bias zero: CP-LRP and LRP-0 with zero biases
     conserve the logit to 1e-10, and no input relevance exceeds the logit's size by more than 100x (the zero_bias
-    blow-up of issue 14 reached 1e10-1e19x)."""
+    blow-up of a zero_bias defect has reached 1e10-1e19x)."""
     model, x = MODELS[name](linear=True), random_input(SHAPE, seed=1)
     for rule in (CPLRP(epsilon=0, zero_bias=True), single(Epsilon(0, zero_bias=True))):
         explanation = lrpfx.Explainer(model, rule)(x)

@@ -5,11 +5,11 @@ The model is float64 and every run uses one thread, so results are reproducible 
 shards are explained in the same batches whatever the world size (see lrpfx.data.plan)."""
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -236,18 +236,20 @@ def test_crash_during_write_leaves_no_complete_looking_shard(reference, tmp_path
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     out = tmp_path / "run"
-    gate = 2 * job.SHARD_SIZE + job.BATCH_SIZE    # shard 2's second batch blocks: the kill lands mid-shard
-    proc = subprocess.Popen([sys.executable, job.__file__, str(out), "--gate", str(gate),
+    shard = 2
+    gate = shard * job.SHARD_SIZE + job.BATCH_SIZE    # shard 2's second batch blocks: the kill lands mid-shard
+    proc = subprocess.Popen([sys.executable, job.__file__, str(out), "--gate", str(gate), "--announce-gate",
                              "--gate-file", str(tmp_path / "never")], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while not (out / "shard-00001.safetensors").exists():
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the job wrote no shards in 90 s"
-            time.sleep(0.05)
-        time.sleep(0.3)   # let it reach the gate
-        assert proc.poll() is None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)   # the job announces that it reached the gate
+        assert ready and proc.poll() is None, proc.poll() is not None and proc.communicate()[1]
+        reached = json.loads(proc.stdout.readline())
+        # blocked inside shard 2: its first batch was fetched (and explained), the shards before it are on disk,
+        # and nothing of shard 2 is, not even a temporary file
+        assert reached["gate"] == gate
+        assert reached["fetched"] == list(range(gate)), reached
+        assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()

@@ -1,5 +1,5 @@
-"""Architecture fuzzing: random small networks against the LRP properties of reference §7 and an independent
-slow reference evaluator (``tests/helpers/slow_reference.py``).
+"""Architecture fuzzing: random small networks against the LRP properties of docs/rules.md ("Which properties
+hold") and an independent slow reference evaluator (``tests/helpers/slow_reference.py``).
 
 Every network is built from a *recipe*, plain data (dicts, strings, ints) drawn by hypothesis and turned into an
 ``nn.Module`` subclass by :func:`build_model` (same recipe, same weights): Conv1d/Conv2d/Linear stacks (groups,

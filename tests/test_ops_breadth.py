@@ -1,4 +1,4 @@
-"""Ops of the long tail (issue 14), each in a tiny float64 model, on both front-ends.
+"""Ops of the long tail, each in a tiny float64 model, on both front-ends.
 
 The reference is independent of lrpfx: LRP-0 (``"zero"``: epsilon 0 on every affine map, sum and pool, Pass on
 activations) equals gradient×input of a network built from affine maps, sums, ReLU and ops that copy or select

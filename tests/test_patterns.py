@@ -1,4 +1,4 @@
-"""PatternNet / PatternAttribution (reference §4): pattern statistics against an independent unfold-based
+"""PatternNet / PatternAttribution (docs/rules.md, "PatternNet and PatternAttribution"): pattern statistics against an independent unfold-based
 computation, the paper's closed-form toy case, streaming, saving, and the backward pass."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""lrpfx presets equal Zennit's composites of the same name (reference §5, §7).
+"""lrpfx presets equal Zennit's composites of the same name (docs/rules.md, "Presets" and "Which properties hold").
 
 For torchvision VGG and ResNet models with random weights and randomised BatchNorm statistics, float64, and the
 same initial relevance (the target logit, ``output * onehot(argmax)``), every preset's input relevance matches

@@ -1,4 +1,4 @@
-"""The torchvision CNN zoo explains without error and conserves relevance (reference §2, §7).
+"""The torchvision CNN zoo explains without error and conserves relevance (docs/rules.md, "Which properties hold").
 
 Every model is built with random weights and random BatchNorm statistics, in float64, and explained with LRP-0
 and ``zero_bias=True`` everywhere (``CONSERVING`` below). The BatchNorm statistics are drawn around the
@@ -25,7 +25,7 @@ scale, its running mean and variance still random) the ratios are bounded and ev
 ``test_biases_zeroed_by_rule`` checks ``zero_bias`` itself on AlexNet, which is shallow enough to keep its biases.
 
 What does break conservation legitimately: a constant added to an activation is a bias of the ``add`` node
-(Norm rule, reference §2) and keeps the share ``c * R / (x + c)``. None of the zoo models, as configured, adds a
+(Norm rule, docs/rules.md) and keeps the share ``c * R / (x + c)``. None of the zoo models, as configured, adds a
 constant (scanned: every ``add`` has two activation operands). ``inception_v3(transform_input=True)`` does --
 ``x[:, i] * a_i + c_i`` per channel -- and its case checks that the missing relevance equals exactly those shares.
 """
@@ -210,7 +210,7 @@ def check_conservation(name, model, x, rule=CONSERVING, leaf_modules=()) -> lrpf
     logit = output.gather(1, output.argmax(dim=1, keepdim=True)).squeeze(1)
     facts = GraphFacts(model, x, leaf_types=tuple(t for t in leaf_modules if isinstance(t, type)))
 
-    # relevance kept by constant summands, per node (reference §2: the constant is a bias)
+    # relevance kept by constant summands, per node (docs/rules.md: the constant is a bias)
     kept = {n: facts.absorbed(n, inter[facts.keys[n]]) for n in facts.constant_adds}
 
     def expected(position):  # the logit less what constant summands executed after `position` kept
@@ -305,7 +305,7 @@ def test_biases_zeroed_by_rule():
     assert rel_err(per_sample_sum(explanation.relevance), logit) > 1e-3
 
 
-# ---- the model is not mutated (reference §7) ----------------------------------------------------------------
+# ---- the model is not mutated -------------------------------------------------------------------------------
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
                "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")

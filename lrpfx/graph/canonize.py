@@ -1,6 +1,6 @@
 """Graph passes over the classified nodes: BatchNorm folding, non-negativity, relevance support.
 
-They only annotate :class:`~lrpfx.graph.classify.NodeInfo` objects; the user's modules are never touched. The folded
+They only annotate :class:`~lrpfx.kinds.NodeInfo` objects; the user's modules are never touched. The folded
 weights are computed inside the program on every call, so they always reflect the current parameters.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Classification: every node that carries relevance gets a :class:`~lrpfx.graph.kinds.NodeInfo` — its kind and
+"""Classification: every node that carries relevance gets a :class:`~lrpfx.kinds.NodeInfo` — its kind and
 typed facts — from the op registry (:mod:`lrpfx.graph.registry`).
 
 Activation nodes are float tensors computed from the inputs (:func:`~lrpfx.graph.analyses.activation_nodes`);

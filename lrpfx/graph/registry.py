@@ -1,6 +1,6 @@
-"""The op registry: one :class:`~lrpfx.graph.kinds.OpSpec` row per op, with all its spellings (module class,
+"""The op registry: one :class:`~lrpfx.kinds.OpSpec` row per op, with all its spellings (module class,
 torch function, Tensor method, ATen overload, bare name) and its properties. Classification
-(:mod:`lrpfx.graph.classify`) looks a node up here and nowhere else.
+(:func:`lrpfx.graph.classify`) looks a node up here and nowhere else.
 
 Adding an op is one row; users add rows from their own code with :func:`register_op`.
 """

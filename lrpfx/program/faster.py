@@ -40,10 +40,16 @@ def _sync(args) -> None:
 class FasterOf:
     """Calls ``compiled`` first (that call compiles and is not timed), then ``eager`` and ``compiled`` in turn on
     inputs of the first call's shapes, ``trials`` timed calls each; from then on only the faster (by median).
-    Calls with other shapes run compiled, untimed (a recompile would skew the comparison)."""
+    Calls with other shapes run compiled, untimed (a recompile would skew the comparison). ``clock`` (seconds,
+    monotonic) measures the calls; a test passes a clock of its own to make the comparison deterministic."""
 
-    def __init__(self, eager: Callable, compiled: Callable, *, trials: int = 2, label: str = "program"):
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
+
+    def __init__(self, eager: Callable, compiled: Callable, *, trials: int = 2, label: str = "program",
+                 clock: Optional[Callable[[], float]] = None):
         self.eager, self.compiled, self.trials, self.label = eager, compiled, trials, label
+        if clock is not None:
+            self.clock = clock
         self.times: Dict[str, List[float]] = {"eager": [], "compiled": []}
         self.choice: Optional[str] = None  # "eager" or "compiled" once decided
         self._first_shapes = None
@@ -62,10 +68,10 @@ class FasterOf:
             return self.compiled(*args)
         fn = self.eager if which == "eager" else self.compiled
         _sync(args)
-        start = time.perf_counter()
+        start = self.clock()
         out = fn(*args)
         _sync(args)
-        self._record(which, time.perf_counter() - start)
+        self._record(which, self.clock() - start)
         return out
 
     def _record(self, which: str, seconds: float) -> None:

@@ -17,7 +17,6 @@ from torch import nn
 from ..errors import LrpfxError
 from .targets import initial_relevance
 
-START_NODE = "r_output"
 _STEP_OPS = ("call_function", "call_module", "call_method")
 
 

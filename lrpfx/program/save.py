@@ -21,9 +21,9 @@ from ..errors import LrpfxError
 from .code import program_globals, to_python
 from .dot import render_dot, to_dot
 from .exported import example_inputs_for, to_exported
-from .nodes import START_NODE, relevance_steps, rule_label, split_nodes
+from .nodes import relevance_steps, rule_label, split_nodes
 
-__all__ = ["SUFFIXES", "START_NODE", "example_inputs_for", "program_globals", "relevance_steps", "render_dot",
+__all__ = ["SUFFIXES", "example_inputs_for", "program_globals", "relevance_steps", "render_dot",
            "rule_label", "save", "split_nodes", "to_dot", "to_exported", "to_python"]
 
 SUFFIXES = (".dot", ".gv", ".svg", ".png", ".pdf", ".py", ".pt2")

@@ -13,7 +13,7 @@ def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, s
     ``target`` is None (argmax per sample), an int64 tensor ``[B]`` of class indices, an int64 tensor ``[B, K]``
     of K classes per sample (the result then has a leading target axis, ``[K, B, C]``), or a float tensor shaped
     like ``output`` that is used as the initial relevance as is. For class indices, ``start="logit"`` starts
-    from the target logit (``output * onehot``) and ``start="one"`` from the one-hot vector (the seed's choice).
+    from the target logit (``output * onehot``) and ``start="one"`` from the one-hot vector (TorchLRP's choice).
     """
     if target is not None and target.is_floating_point():
         return target

@@ -2,14 +2,9 @@
 import torch
 
 
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z + eps * sign0(z)`` with ``sign0(0) = +1``, so a non-zero eps never divides by zero."""
-    shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
-    return z + torch.where(z >= 0, shift, -shift)
-
-
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``r / stabilize(z, eps)``; with ``eps == 0`` positions where ``z == 0`` give 0 instead of inf/NaN."""
+    """``r / (z + eps * sign0(z))`` with ``sign0(0) = +1``, so a non-zero eps never divides by zero; with
+    ``eps == 0`` positions where ``z == 0`` give 0 instead of inf/NaN."""
     if eps > 0:
         shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
         denominator = torch.where(z >= 0, shift, -shift)

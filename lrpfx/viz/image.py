@@ -270,16 +270,6 @@ def png_bytes(a: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
-def load_image(path: Union[str, Path]) -> np.ndarray:
-    """An image file as RGB uint8 ``[H, W, 3]`` (needs Pillow)."""
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise ImportError("reading images needs Pillow: pip install pillow") from exc
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
-
-
 # ---- matplotlib (optional) ------------------------------------------------------------------------------------
 def figure(relevances, images=None, titles: Optional[Sequence[str]] = None, cmap: str = "bwr",
            reduce: str = "sum", clip: Optional[float] = None, size: float = 2.0, **overlay_options):

@@ -203,7 +203,7 @@ def _preact() -> Case:
     return Case(PreActResNet().double().eval(), images(32))
 
 
-# name -> builder. Families as in issue 14.
+# name -> builder, one per family of docs/architectures.md.
 ZOO: Dict[str, Callable[[], Case]] = {
     # Hugging Face decoders
     "hf-llama": lambda: _decoder("LlamaForCausalLM", "LlamaConfig", num_key_value_heads=2),

@@ -2,7 +2,9 @@
 as a script by ``torchrun`` (two gloo ranks) and by the kill-and-resume test.
 
 ``--gate N --gate-file F``: every sample with index >= N blocks until file F exists, so a test can kill the run
-at a known point (after the shards before N are written, in the middle of the shard holding N).
+at a known point (after the shards before N are written, in the middle of the shard holding N). With
+``--announce-gate`` the job first writes one JSON line to stdout, ``{"gate": i, "fetched": [...]}``: the index
+that reached the gate and every index fetched before it, so the test waits on that line instead of a timer.
 """
 import argparse
 import json
@@ -34,19 +36,25 @@ def build_tensors(length: int = LENGTH):
 
 
 class GatedDataset(Dataset):
-    """(x, label) pairs; items at index >= ``gate`` wait for ``gate_file`` to exist (at most two minutes)."""
+    """(x, label) pairs; items at index >= ``gate`` wait for ``gate_file`` to exist (at most two minutes).
+    ``on_gate(i, fetched)`` is called once, when the first such item is asked for, before it waits."""
 
-    def __init__(self, x, y, gate=None, gate_file=None):
-        self.x, self.y, self.gate, self.gate_file = x, y, gate, gate_file
+    def __init__(self, x, y, gate=None, gate_file=None, on_gate=None):
+        self.x, self.y, self.gate, self.gate_file, self.on_gate = x, y, gate, gate_file, on_gate
+        self.fetched = []
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
         if self.gate is not None and i >= self.gate:
+            if self.on_gate is not None:
+                self.on_gate(i, list(self.fetched))
+                self.on_gate = None
             deadline = time.monotonic() + 120
             while not Path(self.gate_file).exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
+        self.fetched.append(i)
         return self.x[i], self.y[i]
 
 
@@ -56,13 +64,15 @@ def main(argv=None):
     parser.add_argument("--gate", type=int, default=None)
     parser.add_argument("--gate-file", default=None)
     parser.add_argument("--target", default=None)
+    parser.add_argument("--announce-gate", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from lrpfx import explain_dataset
 
     x, y = build_tensors()
     target = args.target if args.target in (None, "label") else int(args.target)
-    result = explain_dataset(build_model(), GatedDataset(x, y, args.gate, args.gate_file), RULE, args.out,
+    announce = _announce if args.announce_gate else None
+    result = explain_dataset(build_model(), GatedDataset(x, y, args.gate, args.gate_file, announce), RULE, args.out,
                              batch_size=BATCH_SIZE, shard_size=SHARD_SIZE, target=target, store="float64",
                              progress=False)
     s = result.stats
@@ -70,6 +80,10 @@ def main(argv=None):
                        "skipped": s.shards_skipped, "pid": os.getpid()}) + "\n"
     os.write(1, line.encode())  # one write: the ranks share stdout, and print() may split text and newline
     return 0
+
+
+def _announce(index, fetched):
+    os.write(1, (json.dumps({"gate": index, "fetched": fetched}) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Independent float64 matrix-form reference for the affine LRP rules (docs/lrp-reference.md §1).
+"""Independent float64 matrix-form reference for the affine LRP rules (docs/rules.md, "Rules for affine nodes").
 
 Nothing here imports lrpfx. A layer ``f(x) = x·W + b`` (Linear, Conv*, ConvTranspose*) is turned into a dense
 matrix ``M`` of shape ``[n_in, n_out]`` per sample (``z_j = Σ_i x_i M_ij + b_j``) by pushing the identity basis

@@ -1,4 +1,4 @@
-"""An independent, slow reference evaluator of LRP composites (docs lrp-reference.md §1, §2, §5).
+"""An independent, slow reference evaluator of LRP composites (docs/rules.md: affine nodes, nodes without parameters, composites).
 
 Nothing here imports lrpfx. The model is traced with plain ``torch.fx.symbolic_trace`` only to get the order of
 its operations; everything else is done here from the contract's formulas:
@@ -36,7 +36,7 @@ from torch import nn
 
 
 def composite(name: str) -> Dict[str, tuple]:
-    """Per-kind rules of a preset (reference §5) or of the test composites used by the fuzz suite."""
+    """Per-kind rules of a preset (docs/rules.md, "Presets") or of the test composites used by the fuzz suite."""
     rest = {"add": ("norm", 1e-6), "avg_pool": ("norm", 1e-6), "reduce": ("norm", 1e-6), "batchnorm": ("pass",),
             "max_pool": ("wta",), "mul": ("uniform",)}
     if name == "epsilon-plus-flat":
@@ -399,7 +399,7 @@ def _generic(terms, bias, r, eps, mask=None):
 
 
 def affine_rule(rule, f, x, w, b, r, bias_view):
-    """The affine rules of reference §1 in the four-step form, with ``f(x, W)`` the bias-free layer and
+    """The affine rules of docs/rules.md in the four-step form, with ``f(x, W)`` the bias-free layer and
     ``bias_view(b)`` the bias broadcast against its output."""
     name = rule[0]
     pos, neg = (lambda t: t.clamp(min=0)), (lambda t: t.clamp(max=0))
