@@ -23,6 +23,7 @@ from . import graph
 from .errors import InputError, RuleError
 from .frontend.fx import record_values, trace
 from .locks import eval_mode, tracing
+from .progress import Progress
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 
@@ -180,14 +181,8 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
     if kind not in ("all", "positive"):
         raise RuleError(f"kind must be 'all' or 'positive', got {kind!r}")
     batches = _batches(loader, max_batches)
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            total = max_batches if max_batches is not None else (len(loader) if hasattr(loader, "__len__") else None)
-            batches = tqdm(batches, total=total, desc=f"fitting patterns ({kind})", leave=False)
-        except ImportError:
-            pass
+    total = max_batches if max_batches is not None else (len(loader) if hasattr(loader, "__len__") else None)
+    bar = Progress(total, f"fitting patterns ({kind})", unit="batch", enabled=None if progress else False)
     gm = targets = accumulators = weights = None
     seen = 0
     with tracing(), eval_mode(model), torch.no_grad():  # it traces the model as it goes: alone
@@ -203,6 +198,8 @@ def fit_patterns(model: nn.Module, loader: Iterable, kind: str = "all", max_batc
                 accumulators = {i.name: _Accumulator() for i in targets.values()}
             _Collector(gm, targets, accumulators, weights, kind).run(x)
             seen += 1
+            bar.update(1)
+    bar.close()
     if seen == 0:
         raise InputError("the loader yielded no batches: patterns need data")
     patterns = {name: acc.pattern(weights[name]) for name, acc in accumulators.items()}

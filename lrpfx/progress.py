@@ -16,7 +16,7 @@ from torch import nn
 class Progress:
     """``Progress(total, desc, unit=...)``; ``enabled=None`` shows it only when stderr is a terminal."""
 
-    def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: Optional[bool] = None):
+    def __init__(self, total: Optional[int], desc: str, *, unit: str = "it", enabled: Optional[bool] = None):
         self.bar = None
         if enabled is None:
             enabled = sys.stderr.isatty()
