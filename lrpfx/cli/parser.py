@@ -89,10 +89,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lrpfx: error: {message} (see '{self.prog} --help')\n")
 
 
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="lrpfx", description="Layer-wise Relevance Propagation for PyTorch.",
-                     formatter_class=formatter,
+                     formatter_class=_FORMATTER,
                      epilog="examples:\n  lrpfx demo\n"
                             "  lrpfx explain --model torchvision:resnet50 --weights DEFAULT --image cat.jpg "
                             "--out heat.png\n"
@@ -102,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     debug = _Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    for add_command in (_demo_command, _explain_command, _graph_command, _bench_command, _explain_dataset_command,
+                        _evaluate_command, _concepts_command):
+        add_command(sub, debug)
+    return parser
 
+
+def _demo_command(sub, debug: argparse.ArgumentParser) -> None:
     demo = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and draw relevance maps",
                           epilog=DEMO_EXAMPLES, parents=[debug])
     demo.add_argument("--out", default="lrpfx_digits.png", help="PNG file to write (default: %(default)s)")
@@ -111,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scikit-learn's bundled digits (offline) or torchvision's MNIST (downloads)")
     demo.set_defaults(run=run_demo)
 
+
+def _explain_command(sub, debug: argparse.ArgumentParser) -> None:
     explain = sub.add_parser("explain", help="explain one prediction and write a heatmap PNG",
                              description="Explain a model's prediction for an image or a saved input tensor; "
                                          "prints the top classes and writes the relevance as a PNG.",
-                             epilog=EXPLAIN_EXAMPLES, formatter_class=formatter, parents=[debug])
+                             epilog=EXPLAIN_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     _model_options(explain)
     source = explain.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="image file to explain (JPEG, PNG, ...; needs Pillow)")
@@ -140,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--save-relevance", metavar="PATH", help="also torch.save the relevance tensor")
     explain.set_defaults(run=run_explain)
 
+
+def _graph_command(sub, debug: argparse.ArgumentParser) -> None:
     graph = sub.add_parser("graph", help="build the relevance program; print its rule table, save it",
                            description="Build the relevance program of a model and a rule; print its rule table "
                                        "and write it as DOT, SVG/PNG, Python or a torch.export archive.",
-                           epilog=GRAPH_EXAMPLES, formatter_class=formatter, parents=[debug])
+                           epilog=GRAPH_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     _model_options(graph)
     source = graph.add_mutually_exclusive_group()
     source.add_argument("--shape", default=None,
@@ -162,16 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help=".pt2: take the target class tensor [B] as a second input instead of the argmax")
     graph.set_defaults(run=run_graph)
 
+
+def _bench_command(sub, debug: argparse.ArgumentParser) -> None:
     bench = sub.add_parser("bench", help="run the benchmark report (bench/report.py), arguments passed through",
                            description="Run bench/report.py with every argument passed through.",
-                           epilog=BENCH_EXAMPLES, formatter_class=formatter, parents=[debug])
+                           epilog=BENCH_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/report.py")
     bench.set_defaults(run=run_bench)
 
+
+def _explain_dataset_command(sub, debug: argparse.ArgumentParser) -> None:
     explain_ds = sub.add_parser("explain-dataset", help="explain a whole data set into resumable relevance shards",
                                 description="Explain every sample of a data set and write safetensors shards "
                                             "plus a manifest.json; resumable, and distributed under torchrun.",
-                                epilog=EXPLAIN_DATASET_EXAMPLES, formatter_class=formatter, parents=[debug])
+                                epilog=EXPLAIN_DATASET_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     _model_options(explain_ds)
     _dataset_options(explain_ds)
     explain_ds.add_argument("--out", required=True, metavar="DIR", help="output folder (created when missing)")
@@ -193,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="no progress bar (it is shown on rank 0 when stderr is a terminal)")
     explain_ds.set_defaults(run=run_explain_dataset)
 
+
+def _evaluate_command(sub, debug: argparse.ArgumentParser) -> None:
     evaluate = sub.add_parser("evaluate", help="compare rules on a data set: perturbation AUCs, conservation, "
                                                "randomisation",
                               description="Compare rules on a data set and print a table of faithfulness metrics.",
-                              epilog=EVALUATE_EXAMPLES, formatter_class=formatter, parents=[debug])
+                              epilog=EVALUATE_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     _model_options(evaluate)
     _dataset_options(evaluate)
     evaluate.add_argument("--rules", default="epsilon,epsilon-plus-flat,alpha2beta1,epsilon-gamma-box,gradient",
@@ -214,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     evaluate.set_defaults(run=run_evaluate)
 
+
+def _concepts_command(sub, debug: argparse.ArgumentParser) -> None:
     concepts = sub.add_parser("concepts", help="mine concepts of the digits CNN; write the concept atlas and a "
                                                "concept graph", description=CONCEPTS_DESCRIPTION,
-                              epilog=CONCEPTS_EXAMPLES, formatter_class=formatter, parents=[debug])
+                              epilog=CONCEPTS_EXAMPLES, formatter_class=_FORMATTER, parents=[debug])
     concepts.add_argument("--out-dir", default="lrpfx_concepts", help="folder for the shards, atlas.png and graph.* "
                                                                       "(default: %(default)s)")
     concepts.add_argument("--rule", default="epsilon-plus-flat", help="preset or rule string (default: %(default)s)")
@@ -229,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "%(default)s)")
     concepts.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     concepts.set_defaults(run=run_concepts)
-    return parser
 
 
 def _dataset_options(p: argparse.ArgumentParser) -> None:
