@@ -15,7 +15,7 @@ import torch
 from ..errors import RuleError
 from ..kinds import AFFINE_KINDS, NORM_KINDS, PASSABLE_KINDS, Kind
 from . import affine
-from .base import RULE_CLASSES, Rule, check_eps as _check_eps, relevance_function
+from .base import RULE_CLASSES, Rule, relevance_function
 from .recurrent import RecurrentLRP
 
 
@@ -52,8 +52,6 @@ class Epsilon(_AffineRule):
     def divides_by_relu(self) -> bool:
         return not self.zero_bias and self.eps > 0
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class Gamma(_AffineRule):
         return not self.zero_bias
 
     def __post_init__(self):
-        _check_eps(self.eps)
+        super().__post_init__()
         if not isinstance(self.gamma, (int, float)) or math.isnan(self.gamma) or self.gamma < 0:
             raise RuleError(f"gamma must be a float >= 0, got {self.gamma!r}")
 
@@ -98,7 +96,7 @@ class AlphaBeta(_AffineRule):
         return {"alpha": float(self.alpha), "beta": float(self.beta), "eps": self.eps, "zero_bias": self.zero_bias}
 
     def __post_init__(self):
-        _check_eps(self.eps)
+        super().__post_init__()
         if self.alpha < 0 or self.beta < 0:
             raise RuleError(f"alpha and beta must both be >= 0, got alpha={self.alpha}, beta={self.beta}")
         if abs((self.alpha - self.beta) - 1.0) > 1e-12:
@@ -119,8 +117,6 @@ class ZPlus(_AffineRule):
     input_sign: ClassVar[bool] = True
     function = relevance_function(affine.zplus)
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 Bound = Union[float, torch.Tensor]
@@ -137,7 +133,7 @@ class ZBox(_AffineRule):
     function = relevance_function(affine.zbox)  # called with the bounds after r (lrpfx.program.emit)
 
     def __post_init__(self):
-        _check_eps(self.eps)
+        super().__post_init__()
         for bound_name in ("low", "high"):
             bound = getattr(self, bound_name)
             if not isinstance(bound, (int, float, torch.Tensor)):
@@ -154,8 +150,6 @@ class Flat(_AffineRule):
     name: ClassVar[str] = "flat"
     function = relevance_function(affine.flat)
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -167,8 +161,6 @@ class WSquare(_AffineRule):
     name: ClassVar[str] = "wsquare"
     function = relevance_function(affine.wsquare)
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -196,8 +188,6 @@ class Norm(Rule):
     name: ClassVar[str] = "norm"
     proportional: ClassVar[bool] = True
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -256,8 +246,6 @@ class NormIdentity(Rule):
     name: ClassVar[str] = "norm-identity"
     proportional: ClassVar[bool] = True
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -277,8 +265,6 @@ class MatmulUniform(Rule):
     kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
     name: ClassVar[str] = "matmul-uniform"
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -291,8 +277,6 @@ class ConstantAttention(Rule):
     kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
     name: ClassVar[str] = "constant-attention"
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass(frozen=True, eq=False)

@@ -46,6 +46,12 @@ class Rule:
         if "name" in cls.__dict__:
             RULE_CLASSES.setdefault(cls.name, cls)
 
+    def __post_init__(self):
+        """The checks every rule shares (a stabiliser ``eps`` is a float >= 0); rules with parameters of their
+        own check them after calling this."""
+        if hasattr(self, "eps"):
+            check_eps(self.eps)
+
     def arguments(self) -> dict:
         """The keyword arguments of :attr:`function`: the rule's hyper-parameters (its dataclass fields)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

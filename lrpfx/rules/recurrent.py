@@ -16,7 +16,7 @@ from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .base import Rule, check_eps as _check_eps
+from .base import Rule
 from .stabilize import divide
 
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
@@ -53,8 +53,6 @@ class RecurrentLRP(Rule):
     kinds: ClassVar[frozenset] = frozenset({"recurrent"})
     name: ClassVar[str] = "recurrent"
 
-    def __post_init__(self):
-        _check_eps(self.eps)
 
 
 @dataclass
