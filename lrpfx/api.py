@@ -139,7 +139,8 @@ class Explainer:
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
-                 patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None):
+                 patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None,
+                 differentiable: bool = False, form: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if frontend not in FRONTENDS:
@@ -157,6 +158,12 @@ class Explainer:
         self.frontend = frontend
         self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.frontend.export.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
+        # the program's form (lrpfx.pipeline.build_program); differentiable: relevance with autograd on
+        self.form = form or ("differentiable" if differentiable else "per-value")
+        if self.form not in pipeline.FORMS or (differentiable and self.form != "differentiable"):
+            raise InputError(f"form must be one of {pipeline.FORMS} (and 'differentiable' with differentiable=True), "
+                             f"got {form!r}")
+        self.differentiable = self.form == "differentiable"
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
@@ -202,7 +209,7 @@ class Explainer:
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         program = pipeline.build_program(gm, self.composite, intermediate=intermediate,
-                                         start_is_relevance=target_is_relevance, plan=plan)
+                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),
@@ -240,7 +247,7 @@ class Explainer:
             target = _check_targets(targets, entry.out_shape, batch, first.device)
         else:
             target = _check_target(target, entry.out_shape, batch, first.device)
-        with locks.running(), eval_mode(self.model), torch.no_grad():
+        with locks.running(), eval_mode(self.model), torch.enable_grad() if self.differentiable else torch.no_grad():
             result = entry.run(*inputs.tensors, target)
         output, relevances = result[0], list(result[1])
         check_output(output, self.allow_nonfinite)
