@@ -9,6 +9,7 @@ from .rules import Rule
 from .data import explain_dataset, load_explanations
 from .functional import functional
 from . import targets
+from .bilrp import bilrp
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
@@ -20,4 +21,4 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
-           "graph_of", "functional", "targets", "__version__"]
+           "graph_of", "functional", "targets", "bilrp", "__version__"]
