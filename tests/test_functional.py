@@ -190,3 +190,16 @@ def test_bad_arguments_name_the_fix():
         f({}, {}, x[0, 0], 0)
     with pytest.raises(lrpfx.InputError, match="example input"):
         lrpfx.functional(model, "epsilon")
+
+
+def test_the_docs_page_runs():
+    """docs/functional.md: its Python blocks run in order in one namespace."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "functional.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
