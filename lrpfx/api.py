@@ -2,7 +2,8 @@
 
 An Explainer turns (model, rule) into a function of the input: on the first call for an input signature it
 traces, classifies, canonizes, assigns rules and builds the relevance program (:mod:`lrpfx.program.builder`), then
-caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph.
+caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph (with one when
+built ``differentiable``).
 """
 from __future__ import annotations
 
@@ -133,7 +134,10 @@ class Explainer:
 
     ``Explainer(model, rule="epsilon-plus-flat", compile=False)`` builds a relevance program per input signature
     (dtype, device, shape past the batch axis) on first use and caches it. The model is never modified; it is run
-    in eval semantics and handed back with its ``training`` flags as they were.
+    in eval semantics and handed back with its ``training`` flags as they were. ``differentiable=True`` builds the
+    program in the differentiable form and runs it with autograd on, so the relevance has gradients w.r.t. the
+    input and the parameters (docs/functional.md); ``form`` names the form directly (``"per-value"``, the default,
+    or ``"relevance"``: :func:`lrpfx.pipeline.build_program`).
     """
 
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "epsilon-plus-flat", *,
