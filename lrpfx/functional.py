@@ -59,7 +59,7 @@ class RelevanceFunction:
         single = x.dim() == self.batched_dim - 1
         if single:  # one sample: a batch of one
             x = x.unsqueeze(0)
-            target = _one_sample_target(target)
+            target = _one_sample_target(target, x.device)
         elif x.dim() != self.batched_dim:
             raise InputError(f"x has {x.dim()} axes; the program was built for inputs of {self.batched_dim} axes "
                              f"(a batch) or {self.batched_dim - 1} (one sample)")
@@ -70,11 +70,12 @@ class RelevanceFunction:
         return relevance[0] if single else relevance
 
 
-def _one_sample_target(target):
+def _one_sample_target(target, device):
+    """One sample's target as a batch of one: a class index, a 0-d LongTensor, or an initial relevance."""
     if target is None:
         return None
     if isinstance(target, int) and not isinstance(target, bool):
-        return torch.tensor([target])
+        return torch.tensor([target], device=device)
     return target.unsqueeze(0)
 
 
