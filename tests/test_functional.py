@@ -203,3 +203,20 @@ def test_the_docs_page_runs():
     namespace = {}
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)
+
+
+def test_the_form_is_an_argument_of_build_program():
+    """Programs of every form from one recorded graph, side by side: no switch outside the call decides it."""
+    model, x = cnn(), sample(2, 2, 4, 4)
+    gm = lrpfx.graph_of(model, x)
+    programs = {form: lrpfx.build_program(gm, "zero", form=form) for form in ("per-value", "relevance",
+                                                                                 "differentiable")}
+    assert "epsilon_per_value" in programs["per-value"].code
+    assert "epsilon_per_value" not in programs["relevance"].code
+    assert programs["differentiable"].code == programs["relevance"].code
+    assert [p.differentiable for p in programs.values()] == [False, False, True]
+    reference = programs["per-value"](x, target=1)[1][0]
+    for form, program in programs.items():
+        assert (program(x, target=1)[1][0] - reference).abs().max() <= 1e-12 * reference.abs().max(), form
+    with pytest.raises(lrpfx.InputError, match="form must be one of"):
+        lrpfx.build_program(gm, "zero", form="gradient")

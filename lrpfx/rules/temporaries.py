@@ -14,6 +14,8 @@ import torch
 
 def overwritable() -> bool:
     """Whether a step may write over its own temporaries now."""
+    if torch.compiler.is_compiling():  # the compiler sees no transform of ours; it reads grad mode itself
+        return not torch.is_grad_enabled()
     return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active())
 
 
