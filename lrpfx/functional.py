@@ -18,7 +18,7 @@ from . import locks
 from .api import Explainer, split_inputs
 from .errors import InputError
 from .locks import eval_mode
-from .rebind import names_by_id
+from .rebind import named_tensors, names_by_id
 
 
 def program_names(program: nn.Module, model: nn.Module) -> Dict[str, List[str]]:
@@ -46,16 +46,17 @@ class RelevanceFunction:
         self.program = explainer.program(example)
         self.graph_module = self.program.graph_module
         self.aliases = program_names(self.graph_module, model)
+        self.known = set(named_tensors(model))
         self.batched_dim = example.dim()
 
     def __call__(self, params: Mapping[str, torch.Tensor], buffers: Optional[Mapping[str, torch.Tensor]], x,
                  target=None) -> torch.Tensor:
         tensors = {}
         for name, t in {**params, **(buffers or {})}.items():
-            if name not in self.aliases:
-                raise InputError(f"'{name}' is no parameter or buffer the relevance program uses; pass names of "
+            if name not in self.known:
+                raise InputError(f"'{name}' is no parameter or buffer of the model; pass names of "
                                  "dict(model.named_parameters()) and dict(model.named_buffers())")
-            tensors.update((alias, t) for alias in self.aliases[name])
+            tensors.update((alias, t) for alias in self.aliases.get(name, ()))  # unused by the program: no-op
         single = x.dim() == self.batched_dim - 1
         if single:  # one sample: a batch of one
             x = x.unsqueeze(0)

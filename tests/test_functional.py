@@ -220,3 +220,28 @@ def test_the_form_is_an_argument_of_build_program():
         assert (program(x, target=1)[1][0] - reference).abs().max() <= 1e-12 * reference.abs().max(), form
     with pytest.raises(lrpfx.InputError, match="form must be one of"):
         lrpfx.build_program(gm, "zero", form="gradient")
+
+
+class TorchAttention(nn.Module):
+    """nn.MultiheadAttention: explained through the torch.export front-end."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, _ = self.attention(h, h, h, need_weights=False)
+        return self.head((h + a).mean(1))
+
+
+def test_functional_on_a_program_of_the_export_front_end():
+    """The exported graph holds the model's parameters by reference too: every one is reached, gradients of the
+    attention's packed projection equal finite differences."""
+    torch.manual_seed(9)
+    model, x = TorchAttention().double().eval(), sample(2, 4, 3)
+    f = lrpfx.functional(model, "attnlrp", x)
+    assert set(f.aliases) == set(dict(model.named_parameters()))
+    w = model.attention.in_proj_weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda w: f({"attention.in_proj_weight": w}, {}, x, 1), (w,))
