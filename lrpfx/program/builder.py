@@ -21,7 +21,7 @@ import torch.fx as fx
 from ..errors import RuleError
 from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
-from ..rules import Rule, structural
+from ..rules import Rule, structural, temporaries
 from . import emit
 from .emit_attention import forward_fused, fused_attentions
 from .targets import initial_relevance
@@ -94,7 +94,7 @@ def times_value(g, value, finite: bool = False):
     if isinstance(g, tuple):
         return tuple(times_value(a, v, finite) for a, v in zip(g, value))
     r = g * value
-    return r.masked_fill(torch.isinf(value), 0.0) if finite and value.is_floating_point() else r
+    return temporaries.masked_fill(r, torch.isinf(value), 0.0) if finite and value.is_floating_point() else r
 
 
 def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
@@ -112,10 +112,8 @@ class ProgramBuilder:
     def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], *,
                  start: str, times_input: bool, intermediate, form: str = "per-value", masked: Sequence[fx.Node] = (),
                  gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = ()):
-        """``form`` (:data:`FORMS`): ``"per-value"``, steps of LRP-0-type rules hand on relevance per value (the
-        modified gradient) where that is exact; ``"relevance"``, relevance everywhere (the form the tests
-        compare against); ``"differentiable"``, the relevance form, meant to run with autograd recording (every
-        step is an op autograd can differentiate, docs/functional.md).
+        """``form`` (:data:`FORMS`): ``"per-value"``, LRP-0-type steps hand on relevance per value (the modified
+        gradient) where exact; ``"relevance"`` everywhere; ``"differentiable"``, that to run with autograd on.
         ``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
         for conditional relevance (:mod:`lrpfx.concepts`): the program then takes an input ``conditions``, a tuple
         of one mask per ``masked`` node (multiplied into the relevance arriving there), then one gate ``[K]`` per
