@@ -3,7 +3,7 @@
     python -m bench.per_value                      # VGG16, ResNet50 (batch 2, 224×224), LLaMA-like (AttnLRP)
     python -m bench.per_value --models resnet50 --rounds 3 --no-llama
 
-The same rule in both forms of the program (``ProgramBuilder.modified_gradient`` while the program is built):
+The same rule in both forms of the program (``form="per-value"`` or ``"relevance"`` of the Explainer):
 LRP-0 (``"zero"``) on the CNNs, AttnLRP on the LLaMA-like model of ``bench.transformer``; with the floor (one
 input gradient) and, for scale, epsilon 1e-6 (``"epsilon"``), which keeps the relevance form. Timed round-robin
 after a warm-up, medians; memory: resident growth during one call (MiB), measured in this process. Writes
@@ -24,15 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def built(make_explainer, call, per_value: bool):
-    """An explainer whose program was built in the given form (the program is cached, so the form stays)."""
-    from lrpfx.program.builder import ProgramBuilder
-
-    ProgramBuilder.modified_gradient = per_value
-    try:
-        explainer = make_explainer()
-        call(explainer)
-    finally:
-        ProgramBuilder.modified_gradient = True
+    """An explainer whose program is built in the given form, built and run once."""
+    explainer = make_explainer("per-value" if per_value else "relevance")
+    call(explainer)
     return lambda: call(explainer)
 
 
@@ -44,9 +38,9 @@ def cnn_methods(name: str, batch: int, size: int):
     x = torch.randn(batch, 3, size, size)
     call = lambda ex: ex(x).relevance  # noqa: E731
     return {"floor": floor(model, x),
-            "zero, per value": built(lambda: lrpfx.Explainer(model, "zero"), call, True),
-            "zero, relevance": built(lambda: lrpfx.Explainer(model, "zero"), call, False),
-            "epsilon (1e-6)": built(lambda: lrpfx.Explainer(model, "epsilon"), call, True)}
+            "zero, per value": built(lambda form: lrpfx.Explainer(model, "zero", form=form), call, True),
+            "zero, relevance": built(lambda form: lrpfx.Explainer(model, "zero", form=form), call, False),
+            "epsilon (1e-6)": built(lambda form: lrpfx.Explainer(model, "epsilon", form=form), call, True)}
 
 
 def llama_methods(args):
@@ -57,8 +51,8 @@ def llama_methods(args):
     table = transformer.methods(model, ids, compiled=False)
     call = lambda ex: ex({"input_ids": ids}).relevance  # noqa: E731
     return {"floor": table["floor"],
-            "attnlrp, per value": built(lambda: lrpfx.Explainer(model, "attnlrp"), call, True),
-            "attnlrp, relevance": built(lambda: lrpfx.Explainer(model, "attnlrp"), call, False)}
+            "attnlrp, per value": built(lambda form: lrpfx.Explainer(model, "attnlrp", form=form), call, True),
+            "attnlrp, relevance": built(lambda form: lrpfx.Explainer(model, "attnlrp", form=form), call, False)}
 
 
 def measure(table, rounds: int):

@@ -64,6 +64,6 @@ def test_lrp0_forms(benchmark, name, per_value):
     from bench.per_value import built
 
     model, x = model_and_input(name, 2)
-    run = built(lambda: lrpfx.Explainer(model, "zero"), lambda ex: ex(x).relevance, per_value)
+    run = built(lambda form: lrpfx.Explainer(model, "zero", form=form), lambda ex: ex(x).relevance, per_value)
     benchmark.group = f"{name}-b2-lrp0"
     benchmark(run)

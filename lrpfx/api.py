@@ -2,7 +2,8 @@
 
 An Explainer turns (model, rule) into a function of the input: on the first call for an input signature it
 traces, classifies, canonizes, assigns rules and builds the relevance program (:mod:`lrpfx.program.builder`), then
-caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph.
+caches it — compiled with ``torch.compile`` when asked — and runs it without an autograd graph (with one when
+built ``differentiable``).
 """
 from __future__ import annotations
 
@@ -134,14 +135,18 @@ class Explainer:
     ``Explainer(model, rule="auto", compile=False)`` builds a relevance program per input signature (dtype,
     device, shape past the batch axis) on first use and caches it. ``rule="auto"`` (the default) chooses the
     preset by what the model's graph contains: AttnLRP for transformers, epsilon-plus-flat for CNNs, epsilon
-    for MLPs (:func:`lrpfx.composites.choose_preset`; the rule table says which). The model is never modified; it is run
-    in eval semantics and handed back with its ``training`` flags as they were.
+    for MLPs (:func:`lrpfx.composites.choose_preset`; the rule table says which). The model is never modified;
+    it is run in eval semantics and handed back with its ``training`` flags as they were.
+    ``differentiable=True`` builds the program in the differentiable form and runs it with autograd on, so the
+    relevance has gradients w.r.t. the input and the parameters (docs/functional.md); ``form`` names the form
+    directly (``"per-value"``, the default, or ``"relevance"``: :func:`lrpfx.pipeline.build_program`).
     """
 
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "auto", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
-                 patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None):
+                 patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None,
+                 differentiable: bool = False, form: Optional[str] = None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if frontend not in FRONTENDS:
@@ -160,6 +165,12 @@ class Explainer:
         self.dynamic = dynamic  # torch.export front-end: which input axes may vary (lrpfx.frontend.export.dynamic_axes)
         self._cache: Dict[tuple, "_Entry"] = {}
         self._state: Optional[rebind.ModelState] = None  # the model the cached programs were built for
+        # the program's form (lrpfx.pipeline.build_program); differentiable: relevance with autograd on
+        self.form = form or ("differentiable" if differentiable else "per-value")
+        if self.form not in pipeline.FORMS or (differentiable and self.form != "differentiable"):
+            raise InputError(f"form must be one of {pipeline.FORMS} (and 'differentiable' with differentiable=True), "
+                             f"got {form!r}")
+        self.differentiable = self.form == "differentiable"
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
@@ -224,7 +235,7 @@ class Explainer:
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         program = pipeline.build_program(gm, self.composite, intermediate=intermediate,
-                                         start_is_relevance=target_is_relevance, plan=plan)
+                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),
@@ -262,7 +273,7 @@ class Explainer:
             target = _check_targets(targets, entry.out_shape, batch, first.device)
         else:
             target = _check_target(target, entry.out_shape, batch, first.device)
-        with locks.running(), eval_mode(self.model), torch.no_grad():
+        with locks.running(), eval_mode(self.model), torch.enable_grad() if self.differentiable else torch.no_grad():
             result = entry.run(*inputs.tensors, target)
         output, relevances = result[0], list(result[1])
         check_output(output, self.allow_nonfinite)

@@ -27,7 +27,7 @@ from .graph import canonize
 from .graph.nodes import source_line
 from .kinds import Kind
 from .locks import eval_mode
-from .program.builder import ProgramBuilder
+from .program.builder import FORMS, ProgramBuilder
 from .program.program import RelevanceProgram
 
 FRONTENDS = ("auto", "fx", "export")
@@ -105,11 +105,15 @@ def unexplained(gm: fx.GraphModule, composite: Composite) -> bool:
 
 
 def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is_relevance: bool = False,
-                  plan=None) -> RelevanceProgram:
+                  plan=None, form: str = "per-value") -> RelevanceProgram:
     """Stages 2-5 on a recorded graph (:func:`graph_of`): classify, assign, canonize, build. ``composite`` is a
     :class:`~lrpfx.composites.Composite`, a rule or a rule string; ``start_is_relevance``: the program will be
     given initial relevances rather than class indices; ``plan``: conditions of concept relevance
-    (:mod:`lrpfx.concepts`)."""
+    (:mod:`lrpfx.concepts`); ``form``: ``"per-value"`` (relevance per value where that is exact, the fastest),
+    ``"relevance"`` (relevance at every step) or ``"differentiable"`` (a program that runs with autograd on, so
+    its relevance has gradients w.r.t. inputs and parameters: docs/functional.md)."""
+    if form not in FORMS:
+        raise InputError(f"form must be one of {FORMS}, got {form!r}")
     composite = as_composite(composite)
     chosen = None
     if composite is AUTO:
@@ -128,8 +132,9 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     canonize.mark_positive_only(infos, rules, output,
                                 proportional_start=composite.start == "logit" and not start_is_relevance)
     options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
-    builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, **options)
-    return RelevanceProgram(builder.build(), table, composite)
+    builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, form=form,
+                             **options)
+    return RelevanceProgram(builder.build(), table, composite, differentiable=form == "differentiable")
 
 
 def default_composite(gm: fx.GraphModule):

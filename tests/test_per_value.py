@@ -16,7 +16,6 @@ from torch import nn
 
 import lrpfx
 from lrpfx.composites import AttnLRP, single
-from lrpfx.program.builder import ProgramBuilder
 from lrpfx.rules import Epsilon
 
 from tests.helpers.models import random_input
@@ -92,16 +91,9 @@ def _models():
 MODELS = _models()
 
 
-@pytest.fixture
-def relevance_form(monkeypatch):
-    """Programs built while this is active use the relevance form everywhere (the reference)."""
-    def use(flag: bool):
-        monkeypatch.setattr(ProgramBuilder, "modified_gradient", flag)
-    return use
-
-
-def _explain(model, composite, x, **call):
-    return lrpfx.Explainer(model, composite)(x, **call)
+def _explain(model, composite, x, form="per-value", **call):
+    """``form="relevance"``: the program uses the relevance form everywhere (the reference)."""
+    return lrpfx.Explainer(model, composite, form=form)(x, **call)
 
 
 def _close(a, b):
@@ -110,13 +102,11 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_per_value_form_equals_the_relevance_form(name, relevance_form):
+def test_per_value_form_equals_the_relevance_form(name):
     model, composite, shape = MODELS[name]
     x = random_input(shape, seed=3)
-    relevance_form(False)
-    reference = _explain(model, composite, x, intermediate=True)
-    multi_reference = _explain(model, composite, x, targets=[0, 2])
-    relevance_form(True)
+    reference = _explain(model, composite, x, "relevance", intermediate=True)
+    multi_reference = _explain(model, composite, x, "relevance", targets=[0, 2])
     ours = _explain(model, composite, x, intermediate=True)
     multi = _explain(model, composite, x, targets=[0, 2])
     _close(ours.relevance, reference.relevance)
@@ -158,14 +148,12 @@ def test_rules_the_form_cannot_carry_keep_the_relevance_form():
     assert "per_value" not in code
 
 
-def test_concept_conditions_in_per_value_form(relevance_form):
+def test_concept_conditions_in_per_value_form():
     """Conditional relevance masks and gates multiply relevance: the same in either form."""
     model, composite, shape = MODELS["conv-lrp0"]
     x = random_input(shape, seed=5)
     conditions = [{"y": 1, "fc1": [2]}, {"y": 2, "conv2": [3]}, {"y": 0, "fc1": [0, 5], "conv2": [1]}]
-    relevance_form(False)
-    reference = _explain(model, composite, x, conditions=conditions)
-    relevance_form(True)
+    reference = _explain(model, composite, x, "relevance", conditions=conditions)
     ours = _explain(model, composite, x, conditions=conditions)
     _close(ours.relevance, reference.relevance)
 
@@ -214,7 +202,7 @@ class SdpaNet(nn.Module):
 
 @pytest.mark.parametrize("variant", ["causal", "float-mask", "padding", "gqa"])
 @pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp-0"])
-def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
+def test_fused_attention_equals_its_steps(variant, preset):
     """One fused step (the attention's VJP with the uniform shares) equals the split steps, one and several
     targets; the fused step is what the program runs, forward and relevance, so no T×T weights exist."""
     from lrpfx.composites import CPLRP
@@ -223,10 +211,8 @@ def test_fused_attention_equals_its_steps(variant, preset, relevance_form):
     model = SdpaNet(variant).double().eval()
     composite = AttnLRP() if preset == "attnlrp" else CPLRP(epsilon=0.0)
     x = random_input((2, 6, 5), seed=7)
-    relevance_form(False)
-    reference = _explain(model, composite, x)
-    multi_reference = _explain(model, composite, x, targets=[0, 2])
-    relevance_form(True)
+    reference = _explain(model, composite, x, "relevance")
+    multi_reference = _explain(model, composite, x, "relevance", targets=[0, 2])
     ours, multi = _explain(model, composite, x), _explain(model, composite, x, targets=[0, 2])
     _close(ours.relevance, reference.relevance)
     _close(multi.relevance, multi_reference.relevance)

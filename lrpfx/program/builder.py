@@ -21,7 +21,7 @@ import torch.fx as fx
 from ..errors import RuleError
 from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
-from ..rules import Rule, structural
+from ..rules import Rule, structural, temporaries
 from . import emit
 from .emit_attention import forward_fused, fused_attentions
 from .targets import initial_relevance
@@ -94,7 +94,7 @@ def times_value(g, value, finite: bool = False):
     if isinstance(g, tuple):
         return tuple(times_value(a, v, finite) for a, v in zip(g, value))
     r = g * value
-    return r.masked_fill_(torch.isinf(value), 0.0) if finite and value.is_floating_point() else r
+    return temporaries.masked_fill(r, torch.isinf(value), 0.0) if finite and value.is_floating_point() else r
 
 
 def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
@@ -103,22 +103,27 @@ def gate_relevance(r, gate: torch.Tensor, *, ndim: int):
     return r * gate.view(-1, *([1] * ndim)).to(r.dtype)
 
 
+FORMS = ("per-value", "relevance", "differentiable")
+
+
 class ProgramBuilder:
     """Writes one relevance program. Used once: ``ProgramBuilder(...).build()``."""
 
-    # steps of LRP-0-type rules hand on relevance per value (the modified gradient) where that is exact; False:
-    # relevance everywhere (the form the tests compare against)
-    modified_gradient: bool = True
-
     def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], *,
-                 start: str, times_input: bool, intermediate, masked: Sequence[fx.Node] = (),
+                 start: str, times_input: bool, intermediate, form: str = "per-value", masked: Sequence[fx.Node] = (),
                  gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = ()):
-        """``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
+        """``form`` (:data:`FORMS`): ``"per-value"``, LRP-0-type steps hand on relevance per value (the modified
+        gradient) where exact; ``"relevance"`` everywhere; ``"differentiable"``, that to run with autograd on.
+        ``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
         for conditional relevance (:mod:`lrpfx.concepts`): the program then takes an input ``conditions``, a tuple
         of one mask per ``masked`` node (multiplied into the relevance arriving there), then one gate ``[K]`` per
         ``gated_edges`` (consumer, producer) contribution and one per ``gated_nodes`` relevance; ``values`` are
         nodes whose forward values are returned as a last output."""
-        self.gm, self.infos, self.rules = gm, infos, rules
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        self.gm, self.infos, self.rules, self.form = gm, infos, rules, form
+        # read by the emitters (lrpfx.program.emit): whether steps may take and give relevance per value
+        self.modified_gradient = form == "per-value"
         self.masked = {n: i for i, n in enumerate(masked)}
         self.edge_gates = {e: len(masked) + i for i, e in enumerate(gated_edges)}
         self.node_gates = {n: len(masked) + len(gated_edges) + i for i, n in enumerate(gated_nodes)}

@@ -51,6 +51,7 @@ class RelevanceProgram:
     graph_module: fx.GraphModule
     rows: RuleTable
     composite: Composite
+    differentiable: bool = False  # built in the differentiable form: runs with autograd recording
 
     @property
     def code(self) -> str:
@@ -63,7 +64,7 @@ class RelevanceProgram:
         """Run the program: ``target`` is None (argmax), an int, a LongTensor [B] or an initial relevance."""
         if isinstance(target, int) and not isinstance(target, bool):
             target = torch.full((inputs[0].shape[0],), target, dtype=torch.long, device=inputs[0].device)
-        with locks.running(), torch.no_grad():
+        with locks.running(), torch.enable_grad() if self.differentiable else torch.no_grad():
             return self.graph_module(*inputs, target)
 
     def to_dot(self, **options) -> str:

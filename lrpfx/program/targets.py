@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 
 def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, start: str) -> torch.Tensor:
@@ -18,7 +17,8 @@ def initial_relevance(output: torch.Tensor, target: Optional[torch.Tensor], *, s
     if target is not None and target.is_floating_point():
         return target
     index = output.argmax(dim=-1) if target is None else target
-    onehot = F.one_hot(index, output.shape[-1]).to(output.dtype)
+    # a comparison, not F.one_hot: that reads the indices' range, which torch.func.vmap cannot follow
+    onehot = (index.unsqueeze(-1) == torch.arange(output.shape[-1], device=output.device)).to(output.dtype)
     if index.dim() == 2:  # [B, K]: K targets per sample, explained together along a leading axis [K, B, C]
         onehot = onehot.transpose(0, 1)
     return output * onehot if start == "logit" else onehot

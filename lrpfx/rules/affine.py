@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from . import temporaries
 from .stabilize import divide, divide_nonneg, quotient_into
 
 
@@ -45,12 +46,12 @@ def epsilon(x, w, b, z, r, *, layer, eps: float, zero_bias: bool = False, positi
     if zero_bias:
         z = _unbiased(layer, z, b)
     if positive_only and eps > 0 and not zero_bias:
-        s = quotient_into(r, z + eps if z_is_relu else z.clamp(min=0).add_(eps))
+        s = quotient_into(r, z + eps if z_is_relu else temporaries.add(z.clamp(min=0), eps))
     else:
         s = divide(r, z, eps)
     if out_scale is not None:
-        s = s.mul_(layer.bias_view(out_scale))  # s is a fresh quotient: ours to overwrite
-    return layer.transpose(s, w, x.shape).mul_(x)  # in place on the fresh transpose
+        s = temporaries.mul(s, layer.bias_view(out_scale))  # s is a fresh quotient: ours to overwrite
+    return temporaries.mul(layer.transpose(s, w, x.shape), x)  # in place on the fresh transpose
 
 
 def epsilon_per_value(w, b, z, r, x, *, layer, out_scale: Optional[torch.Tensor] = None):
@@ -75,7 +76,7 @@ def _split_terms(layer, x, w_for_pos_x, w_for_neg_x, bias, r, eps, x_nonneg, pos
     if x_nonneg:
         z = layer.forward(x, w_for_pos_x, bias)
         divider = divide_nonneg if positive_part else divide
-        return layer.transpose(divider(r, z, eps), w_for_pos_x, x.shape).mul_(x)
+        return temporaries.mul(layer.transpose(divider(r, z, eps), w_for_pos_x, x.shape), x)
     xp, xn = _pos(x), _neg(x)
     z = _add_bias(layer, layer.forward(xp, w_for_pos_x) + layer.forward(xn, w_for_neg_x), bias)
     s = divide(r, z, eps)
@@ -122,8 +123,8 @@ def gamma(x, w, b, z, r, *, layer, gamma: float, eps: float, zero_bias: bool = F
         if positive_only:
             # where z > 0 the denominator zz + γt is positive (t >= 0): a plain "+ eps" is the stabiliser
             divider = divide if zero_bias else divide_nonneg  # without the bias, xW can be < 0 where z > 0
-            s_up = torch.where(positive, divider(r, t.mul_(gamma).add_(zz), eps), 0.0)  # t is ours
-            return layer.transpose(s_up, w_up, x.shape).mul_(x)
+            s_up = torch.where(positive, divider(r, temporaries.add(temporaries.mul(t, gamma), zz), eps), 0.0)  # t is ours
+            return temporaries.mul(layer.transpose(s_up, w_up, x.shape), x)
         z_gamma = torch.add(zz, torch.where(positive, t, zz - t), alpha=gamma)
         s = divide(r, z_gamma, eps)
         s_up, s_down = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from .elementwise import _sum_to, target_axes
+from . import temporaries
 from .stabilize import divide
 
 
@@ -17,8 +18,11 @@ def softmax(x, s, r, *, dim: int):
     """
     axis = dim if dim < 0 else dim - s.dim()  # negative: r may carry a leading target axis
     out = s * r.sum(dim=axis, keepdim=True)
-    torch.sub(r, out, out=out)
-    return out.mul_(x).masked_fill_(torch.isneginf(x), 0.0)
+    out = temporaries.rsub(r, out)
+    blocked = torch.isneginf(x)
+    if temporaries.overwritable():
+        return out.mul_(x).masked_fill_(blocked, 0.0)
+    return out * x.masked_fill(blocked, 0.0)  # autograd: no -inf factor, whose derivative would be NaN
 
 
 def log_normaliser(x, s, *, dim: int):
@@ -34,7 +38,12 @@ def softmax_from_output(s, lse, r, *, dim: int):
     instead of the full score tensor. Where ``s == 0`` (masked or underflowed scores) ``x`` is ``-inf`` and the
     result is 0, as for masked scores.
     """
-    return softmax(torch.log(s).add_(lse), s, r, dim=dim)
+    if temporaries.overwritable():
+        return softmax(torch.log(s).add_(lse), s, r, dim=dim)
+    # autograd: log(0)'s derivative is infinite, and 0 times it NaN; the masked scores' -inf is put back after
+    zero = s == 0
+    x = (torch.log(s.masked_fill(zero, 1.0)) + lse).masked_fill(zero, float("-inf"))
+    return softmax(x, s, r, dim=dim)
 
 
 def softmax_per_value(s, g, *, dim: int):
@@ -42,7 +51,7 @@ def softmax_per_value(s, g, *, dim: int):
     which is the softmax's own VJP. Masked scores (``s = 0``) get 0."""
     axis = dim if dim < 0 else dim - s.dim()
     sg = s * g
-    return sg.sub_(s * sg.sum(dim=axis, keepdim=True))
+    return temporaries.sub(sg, s * sg.sum(dim=axis, keepdim=True))
 
 
 def matmul_per_value(a, b, z, r, *, active: Tuple[bool, bool], r_per_value: bool):
@@ -67,7 +76,8 @@ def _additive_mask(q, mask, blocked):
     additive mask for the fused kernel."""
     if blocked is None:
         return mask
-    fill = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill_(blocked, torch.finfo(q.dtype).min)
+    fill = temporaries.masked_fill(torch.zeros(blocked.shape, dtype=q.dtype, device=q.device), blocked,
+                                  torch.finfo(q.dtype).min)
     return fill if mask is None else mask + fill
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import temporaries
 from .stabilize import divide
 
 
@@ -28,4 +29,4 @@ def grouped_transpose(s: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> t
 def grouped_epsilon(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, z: torch.Tensor, r: torch.Tensor, *,
                     eps: float) -> torch.Tensor:
     """LRP-epsilon through a grouped product (no bias): ``x · Wᵀ (r / stab(z))`` per expert block."""
-    return grouped_transpose(divide(r, z, eps), w, offs).mul_(x)
+    return temporaries.mul(grouped_transpose(divide(r, z, eps), w, offs), x)

@@ -1,6 +1,8 @@
 """The denominator stabiliser shared by every rule that divides by an output."""
 import torch
 
+from . import temporaries
+
 
 def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     """``r / (z + eps * sign0(z))`` with ``sign0(0) = +1``, so a non-zero eps never divides by zero; with
@@ -8,7 +10,7 @@ def divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     if eps > 0:
         shift = torch.tensor(eps, dtype=z.dtype, device=z.device)
         denominator = torch.where(z >= 0, shift, -shift)
-        denominator.add_(z)  # in place on our own temporary: one allocation less on the hot path
+        denominator = temporaries.add(denominator, z)  # in place on our own temporary where allowed
         return quotient_into(r, denominator)
     nonzero = z != 0
     return torch.where(nonzero, r / torch.where(nonzero, z, torch.ones_like(z)), torch.zeros_like(r))

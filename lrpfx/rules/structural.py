@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import temporaries
 from .stabilize import divide
 from ..errors import UnsupportedOpError
 
@@ -152,5 +153,5 @@ def max_pool_wta(x, r, winners=None, *, pool):
     lead = r.shape[:r.dim() - x.dim()]
     flat_r = r.reshape(*lead, *index.shape)
     out = r.new_zeros((*lead, *x.shape[:2], math.prod(x.shape[2:])))
-    out.scatter_add_(-1, index.expand(*lead, *index.shape), flat_r)
+    out = temporaries.scatter_add(out, -1, index.expand(*lead, *index.shape), flat_r)
     return out.view(*lead, *x.shape)
