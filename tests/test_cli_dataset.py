@@ -71,7 +71,7 @@ def test_explain_dataset_resume_and_refusal(workdir, tmp_path, capsys):
     rc, out, err = run(capsys, *args, "--rule", "epsilon")
     assert rc == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("lrpfx: error: ")
-    assert "another run: a different rule ('epsilon-plus-flat', this is 'epsilon')" in err and "overwrite" in err
+    assert "another run: a different rule ('auto', this is 'epsilon')" in err and "overwrite" in err
     rc, out, err = run(capsys, *args, "--rule", "epsilon", "--overwrite")
     assert rc == 0 and "3 shards written" in out
     assert lrpfx.load_explanations(tmp_path / "out").manifest["run"]["rule"]["label"] == "epsilon"
