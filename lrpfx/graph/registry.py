@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RuleError
-from . import pooling, readers as read
+from . import mixing as mix, pooling, readers as read
 from ..kinds import Kind, OpSpec
 
 aten = torch.ops.aten
@@ -114,7 +114,7 @@ ROWS = [
            label="reshape"),
     OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                                   nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
-                                  nn.ReplicationPad2d, nn.ChannelShuffle, nn.Upsample, nn.PixelShuffle,
+                                  nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle,
                                   nn.PixelUnshuffle), read=read.structural_module, label="structural"),
     OpSpec(K.STRUCTURAL, functions=(
         torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
@@ -136,7 +136,6 @@ ROWS = [
                                     aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
            inputs=ANY, label="fill"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
-    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), copies=False, keeps_sign=False, inputs=ANY, label="interpolate"),
     # products, bilinear and elementwise
     OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
            methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
@@ -151,6 +150,19 @@ ROWS = [
            read=read.div, inputs=ANY, label="div"),
     OpSpec(K.SCALE, functions=(operator.neg, torch.neg, aten.neg.default), methods=("neg",), inputs=ANY,
            label="neg"),
+    # ---- linear maps without parameters: copies keep Jᵀ R, mixes take the proportional rule (graph/mixing.py) ----
+    OpSpec(K.STRUCTURAL, modules=mix.UPSAMPLE_MODULES, read=mix.upsample_module, label="interpolate"),
+    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), read=mix.interpolate_call, label="interpolate"),
+    OpSpec(K.STRUCTURAL, functions=mix.UPSAMPLE_ATEN, read=mix.upsample_aten, label="interpolate"),
+    OpSpec(K.STRUCTURAL, modules=(nn.Unfold,), functions=(F.unfold, aten.im2col.default, aten.unfold.default),
+           methods=("unfold",), read=mix.copies, label="unfold (windows)"),
+    OpSpec(K.REDUCE, modules=(nn.Fold,), functions=(F.fold, aten.col2im.default), read=mix.mixes,
+           label="fold (sum of windows)"),
+    OpSpec(K.REDUCE, functions=(torch.cumsum, aten.cumsum.default), methods=("cumsum",), read=mix.mixes,
+           label="cumulative sum"),
+    OpSpec(K.REDUCE, functions=(torch.einsum, aten.einsum.default), read=mix.einsum_call, inputs=ANY,
+           label="einsum with one activation"),
+    # ---- end of linear maps -------------------------------------------------------------------------------------
 ]
 
 _ACTIVATION_NAME_PARTS = ("gelu", "silu", "swish", "mish", "relu", "activation", "sigmoid", "tanh")

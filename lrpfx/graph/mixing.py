@@ -1,0 +1,78 @@
+"""Readers of linear maps without parameters: each tells a map that *copies* values (every output element is one
+input element, or a constant) from one that *mixes* them (an output element is a weighted sum of several).
+
+A copy is kind ``structural`` and routes relevance by its vector-Jacobian product ``Jᵀ R``; a mix is kind
+``reduce`` like a sum, and gets the proportional rule ``x ⊙ Jᵀ(R ⊘ stab(z))`` (``Norm`` with the composite's
+epsilon), which is LRP's affine rule without a bias. With ``eps = 0`` both equal gradient × input wherever the
+relevance arriving is ``z ⊙ g``; ``Jᵀ R`` on a mix would not (it weighs each output's relevance by the
+interpolation weights, not by the inputs' contributions).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kinds import Kind, Moves, NodeInfo
+from .nodes import op_name
+from .readers import Call
+
+aten = torch.ops.aten
+
+_NEAREST = ("nearest", "nearest-exact")
+
+
+def _copy(info: NodeInfo) -> bool:
+    info.kind, info.facts = Kind.STRUCTURAL, Moves(reshape=False, copies=True, keeps_sign=True)
+    return True
+
+
+def _mix(info: NodeInfo, keeps_sign: bool = True) -> bool:
+    """``keeps_sign``: the map's weights are non-negative, so a non-negative input gives a non-negative output
+    (a bicubic kernel or an einsum with a constant of any sign does not)."""
+    info.kind, info.facts, info.nonneg = Kind.REDUCE, Moves(copies=False, keeps_sign=keeps_sign), False
+    return True
+
+
+def interpolate_call(info: NodeInfo, call: Call) -> bool:
+    """``F.interpolate``: nearest copies, linear/bilinear/bicubic/trilinear/area mix neighbours."""
+    mode = call.arg(2, "mode", "nearest")
+    return _copy(info) if mode in _NEAREST else _mix(info, "cubic" not in mode)
+
+
+def upsample_module(info: NodeInfo, call: Call) -> bool:
+    """``nn.Upsample`` and its bilinear/nearest subclasses, by their mode."""
+    mode = call.module.mode
+    return _copy(info) if mode in _NEAREST else _mix(info, "cubic" not in mode)
+
+
+def upsample_aten(info: NodeInfo, call: Call) -> bool:
+    """``aten.upsample_<mode>{1,2,3}d``: the mode is in the op's name."""
+    name = op_name(call.node)
+    return _copy(info) if "nearest" in name else _mix(info, "cubic" not in name)
+
+
+def copies(info: NodeInfo, call: Call) -> bool:
+    """Ops whose outputs are input elements or zeros (``unfold``: im2col, sliding windows)."""
+    return _copy(info)
+
+
+def mixes(info: NodeInfo, call: Call) -> bool:
+    """Ops linear in their one activation input that sum several elements into one (``fold``: col2im, ``cumsum``)."""
+    return len(call.acts) == 1 and _mix(info)
+
+
+def einsum_call(info: NodeInfo, call: Call) -> bool:
+    """``einsum`` with one activation operand is linear in it; with several it is a product of activations, which
+    this row leaves to the others (it stays unknown)."""
+    return len(call.acts) == 1 and _mix(info, keeps_sign=False)
+
+
+UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d, UpsamplingBilinear2d are subclasses
+UPSAMPLE_ATEN = tuple(getattr(aten, name).vec for name in (
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
+    "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")) + tuple(
+    getattr(aten, name).default for name in (
+        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d", "upsample_bilinear2d",
+        "upsample_trilinear3d", "upsample_bicubic2d"))
+
