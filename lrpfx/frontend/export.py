@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+from .inplace import functionalize_view_writes
+from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
 from ..graph.nodes import call_arg as _arg
 from ..graph.registry import REGISTRY, is_activation_module
@@ -121,6 +123,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm = program.module()
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
+    functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)
     functionalize_aten_inplace(gm)
     batch_norm_calls(gm)
     _name_module_ops(gm, model)

@@ -67,6 +67,11 @@ def einsum_call(info: NodeInfo, call: Call) -> bool:
     return len(call.acts) == 1 and _mix(info, keeps_sign=False)
 
 
+def index_put(info: NodeInfo, call: Call) -> bool:
+    """``index_put(buf, indices, values)`` writes (copies) the values; with ``accumulate`` it adds them (a sum)."""
+    return _mix(info) if call.arg(3, "accumulate", False) else _copy(info)
+
+
 UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d, UpsamplingBilinear2d are subclasses
 UPSAMPLE_ATEN = tuple(getattr(aten, name).vec for name in (
     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",

@@ -162,6 +162,13 @@ ROWS = [
            label="cumulative sum"),
     OpSpec(K.REDUCE, functions=(torch.einsum, aten.einsum.default), read=mix.einsum_call, inputs=ANY,
            label="einsum with one activation"),
+    # writes into a buffer, spelled out of place (frontend/inplace.py): the written values and the rest are copied
+    OpSpec(K.STRUCTURAL, functions=(torch.select_scatter, torch.slice_scatter, torch.diagonal_scatter,
+                                    aten.select_scatter.default, aten.slice_scatter.default,
+                                    aten.diagonal_scatter.default, aten.copy.default),
+           inputs=ANY, label="write into a buffer"),
+    OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
+           read=mix.index_put, inputs=ANY, label="write at indices"),
     # ---- end of linear maps -------------------------------------------------------------------------------------
 ]
 
