@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
+from .functions import functions_refused_on_export
 from .inplace import functionalize_view_writes
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
@@ -111,11 +112,13 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     dynamic = dynamic_axes(inputs, dynamic)
     try:
         try:
-            program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
+            with functions_refused_on_export():
+                program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
         except LrpfxError:
             raise
         except Exception:  # some models only export for fixed shapes
-            program = torch.export.export(wrapper, tuple(inputs), strict=False)
+            with functions_refused_on_export():
+                program = torch.export.export(wrapper, tuple(inputs), strict=False)
     except LrpfxError:
         raise
     except Exception as exc:  # export raises many types from deep inside the user's code

@@ -22,13 +22,15 @@ from ..errors import InputError, OutputError, TraceError, UnsupportedOpError
 from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
 from ..graph.registry import REGISTRY
+from .functions import functions_as_nodes
 
 class LrpfxTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps torch.nn modules, the user's named modules or types, and the module classes
     of registered ops (:func:`lrpfx.register_op`) as leaves; registered functions are recorded as one call."""
 
     def __init__(self, leaf_modules: Iterable = ()):
-        super().__init__(autowrap_functions=REGISTRY.functions())
+        # a registered autograd.Function class is kept whole by functions_as_nodes, not wrapped
+        super().__init__(autowrap_functions=tuple(f for f in REGISTRY.functions() if not isinstance(f, type)))
         self.record_stack_traces = True
         self.leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + REGISTRY.modules()
@@ -57,7 +59,8 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     concrete = _defaults_after(model, num_inputs)
     before = _attribute_names(model)
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        with functions_as_nodes(tracer):
+            graph = tracer.trace(model, concrete_args=concrete or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
         raise TraceError(_trace_failure_message(model, exc)) from exc
