@@ -10,6 +10,7 @@ interpolation weights, not by the inputs' contributions).
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from ..kinds import Kind, Moves, NodeInfo
@@ -70,6 +71,29 @@ def einsum_call(info: NodeInfo, call: Call) -> bool:
 def index_put(info: NodeInfo, call: Call) -> bool:
     """``index_put(buf, indices, values)`` writes (copies) the values; with ``accumulate`` it adds them (a sum)."""
     return _mix(info) if call.arg(3, "accumulate", False) else _copy(info)
+
+
+def extremum(info: NodeInfo, call: Call) -> bool:
+    """``torch.max(a, b)``, ``maximum``, ``minimum``: elementwise, each output is one operand's element, so the
+    winner takes the relevance (kind ``max_pool`` without windows: routed by the op's gradient at the recorded
+    values). A constant operand may bring a value of either sign."""
+    operands = list(call.node.args[:2])
+    if len(operands) != 2 or not any(isinstance(o, fx.Node) and o in call.active for o in operands) \
+            or isinstance(operands[1], (int, bool)) or not isinstance(operands[1], fx.Node):
+        return False
+    active = [not call.is_constant(o) for o in operands]
+    info.kind, info.facts = Kind.MAX_POOL, Moves(reshape=False, copies=True, keeps_sign=all(active))
+    return True
+
+
+def quotient(info: NodeInfo, call: Call) -> bool:
+    """``a / c`` with a constant ``c`` scales ``a``; ``a / b`` of two activations (linear attention's normaliser)
+    holds the denominator constant, so it scales the numerator too, which takes all the relevance."""
+    operands = list(call.node.args[:2])
+    if len(operands) != 2 or call.is_constant(operands[0]) or call.node.kwargs.get("rounding_mode") is not None:
+        return False
+    info.x = operands[0]
+    return True
 
 
 UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d, UpsamplingBilinear2d are subclasses

@@ -147,7 +147,7 @@ ROWS = [
     OpSpec(K.MUL, functions=(operator.mul, torch.mul, operator.imul, aten.mul.Tensor), methods=("mul",),
            read=read.mul, inputs=ANY, label="mul"),
     OpSpec(K.SCALE, functions=(operator.truediv, torch.div, operator.itruediv, aten.div.Tensor), methods=("div",),
-           read=read.div, inputs=ANY, label="div"),
+           read=mix.quotient, inputs=ANY, label="div"),
     OpSpec(K.SCALE, functions=(operator.neg, torch.neg, aten.neg.default), methods=("neg",), inputs=ANY,
            label="neg"),
     # ---- linear maps without parameters: copies keep Jᵀ R, mixes take the proportional rule (graph/mixing.py) ----
@@ -169,6 +169,11 @@ ROWS = [
            inputs=ANY, label="write into a buffer"),
     OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
            read=mix.index_put, inputs=ANY, label="write at indices"),
+    # elementwise max/min of two tensors: the winner's element is copied
+    OpSpec(K.MAX_POOL, functions=(torch.max, torch.min, torch.maximum, torch.minimum, torch.fmax, torch.fmin,
+                                    aten.max.other, aten.min.other, aten.maximum.default, aten.minimum.default,
+                                    aten.fmax.default, aten.fmin.default),
+           methods=("maximum", "minimum", "max", "min"), read=mix.extremum, inputs=ANY, label="max/min of two"),
     # ---- end of linear maps -------------------------------------------------------------------------------------
 ]
 
