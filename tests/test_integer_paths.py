@@ -77,3 +77,32 @@ def test_untracked_integer_paths_are_refused_naming_the_start(model, frontend):
         lrpfx.Explainer(model().eval(), "epsilon", frontend=frontend)(ids(), target=torch.tensor([0, 1]))
     message = str(err.value)
     assert "integer" in message and "test_integer_paths.py" in message
+
+
+class EosPool(nn.Module):
+    """BART's classification head in miniature: the hidden state at the last end-of-sequence token, selected by a
+    boolean mask of the ids (a size export knows only as a symbol without an example value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.e, self.lin, self.fc = nn.Embedding(10, 4), nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False)
+
+    def head(self, h, mask):
+        rep = h[mask, :].view(h.size(0), -1, h.size(-1))[:, -1, :]
+        return self.fc(rep)
+
+    def forward(self, ids):
+        return self.head(self.lin(self.e(ids)).relu(), ids.eq(2))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_sizes_without_a_hint(frontend):
+    torch.manual_seed(0)
+    model = EosPool().double().eval()
+    x, target = torch.tensor([[1, 3, 2, 4, 2], [5, 2, 6, 7, 2]]), torch.tensor([0, 1])
+    e = lrpfx.Explainer(model, "zero", frontend=frontend)(x, target=target)
+    h = model.e(x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(model.head(model.lin(h).relu(), x.eq(2)).gather(1, target[:, None]).sum(), h)
+    expected = (h * g).detach()
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(e.relevance, expected, rtol=1e-10, atol=1e-12)

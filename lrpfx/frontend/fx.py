@@ -328,14 +328,25 @@ def values_from_export(gm: fx.GraphModule) -> bool:
             return False
         if holds_packed(value):
             raise packed_error(n, source_line(n))
-        values[n] = _describe(value)
+        try:
+            values[n] = _describe(value)
+        except _NoHint:  # a size export knows only as a symbol: record by running the graph instead
+            return False
     for n, value in values.items():
         n.meta["lrpfx_value"] = value
     return True
 
 
+class _NoHint(Exception):
+    """A symbolic size without an example value (a size computed from data): the graph must run instead."""
+
+
 def _size(d) -> int:
     """A size as an int: a symbolic size (torch.export's dynamic axes) at its example value."""
-    return d if isinstance(d, int) else int(d.node.hint)
+    if isinstance(d, int):
+        return d
+    if d.node.hint is None:  # an unbacked size: export made it up from data, its example value is not kept
+        raise _NoHint(str(d))
+    return int(d.node.hint)
 
 
