@@ -130,3 +130,24 @@ def test_mixing_map_takes_the_proportional_rule_with_epsilon():
     expected = (h * g).detach()
     assert expected.abs().sum() > 0
     torch.testing.assert_close(e.relevance, expected, rtol=1e-12, atol=1e-12)
+
+
+class FourierMixing(nn.Module):
+    """FNet's token mixing: the real part of a 2-D Fourier transform of a real value."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Linear(4, 4, bias=False), nn.Linear(3 * 4, 2, bias=False)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        h = torch.fft.fft(torch.fft.fft(h, dim=-1), dim=-2).real
+        return self.fc(h.relu().flatten(1))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_real_part_of_fourier_transforms_lrp0_is_gradient_times_input(frontend):
+    model, x = build(FourierMixing), randn(2, 3, 4)
+    assert_lrp0_is_gradient_times_input(model, x, frontend)
+    table = lrpfx.Explainer(model, "zero", frontend=frontend).program(x).rule_table()
+    assert [row.kind for row in table if "fft" in row.op] == ["reduce"], [r.as_dict() for r in table]

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .functions import functions_refused_on_export
 from .inplace import functionalize_view_writes
+from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
 from ..graph.nodes import attribute, call_arg as _arg, source_line
@@ -128,6 +129,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
     inline_autocast_regions(gm)
+    fuse_real_spectra(gm)
     functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)
     functionalize_aten_inplace(gm)
     batch_norm_calls(gm)

@@ -23,6 +23,7 @@ from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
 from ..graph.registry import REGISTRY
 from .functions import functions_as_nodes
+from .spectral import fuse_real_spectra
 
 class LrpfxTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps torch.nn modules, the user's named modules or types, and the module classes
@@ -68,6 +69,7 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
         _remove_added_attributes(model, before)
     _inline_fixed_arguments(gm, concrete)
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
+    fuse_real_spectra(gm)
     _select_output(gm, output)
     return gm
 

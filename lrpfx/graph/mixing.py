@@ -9,6 +9,8 @@ interpolation weights, not by the inputs' contributions).
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.fx as fx
 from torch import nn
@@ -94,6 +96,31 @@ def quotient(info: NodeInfo, call: Call) -> bool:
         return False
     info.x = operands[0]
     return True
+
+
+class RealSpectrum:
+    """``fn_k(... fn_1(x) ...).real`` for the recorded transforms ``(fn, args after the first, kwargs)``.
+    Compares and hashes like the class, so one registry row matches every instance."""
+
+    __name__ = "real_of_fft"
+    __qualname__ = "real_of_fft"
+
+    def __init__(self, steps: Tuple):
+        self.steps = steps
+
+    def __call__(self, x):
+        for fn, rest, kwargs in self.steps:
+            x = fn(x, *rest, **kwargs)
+        return x.real
+
+    def __eq__(self, other):
+        return other is RealSpectrum or (isinstance(other, RealSpectrum) and other.steps == self.steps)
+
+    def __hash__(self):
+        return hash(RealSpectrum)
+
+    def __repr__(self):
+        return "real_of_fft(" + ", ".join(getattr(fn, "__name__", str(fn)) for fn, _, _ in self.steps) + ")"
 
 
 UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d, UpsamplingBilinear2d are subclasses

@@ -169,6 +169,7 @@ ROWS = [
            inputs=ANY, label="write into a buffer"),
     OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
            read=mix.index_put, inputs=ANY, label="write at indices"),
+    OpSpec(K.REDUCE, functions=(mix.RealSpectrum,), read=mix.mixes, label="real part of Fourier transforms"),
     # elementwise max/min of two tensors: the winner's element is copied
     OpSpec(K.MAX_POOL, functions=(torch.max, torch.min, torch.maximum, torch.minimum, torch.fmax, torch.fmin,
                                     aten.max.other, aten.min.other, aten.maximum.default, aten.minimum.default,
