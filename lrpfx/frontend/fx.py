@@ -23,6 +23,7 @@ from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error
 from ..graph.registry import REGISTRY
 from .functions import functions_as_nodes
+from .inplace import functionalize_fx_writes, item_assignment_recorded
 from .spectral import fuse_real_spectra
 
 class LrpfxTracer(fx.Tracer):
@@ -60,7 +61,7 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     concrete = _defaults_after(model, num_inputs)
     before = _attribute_names(model)
     try:
-        with functions_as_nodes(tracer):
+        with functions_as_nodes(tracer), item_assignment_recorded():
             graph = tracer.trace(model, concrete_args=concrete or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
@@ -68,6 +69,7 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     finally:
         _remove_added_attributes(model, before)
     _inline_fixed_arguments(gm, concrete)
+    functionalize_fx_writes(gm, _is_view)  # buf[i] = v: a new buffer, before in-place ops are read as such
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
     fuse_real_spectra(gm)
     _select_output(gm, output)

@@ -1,4 +1,4 @@
-"""Writes into views as data flow: ``buf[:, t] = v``, ``buf[:, t].copy_(v)`` and ``buf[2:] += v`` (ATen:
+"""Writes into views as data flow. Export front-end: ``buf[:, t] = v``, ``buf[:, t].copy_(v)`` and ``buf[2:] += v`` (ATen:
 ``copy_``/``add_`` on a ``select``/``slice`` of ``buf``) become out-of-place scatters that return the new ``buf``,
 and every later read of ``buf`` (or of a view of it taken before the write) reads the new value.
 
@@ -10,14 +10,16 @@ relevance that flows through it.
 """
 from __future__ import annotations
 
+import contextlib
+import operator
 from typing import Dict, List, Set
 
 import torch
 import torch.fx as fx
 
 from ..errors import UnsupportedOpError
-from ..graph.nodes import op_name
-from .fx import source_line
+from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, op_name, out_of_place_method, source_line
+from ..rules.writes import write_at
 
 aten = torch.ops.aten
 
@@ -139,3 +141,81 @@ def _rewrite(gm: fx.GraphModule, n: fx.Node, twin, chain: List[fx.Node], order: 
         user.replace_input_with(n, written)
     g.erase_node(n)
     return list(new_values.values())
+
+
+# ---- fx front-end: ``buf[index] = value`` is recorded as operator.setitem, then written out of place ------------
+@contextlib.contextmanager
+def item_assignment_recorded():
+    """While tracing: ``proxy[index] = value`` records an ``operator.setitem`` node (fx has no such node)."""
+    had = "__setitem__" in fx.Proxy.__dict__
+
+    def setitem(self, index, value):
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+    fx.Proxy.__setitem__ = setitem
+    try:
+        yield
+    finally:
+        if not had:
+            del fx.Proxy.__setitem__
+
+
+def functionalize_fx_writes(gm: fx.GraphModule, is_view) -> bool:
+    """``setitem(buf, index, value)`` and ``buf[index].copy_(value)`` as ``write_at(buf, index, value)``: a new
+    buffer every later read of ``buf`` reads. A write into a view of another tensor is refused, naming it."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    changed = False
+    for n in list(gm.graph.nodes):
+        write = _fx_write(n)
+        if write is None:
+            continue
+        base, index, value = write
+        if is_view(base):
+            raise UnsupportedOpError(
+                f"node '{n.name}'{source_line(n)} writes into '{base.name}', a view of another tensor; lrpfx spells "
+                "writes out of place only into a tensor itself: write the buffer out of place (torch.stack or "
+                "torch.cat the pieces)")
+        _out_of_place_update(value, base, index)
+        with gm.graph.inserting_before(n):
+            new = gm.graph.call_function(write_at, (base, index, value))
+        new.meta.update({k: v for k, v in n.meta.items() if k in ("stack_trace", "nn_module_stack")})
+        for user in list(base.users):
+            if user is not new and user is not n and order.get(user, -1) > order[n]:
+                user.replace_input_with(base, new)
+        for user in list(n.users):
+            user.replace_input_with(n, new)
+        view = n.args[0] if n.op == "call_method" else None
+        gm.graph.erase_node(n)
+        if view is not None and not view.users:
+            gm.graph.erase_node(view)
+        changed = True
+    if changed:
+        gm.recompile()
+    return changed
+
+
+def _out_of_place_update(value, base: fx.Node, index) -> None:
+    """``buf[index] += v`` is ``t = buf[index]; t += v; buf[index] = t``: the in-place update of the view is
+    written back by the write itself, so it runs out of place (and the view's base is not changed twice)."""
+    if not isinstance(value, fx.Node) or not value.args or not isinstance(value.args[0], fx.Node):
+        return
+    view = value.args[0]
+    if not (view.op == "call_function" and view.target is operator.getitem and view.args[0] is base
+            and view.args[1] == index):
+        return
+    if value.op == "call_function" and value.target in OUT_OF_PLACE_FUNCTIONS:
+        value.target = OUT_OF_PLACE_FUNCTIONS[value.target]
+    elif value.op == "call_method" and value.target.endswith("_") and not value.target.endswith("__"):
+        value.target = out_of_place_method(value.target)
+
+
+def _fx_write(n: fx.Node):
+    """``(base, index, value)`` of ``base[index] = value`` or ``base[index].copy_(value)``, else None."""
+    if n.op == "call_function" and n.target is operator.setitem and isinstance(n.args[0], fx.Node):
+        return n.args[0], n.args[1], n.args[2]
+    if n.op == "call_method" and n.target == "copy_" and len(n.args) == 2 and isinstance(n.args[0], fx.Node):
+        view = n.args[0]
+        if view.op == "call_function" and view.target is operator.getitem and len(view.users) == 1 \
+                and isinstance(view.args[0], fx.Node):
+            return view.args[0], view.args[1], n.args[1]
+    return None

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RuleError
+from ..rules.writes import write_at
 from . import mixing as mix, pooling, readers as read
 from ..kinds import Kind, OpSpec
 
@@ -165,7 +166,7 @@ ROWS = [
     # writes into a buffer, spelled out of place (frontend/inplace.py): the written values and the rest are copied
     OpSpec(K.STRUCTURAL, functions=(torch.select_scatter, torch.slice_scatter, torch.diagonal_scatter,
                                     aten.select_scatter.default, aten.slice_scatter.default,
-                                    aten.diagonal_scatter.default, aten.copy.default),
+                                    aten.diagonal_scatter.default, aten.copy.default, write_at),
            inputs=ANY, label="write into a buffer"),
     OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
            read=mix.index_put, inputs=ANY, label="write at indices"),
