@@ -14,6 +14,8 @@ import torch.fx as fx
 from .analyses import activation_nodes, embedding_source, _EMBEDDING_FUNCTIONS
 from ..kinds import Kind, Lookup, NodeInfo, OpSpec, Recurrence
 from ..errors import UnsupportedOpError
+from ..frontend.functions import is_function_call
+from .probing import apply_probe
 from .nodes import call_arg, op_label, op_name, out_of_place_method, source_line
 from .readers import Call
 from .recurrent import recurrent_call
@@ -44,6 +46,8 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
                                               acts, active, gm))
         else:
             info = NodeInfo(n, Kind.UNKNOWN, n.name, n.op)
+        if info.kind == Kind.UNKNOWN and n.op != "placeholder" and not is_function_call(n):
+            info = apply_probe(gm, info)  # what no row knows: its class by its values, or it stays unknown
         info.activations = acts
         info.name = n.meta.get("lrpfx_module", info.name)  # export front-end: the op's module path
         info.module = info.module if info.module is not None else n.meta.get("lrpfx_module_object")
