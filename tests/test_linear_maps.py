@@ -78,16 +78,18 @@ class Windows(nn.Module):
 
 
 class EinsumCumsum(nn.Module):
-    """An einsum with a constant (one activation operand) and a cumulative sum (Mamba2's segment sums)."""
+    """An einsum and a matmul with a constant (one activation operand) and a cumulative sum (Mamba2's segment
+    sums)."""
 
     def __init__(self):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(4, 3))
+        self.w, self.m = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(3, 3))
         self.fc = nn.Linear(2 * 4 * 3, 3, bias=False)
 
     def forward(self, x):
         h = torch.einsum("bchw,wk->bchk", x, self.w).relu()
         h = torch.cumsum(h, dim=2) - h.cumsum(1)
+        h = (h @ self.m).relu()  # a product with a constant: a linear map, not an attention product
         return self.fc(h.flatten(1))
 
 

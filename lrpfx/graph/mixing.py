@@ -17,7 +17,7 @@ from torch import nn
 
 from ..kinds import Kind, Moves, NodeInfo
 from .nodes import op_name
-from .readers import Call
+from .readers import Call, matmul as read_matmul
 
 aten = torch.ops.aten
 
@@ -73,6 +73,16 @@ def einsum_call(info: NodeInfo, call: Call) -> bool:
 def index_put(info: NodeInfo, call: Call) -> bool:
     """``index_put(buf, indices, values)`` writes (copies) the values; with ``accumulate`` it adds them (a sum)."""
     return _mix(info) if call.arg(3, "accumulate", False) else _copy(info)
+
+
+def product(info: NodeInfo, call: Call) -> bool:
+    """``a @ b``: a product of two activations is kind ``matmul`` (the attention rules); with one operand a
+    constant it is a linear map of the other, which mixes values (kind ``reduce``)."""
+    if not read_matmul(info, call):
+        return False
+    if sum(info.facts.active) == 1:
+        _mix(info, keeps_sign=False)
+    return True
 
 
 def extremum(info: NodeInfo, call: Call) -> bool:

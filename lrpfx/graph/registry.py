@@ -139,7 +139,7 @@ ROWS = [
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
     # products, bilinear and elementwise
     OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
-           methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
+           methods=("matmul", "bmm", "__matmul__"), read=mix.product, inputs=ANY, label="matmul"),
     # arithmetic
     OpSpec(K.ADD, functions=(operator.add, torch.add, operator.iadd, aten.add.Tensor), methods=("add",),
            read=read.add, inputs=ANY, label="add"),
