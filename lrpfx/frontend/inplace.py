@@ -1,12 +1,14 @@
-"""Writes into views as data flow. Export front-end: ``buf[:, t] = v``, ``buf[:, t].copy_(v)`` and ``buf[2:] += v`` (ATen:
-``copy_``/``add_`` on a ``select``/``slice`` of ``buf``) become out-of-place scatters that return the new ``buf``,
-and every later read of ``buf`` (or of a view of it taken before the write) reads the new value.
+"""Writes into a buffer as data flow.
+
+Export front-end: ``buf[:, t] = v``, ``buf[:, t].copy_(v)`` and ``buf[2:] += v`` (ATen: ``copy_``/``add_`` on a
+``select``/``slice`` of ``buf``) become out-of-place scatters that return the new ``buf``, and every later read of
+``buf`` (or of a view of it taken before the write) reads the new value. fx front-end: ``buf[index] = v`` is
+recorded as ``operator.setitem`` and becomes ``write_at(buf, index, v)``, likewise.
 
 So a buffer filled in place with values computed from the inputs (RWKV's time mixing, a forward substitution)
-carries their relevance like any other value; the scatters are copies (kind ``structural``). A write this pass
-cannot spell out of place — into a view other than select/slice chains — is refused with the node and its source
-line where the value written depends on the inputs: keeping the buffer as a constant would silently drop the
-relevance that flows through it.
+carries their relevance like any other value; the writes are copies (kind ``structural``). A write this module
+cannot spell out of place is refused with the node and its source line where the value written depends on the
+inputs: keeping the buffer as a constant would silently drop the relevance that flows through it.
 """
 from __future__ import annotations
 
