@@ -3,7 +3,10 @@ shaped like the recorded ones, with its other arguments as recorded (parameters 
 
 * linear in its one activation input (``f(a·x + b·y) = a·f(x) + b·f(y)``, ``f(0) = 0``): a linear map that may
   mix values, kind ``reduce`` — the proportional rule ``x ⊙ Jᵀ(R ⊘ stab(z))``, exact for LRP-0;
-* elementwise (each output element depends on the same input element only): an activation, kind ``activation``.
+* elementwise (each output element depends on the same input element only) with ``f(0) = 0``: an activation,
+  kind ``activation`` (the Pass rule).
+
+An op with ``f(0) ≠ 0`` (``exp``, a shift by a constant) fits no class: it would make relevance up or lose it.
 
 The class shows in the rule table (``op (probed: linear)``) and in a log line (logger ``lrpfx``). An op that fits
 no class stays unknown and is refused with its node, source line and the fix.
@@ -41,7 +44,9 @@ def probe(gm: fx.GraphModule, info: NodeInfo) -> Optional[str]:
             or tuple(fa.shape) != tuple(info.node.meta["lrpfx_value"].shape):
         return None
     scale = max(float(fa.abs().max()), float(fb.abs().max()), 1.0)
-    if _close(mixed, 2.0 * fa - 3.0 * fb, scale) and _close(zero, torch.zeros_like(zero), scale):
+    if not _close(zero, torch.zeros_like(zero), scale):
+        return None  # f(0) ≠ 0 (exp, a shift): relevance would be made up or lost; it stays unknown
+    if _close(mixed, 2.0 * fa - 3.0 * fb, scale):
         return "linear"
     if fa.shape == a.shape and _elementwise(f, a, fa, scale):
         return "elementwise"
@@ -54,7 +59,7 @@ def apply_probe(gm: fx.GraphModule, info: NodeInfo) -> NodeInfo:
     if found == "linear":
         info.kind, info.facts = Kind.REDUCE, Moves(copies=False, keeps_sign=False)
     elif found == "elementwise":
-        info.kind, info.facts = Kind.ACTIVATION, Elementwise(relu=False, zero_at_zero=_zero_at_zero(gm, info))
+        info.kind, info.facts = Kind.ACTIVATION, Elementwise(relu=False, zero_at_zero=True)
     else:
         return info
     info.op = f"{info.op} (probed: {found})"
@@ -77,16 +82,6 @@ def _elementwise(f, a: torch.Tensor, fa: torch.Tensor, scale: float) -> bool:
         if changed.sum() > 1 or (changed.any() and not changed[k]):
             return False
     return True
-
-
-def _zero_at_zero(gm: fx.GraphModule, info: NodeInfo) -> bool:
-    f = _runner(gm, info)
-    try:
-        with torch.no_grad():
-            return bool((f(torch.zeros(1, dtype=torch.float64).expand(
-                tuple(info.x.meta["lrpfx_value"].shape)).contiguous()) == 0).all())
-    except Exception:
-        return False
 
 
 def _runner(gm: fx.GraphModule, info: NodeInfo):
