@@ -1,5 +1,5 @@
 """A custom ``torch.autograd.Function`` is one node named by its class: refused with the fix, explained by its own
-backward under ``Gradient()``, or by the row the user registers for it; the export front-end refuses it by name."""
+backward under ``Gradient()``, or by the row the user registers for it; the export front-end names it in a warning."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lrpfx
-from lrpfx.errors import UnsupportedOpError
+from lrpfx.errors import LrpfxWarning, UnsupportedOpError
 from lrpfx.rules import Epsilon, Gradient
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,8 +80,11 @@ def test_registered_function_takes_its_row():
     assert kinds["round_ste_apply"] == "identity"
 
 
-def test_export_refuses_the_function_by_name():
+def test_export_names_the_function_it_traces_through():
+    """Export inlines the forward (its round is probed elementwise and passes relevance on), after a warning that
+    names the Function and the fx front-end's fix."""
     model, x, target = setup()
-    with pytest.raises(UnsupportedOpError) as err:
-        lrpfx.Explainer(model, "zero", frontend="export")(x, target=target)
-    assert "RoundSTE.apply" in str(err.value) and "frontend='fx'" in str(err.value)
+    with pytest.warns(LrpfxWarning, match="RoundSTE.apply") as record:
+        e = lrpfx.Explainer(model, "zero", frontend="export")(x, target=target)
+    assert any("frontend='fx'" in str(w.message) for w in record)
+    assert torch.isfinite(e.relevance).all()

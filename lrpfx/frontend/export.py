@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
-from .functions import functions_refused_on_export
+from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
@@ -114,12 +114,12 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     dynamic = dynamic_axes(inputs, dynamic)
     try:
         try:
-            with functions_refused_on_export():
+            with functions_named_on_export():
                 program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
         except LrpfxError:
             raise
         except Exception:  # some models only export for fixed shapes
-            with functions_refused_on_export():
+            with functions_named_on_export():
                 program = torch.export.export(wrapper, tuple(inputs), strict=False)
     except LrpfxError:
         raise

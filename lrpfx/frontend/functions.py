@@ -5,17 +5,18 @@ straight-through estimator, a custom kernel's gradient) without a word. While th
 ``Fn.apply(...)`` on traced values is recorded as one call of :class:`FunctionCall`; classification finds no row
 for it (unless the user registered the class with :func:`lrpfx.register_op`), so it is refused with the fix, or
 explained by its own backward under ``Gradient()`` (:func:`backward_vjp`). The export front-end cannot keep it
-whole: a model that calls one there is refused, naming the class.
+whole: it traces through the forward, as before, and warns, naming the class and the fx front-end's fix.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import List, Tuple
 
 import torch
 import torch.fx as fx
 
-from ..errors import UnsupportedOpError
+from ..errors import LrpfxWarning
 
 _Function = torch.autograd.Function
 
@@ -66,18 +67,21 @@ def functions_as_nodes(tracer: fx.Tracer):
 
 
 @contextlib.contextmanager
-def functions_refused_on_export():
-    """While exporting: a custom Function is refused, naming its class (export would inline its forward)."""
+def functions_named_on_export():
+    """While exporting: a custom Function is traced through its forward (export inlines it), with a warning that
+    names its class, once per class: its backward is not used, and the fx front-end keeps it as one node."""
     original = _Function.__dict__["apply"]
+    named = set()
 
     def apply(cls, *args, **kwargs):
-        if not _is_torchs(cls) and (torch.compiler.is_exporting() or _fake(args)):
-            raise UnsupportedOpError(
-                f"the model calls {cls.__qualname__}.apply, a custom torch.autograd.Function; the export "
-                "front-end would trace through its forward and drop its backward. Use frontend='fx', where it is "
-                f"one node named '{_node_name(cls)}': assign it Gradient() (relevance by its own backward) with "
-                f"Composite(by_name={{'{_node_name(cls)}': Gradient()}}), or teach lrpfx the op with "
-                f"lrpfx.register_op({cls.__name__}, kind=...)")
+        if not _is_torchs(cls) and cls not in named and (torch.compiler.is_exporting() or _fake(args)):
+            named.add(cls)
+            warnings.warn(
+                f"the model calls {cls.__qualname__}.apply, a custom torch.autograd.Function: the export front-end "
+                "traces through its forward (its ops get their rules) and does not use its backward. With "
+                f"frontend='fx' it is one node named '{_node_name(cls)}': assign it Gradient() (relevance by its own "
+                f"backward) with Composite(by_name={{'{_node_name(cls)}': Gradient()}}), or teach lrpfx the op with "
+                f"lrpfx.register_op({cls.__name__}, kind=...)", LrpfxWarning, stacklevel=2)
         return original.__get__(None, cls)(*args, **kwargs)
 
     _Function.apply = classmethod(apply)
