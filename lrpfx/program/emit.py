@@ -315,13 +315,10 @@ def emit_avg_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
                                 {"layer": info.layer, "eps": rule.eps}, name=f"r_{info.node.name}_in"))
 
 
-@emitter((Norm, Epsilon), Kind.REDUCE, per_value=lambda b, info, rule: lrp0(b, rule) and _keeps_dtype(b, info))
+@emitter((Norm, Epsilon), Kind.REDUCE)
 def emit_reduce(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
-    """Sums, means and other linear maps that mix values (interpolation, fold, cumsum, einsum with a constant):
-    the proportional rule ``x ⊙ Jᵀ(R ⊘ stab(z))``, LRP's affine rule without a bias. Relevance per value ``G``
-    (LRP-0) goes back as ``Jᵀ G``: the same numbers without dividing by ``z``, so also where ``z = 0``."""
-    if b.is_per_value(r):
-        return b.replay(info, r)
+    """Sums, means and other linear maps that mix values (interpolation, fold, cumsum, einsum or matmul with a
+    constant): the proportional rule ``x ⊙ Jᵀ(R ⊘ stab(z))``, LRP's affine rule without a bias."""
     b.replay(info, r, norm_eps=rule.eps)
 
 
