@@ -151,7 +151,7 @@ USER_MODULE = textwrap.dedent("""
             self.fc = nn.Linear(4, 3)
 
         def forward(self, x):
-            return self.fc(torch.cumsum(x, dim=1))  # USER-LINE-ODD
+            return self.fc(torch.cumprod(x, dim=1))  # USER-LINE-ODD
 
     class Branchy(nn.Module):
         def __init__(self):

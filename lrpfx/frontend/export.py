@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import io
 import logging
+import operator
 import warnings
 import math
 import sys
@@ -37,8 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, torch_message
+from .functions import functions_named_on_export
+from .inplace import functionalize_view_writes
+from .spectral import fuse_real_spectra
+from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
-from ..graph.nodes import call_arg as _arg
+from ..graph.nodes import attribute, call_arg as _arg, source_line
 from ..graph.registry import REGISTRY, is_activation_module
 from .fx import WHOLE_MODULE, failure_location
 
@@ -153,7 +158,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
-        with quiet_torch():
+        with quiet_torch(), functions_named_on_export():
             try:
                 program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
                                               strict=False)
@@ -168,6 +173,9 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm = program.module()
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
+    inline_autocast_regions(gm)
+    fuse_real_spectra(gm)
+    functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)
     functionalize_aten_inplace(gm)
     batch_norm_calls(gm)
     _name_module_ops(gm, model)
@@ -179,6 +187,54 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def inline_autocast_regions(gm: fx.GraphModule) -> bool:
+    """Export keeps a ``with torch.autocast(..., enabled=False)`` block (rotary embeddings in float32) as one call
+    of ``higher_order.wrap_with_autocast`` on a submodule; its ops are the model's own, so they are inlined. A
+    region that enables autocast would run at another precision inlined: refused, naming it."""
+    wrap = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    changed = True
+    while changed:
+        changed = False
+        for n in list(gm.graph.nodes):
+            if wrap is None or n.op != "call_function" or n.target is not wrap:
+                continue
+            if n.args[2]:
+                raise UnsupportedOpError(
+                    f"node '{n.name}'{source_line(n)} runs a block under torch.autocast(enabled=True) inside the "
+                    "model: lrpfx explains at one precision; run the model under autocast from outside, or not at all")
+            _inline(gm, n, getattr(gm, n.args[4].target), n.args[5:])
+            changed = True
+    return changed
+
+
+def _inline(gm: fx.GraphModule, n: fx.Node, sub: fx.GraphModule, operands) -> None:
+    """Copy ``sub``'s graph in place of the call ``n`` (whose users take items of its tuple result)."""
+    placeholders = [p for p in sub.graph.nodes if p.op == "placeholder"]
+    values = dict(zip(placeholders, operands))
+    result = None
+    with gm.graph.inserting_before(n):
+        for node in sub.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                result = fx.node.map_arg(node.args[0], values.get)
+                break
+            if node.op == "get_attr":
+                name = f"{n.args[4].target}_{node.target}".replace(".", "_")
+                setattr(gm, name, attribute(sub, node.target))
+                values[node] = gm.graph.get_attr(name)
+                continue
+            values[node] = gm.graph.node_copy(node, values.get)
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    for user in list(n.users):
+        if user.target is operator.getitem:
+            user.replace_all_uses_with(items[user.args[1]])
+            gm.graph.erase_node(user)
+        else:
+            user.replace_input_with(n, items[0] if len(items) == 1 else result)
+    gm.graph.erase_node(n)
 
 
 def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], ...]:

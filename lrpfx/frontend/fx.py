@@ -22,13 +22,17 @@ from ..errors import InputError, OutputError, TraceError, UnsupportedOpError, to
 from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error, packing_error, packs_sequences
 from ..graph.registry import REGISTRY
+from .functions import functions_as_nodes
+from .inplace import functionalize_fx_writes, item_assignment_recorded
+from .spectral import fuse_real_spectra
 
 class LrpfxTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps torch.nn modules, the user's named modules or types, and the module classes
     of registered ops (:func:`lrpfx.register_op`) as leaves; registered functions are recorded as one call."""
 
     def __init__(self, leaf_modules: Iterable = ()):
-        super().__init__(autowrap_functions=REGISTRY.functions())
+        # a registered autograd.Function class is kept whole by functions_as_nodes, not wrapped
+        super().__init__(autowrap_functions=tuple(f for f in REGISTRY.functions() if not isinstance(f, type)))
         self.record_stack_traces = True
         self.leaf_names = frozenset(m for m in leaf_modules if isinstance(m, str))
         self.leaf_types = tuple(m for m in leaf_modules if isinstance(m, type)) + REGISTRY.modules()
@@ -57,7 +61,8 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     concrete = _defaults_after(model, num_inputs)
     before = _attribute_names(model)
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        with functions_as_nodes(tracer), item_assignment_recorded():
+            graph = tracer.trace(model, concrete_args=concrete or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ... from the user's code
         if packs_sequences(exc):
@@ -66,7 +71,9 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     finally:
         _remove_added_attributes(model, before)
     _inline_fixed_arguments(gm, concrete)
+    functionalize_fx_writes(gm, _is_view)  # buf[i] = v: a new buffer, before in-place ops are read as such
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
+    fuse_real_spectra(gm)
     _select_output(gm, output)
     return gm
 
@@ -331,14 +338,25 @@ def values_from_export(gm: fx.GraphModule) -> bool:
             return False
         if holds_packed(value):
             raise packed_error(n, source_line(n))
-        values[n] = _describe(value)
+        try:
+            values[n] = _describe(value)
+        except _NoHint:  # a size export knows only as a symbol: record by running the graph instead
+            return False
     for n, value in values.items():
         n.meta["lrpfx_value"] = value
     return True
 
 
+class _NoHint(Exception):
+    """A symbolic size without an example value (a size computed from data): the graph must run instead."""
+
+
 def _size(d) -> int:
     """A size as an int: a symbolic size (torch.export's dynamic axes) at its example value."""
-    return d if isinstance(d, int) else int(d.node.hint)
+    if isinstance(d, int):
+        return d
+    if d.node.hint is None:  # an unbacked size: export made it up from data, its example value is not kept
+        raise _NoHint(str(d))
+    return int(d.node.hint)
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import unmatched_pattern
-from .nodes import call_arg, node_path, op_name
+from ..errors import UnsupportedOpError, unmatched_pattern
+from .nodes import call_arg, node_path, op_name, source_line
 from .readers import SHAPED_LIKE_NAMES, exponent
 from .recurrent import is_recurrent
 
@@ -179,12 +179,39 @@ def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
         indices = call_arg(n, 1 - _EMBEDDING_FUNCTIONS[n.target], "input")
     else:
         return None
-    for _ in range(8):  # through .to(), .view() and friends: ops that keep the ids' values
+    lookup, hashed = indices, False
+    for _ in range(16):  # through .to(), .view() and friends (ops that keep the ids' values) and integer arithmetic
         if not isinstance(indices, fx.Node) or indices.op == "placeholder":
             break
-        if op_name(indices) not in _ID_PRESERVING_NAMES:
+        name = op_name(indices)
+        operands = [a for a in indices.args if isinstance(a, fx.Node)]
+        if name in _ID_ARITHMETIC_NAMES and len(operands) == 1:
+            indices, hashed = operands[0], True  # hashed ids: a function of each id (with constants)
+            continue
+        if name not in _ID_PRESERVING_NAMES:
             return None  # e.g. positions from arange(size(ids)): depend on the ids' shape, not their values
         indices = indices.args[0] if indices.args else None
-    return indices if isinstance(indices, fx.Node) and indices.op == "placeholder" else None
+    if not (isinstance(indices, fx.Node) and indices.op == "placeholder"):
+        return None
+    if hashed and _shape(lookup) != _shape(indices):
+        raise UnsupportedOpError(
+            f"the embedding '{node_path(n)}'{source_line(n)} looks up ids computed from input '{indices.name}' by "
+            f"integer arithmetic, shaped {_shape(lookup)} where the input is {_shape(indices)}: its relevance cannot "
+            "be reported per token. Compute the looked-up ids outside the model and pass them as an input")
+    return indices
+
+
+# integer arithmetic on token ids with constants (hashing into several embedding tables)
+_ID_ARITHMETIC_NAMES = {"mul", "add", "sub", "remainder", "fmod", "mod", "floor_divide", "floordiv", "bitwise_xor",
+                        "bitwise_and", "bitwise_or", "xor", "and_", "or_", "lshift", "rshift",
+                        "bitwise_left_shift", "bitwise_right_shift", "__xor__", "__and__", "__or__", "abs"}
+
+
+def _shape(n: fx.Node):
+    value = n.meta.get("lrpfx_value")
+    shape = getattr(value, "shape", None)
+    if shape is None and isinstance(n.meta.get("val"), torch.Tensor):
+        shape = n.meta["val"].shape
+    return None if shape is None else tuple(shape)
 
 

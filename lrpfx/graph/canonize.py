@@ -10,7 +10,7 @@ from typing import Dict
 import torch.fx as fx
 from torch import nn
 
-from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
+from ..kinds import WEIGHTED_KINDS, Kind, Moves, NodeInfo
 from ..rules import Pass, Rule
 
 # kinds whose output is non-negative whenever all their activation inputs are
@@ -41,7 +41,7 @@ def mark_nonnegative(infos: Dict[fx.Node, NodeInfo]) -> None:
             continue
         if info.kind == Kind.ADD and len(info.facts.terms) != _operand_count(info):
             continue  # a constant summand may be negative
-        if info.kind == Kind.STRUCTURAL and not info.facts.keeps_sign:
+        if isinstance(info.facts, Moves) and not info.facts.keeps_sign:
             continue  # interpolation overshoots; constant padding may be negative
         info.nonneg = all(infos[a].nonneg for a in info.activations)
 

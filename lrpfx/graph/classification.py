@@ -13,7 +13,10 @@ import torch.fx as fx
 
 from .analyses import activation_nodes, embedding_source, _EMBEDDING_FUNCTIONS
 from ..kinds import Kind, Lookup, NodeInfo, OpSpec, Recurrence
-from .nodes import call_arg, op_label, op_name, out_of_place_method
+from ..errors import UnsupportedOpError
+from ..frontend.functions import is_function_call
+from .probing import apply_probe
+from .nodes import call_arg, op_label, op_name, out_of_place_method, source_line
 from .readers import Call
 from .recurrent import recurrent_call
 from .registry import REGISTRY, ANY, FIRST
@@ -22,6 +25,8 @@ from .registry import REGISTRY, ANY, FIRST
 def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
     """A :class:`NodeInfo` for every activation node of ``gm`` (``Kind.UNKNOWN`` where no registry row fits)."""
     active = activation_nodes(gm)
+    if not active and (error := _nothing_tracked(gm)) is not None:
+        raise error
     infos: Dict[fx.Node, NodeInfo] = {}
     for n in gm.graph.nodes:
         if n not in active:
@@ -41,6 +46,8 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
                                               acts, active, gm))
         else:
             info = NodeInfo(n, Kind.UNKNOWN, n.name, n.op)
+        if info.kind == Kind.UNKNOWN and n.op != "placeholder" and not is_function_call(n):
+            info = apply_probe(gm, info)  # what no row knows: its class by its values, or it stays unknown
         info.activations = acts
         info.name = n.meta.get("lrpfx_module", info.name)  # export front-end: the op's module path
         info.module = info.module if info.module is not None else n.meta.get("lrpfx_module_object")
@@ -49,6 +56,37 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
         if info.kind == Kind.MATMUL:
             info.facts = replace(info.facts, softmax_operand=_softmax_operand(info, infos))
     return infos
+
+
+def _nothing_tracked(gm: fx.GraphModule) -> Optional[UnsupportedOpError]:
+    """No value carries relevance although the output depends on the inputs' values: they reach it only through
+    integer computations (token ids hashed or cast in ways lrpfx does not follow). Names where the float
+    computation starts; None where the output does not depend on the inputs at all."""
+    upstream, stack = set(), [n for n in gm.graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        for a in node.all_input_nodes:
+            if a not in upstream:
+                upstream.add(a)
+                stack.append(a)
+    from_inputs, start = set(), None
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            from_inputs.add(n)
+        elif n.op != "output" and any(a in from_inputs for a in n.all_input_nodes) and op_name(n) not in (
+                "size", "sym_size", "zeros_like", "ones_like", "empty_like", "new_zeros", "new_ones", "new_empty"):
+            from_inputs.add(n)
+            value = n.meta.get("lrpfx_value")
+            if start is None and n in upstream and value is not None and value.holds_float:
+                start = n
+    if start is None:
+        return None
+    return UnsupportedOpError(
+        "no value of the model carries relevance: its inputs reach the output only through integer or boolean "
+        "computations lrpfx does not follow (relevance starts at float inputs and at embeddings of token ids). The "
+        f"float computation starts at node '{start.name}'{source_line(start)}. "
+        "Pass the float values (the embeddings' outputs) as the model's input, or look the ids up with nn.Embedding "
+        "directly")
 
 
 def _from_registry(gm: fx.GraphModule, n: fx.Node, call: Call) -> NodeInfo:

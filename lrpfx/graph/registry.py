@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RuleError
-from . import pooling, readers as read
+from ..rules.writes import write_at
+from . import mixing as mix, pooling, readers as read
 from ..kinds import Kind, OpSpec
 
 aten = torch.ops.aten
@@ -114,7 +115,7 @@ ROWS = [
            label="reshape"),
     OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                                   nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
-                                  nn.ReplicationPad2d, nn.ChannelShuffle, nn.Upsample, nn.PixelShuffle,
+                                  nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle,
                                   nn.PixelUnshuffle), read=read.structural_module, label="structural"),
     OpSpec(K.STRUCTURAL, functions=(
         torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
@@ -136,10 +137,9 @@ ROWS = [
                                     aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
            inputs=ANY, label="fill"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
-    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), copies=False, keeps_sign=False, inputs=ANY, label="interpolate"),
     # products, bilinear and elementwise
     OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
-           methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
+           methods=("matmul", "bmm", "__matmul__"), read=mix.product, inputs=ANY, label="matmul"),
     # arithmetic
     OpSpec(K.ADD, functions=(operator.add, torch.add, operator.iadd, aten.add.Tensor), methods=("add",),
            read=read.add, inputs=ANY, label="add"),
@@ -148,9 +148,35 @@ ROWS = [
     OpSpec(K.MUL, functions=(operator.mul, torch.mul, operator.imul, aten.mul.Tensor), methods=("mul",),
            read=read.mul, inputs=ANY, label="mul"),
     OpSpec(K.SCALE, functions=(operator.truediv, torch.div, operator.itruediv, aten.div.Tensor), methods=("div",),
-           read=read.div, inputs=ANY, label="div"),
+           read=mix.quotient, inputs=ANY, label="div"),
     OpSpec(K.SCALE, functions=(operator.neg, torch.neg, aten.neg.default), methods=("neg",), inputs=ANY,
            label="neg"),
+    # ---- linear maps without parameters: copies keep Jᵀ R, mixes take the proportional rule (graph/mixing.py) ----
+    OpSpec(K.STRUCTURAL, modules=mix.UPSAMPLE_MODULES, read=mix.upsample_module, label="interpolate"),
+    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), read=mix.interpolate_call, label="interpolate"),
+    OpSpec(K.STRUCTURAL, functions=mix.UPSAMPLE_ATEN, read=mix.upsample_aten, label="interpolate"),
+    OpSpec(K.STRUCTURAL, modules=(nn.Unfold,), functions=(F.unfold, aten.im2col.default, aten.unfold.default),
+           methods=("unfold",), read=mix.copies, label="unfold (windows)"),
+    OpSpec(K.REDUCE, modules=(nn.Fold,), functions=(F.fold, aten.col2im.default), read=mix.mixes,
+           label="fold (sum of windows)"),
+    OpSpec(K.REDUCE, functions=(torch.cumsum, aten.cumsum.default), methods=("cumsum",), read=mix.mixes,
+           label="cumulative sum"),
+    OpSpec(K.REDUCE, functions=(torch.einsum, aten.einsum.default), read=mix.einsum_call, inputs=ANY,
+           label="einsum with one activation"),
+    # writes into a buffer, spelled out of place (frontend/inplace.py): the written values and the rest are copied
+    OpSpec(K.STRUCTURAL, functions=(torch.select_scatter, torch.slice_scatter, torch.diagonal_scatter,
+                                    aten.select_scatter.default, aten.slice_scatter.default,
+                                    aten.diagonal_scatter.default, aten.copy.default, write_at),
+           inputs=ANY, label="write into a buffer"),
+    OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
+           read=mix.index_put, inputs=ANY, label="write at indices"),
+    OpSpec(K.REDUCE, functions=(mix.RealSpectrum,), read=mix.mixes, label="real part of Fourier transforms"),
+    # elementwise max/min of two tensors: the winner's element is copied
+    OpSpec(K.MAX_POOL, functions=(torch.max, torch.min, torch.maximum, torch.minimum, torch.fmax, torch.fmin,
+                                    aten.max.other, aten.min.other, aten.maximum.default, aten.minimum.default,
+                                    aten.fmax.default, aten.fmin.default),
+           methods=("maximum", "minimum", "max", "min"), read=mix.extremum, inputs=ANY, label="max/min of two"),
+    # ---- end of linear maps -------------------------------------------------------------------------------------
 ]
 
 _ACTIVATION_NAME_PARTS = ("gelu", "silu", "swish", "mish", "relu", "activation", "sigmoid", "tanh")

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch.fx as fx
 
 from ..errors import RuleError
+from ..frontend.functions import backward_vjp, is_function_call
 from ..graph.canonize import plain_relu
 from ..graph.nodes import parameter_of, source_line
 from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
@@ -316,6 +317,8 @@ def emit_avg_pool(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
 
 @emitter((Norm, Epsilon), Kind.REDUCE)
 def emit_reduce(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    """Sums, means and other linear maps that mix values (interpolation, fold, cumsum, einsum or matmul with a
+    constant): the proportional rule ``x ⊙ Jᵀ(R ⊘ stab(z))``, LRP's affine rule without a bias."""
     b.replay(info, r, norm_eps=rule.eps)
 
 
@@ -356,7 +359,23 @@ def emit_structural(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
 
 @emitter((Structural, Gradient, WinnerTakesAll))
 def emit_replay(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
+    if isinstance(rule, Gradient) and is_function_call(info.node):
+        return emit_backward(b, info, r)
     b.replay(info, r)
+
+
+def emit_backward(b, info: NodeInfo, r: fx.Node) -> None:
+    """``Gradient()`` on a custom ``torch.autograd.Function``: the vector-Jacobian product of its own backward."""
+    n = info.node
+    values = list(n.args)
+    if n.kwargs or not all(isinstance(v, fx.Node) or not isinstance(v, (list, tuple, dict)) for v in values):
+        raise RuleError(f"Gradient() on '{info.name}'{source_line(n)} needs its tensors as positional arguments")
+    active = tuple(i for i, v in enumerate(values) if isinstance(v, fx.Node) and v in b.infos)
+    pulled = b.call(backward_vjp, [b.attr(f"functions.{n.name}", n.target), r,
+                                   *[b.env[v] if isinstance(v, fx.Node) else v for v in values]],
+                    {"active": active}, name=f"r_{n.name}_in")
+    for j, i in enumerate(active):
+        b.contribute(values[i], b.call(operator.getitem, [pulled, j]))
 
 
 # ---- rules of one pure function (users' rules) -------------------------------------------------------------------

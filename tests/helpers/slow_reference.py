@@ -200,8 +200,8 @@ class Reference:
                 return "max_pool"
             if t in _AVG_POOL_FUNCTIONS:
                 return "avg_pool"
-            if t in _REDUCE_FUNCTIONS:
-                return "reduce"
+            if t in _REDUCE_FUNCTIONS or (t is F.interpolate and n.kwargs.get("mode", "nearest") != "nearest"):
+                return "reduce"  # interpolation other than nearest mixes values: the proportional rule
             if t in _STRUCT_FUNCTIONS:
                 return "structural"
             if t in _ADD:
