@@ -121,13 +121,13 @@ def linear_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
-_CONV_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, aten.conv1d.default: 1, aten.conv2d.default: 2,
-              aten.conv3d.default: 3, F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3,
-              aten.conv_transpose1d.default: 1, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 3}
+def _conv_dim(node: fx.Node) -> int:
+    """1, 2 or 3 for ``conv2d``, ``conv_transpose3d`` ... in any spelling and overload."""
+    return int(op_name(node)[-2])
 
 
 def conv_call(info: NodeInfo, call: Call) -> bool:
-    dim = _CONV_DIMS[call.node.target]
+    dim = _conv_dim(call.node)
     w = call.arg(1, "weight")
     args = {"stride": call.arg(3, "stride", 1), "padding": call.arg(4, "padding", 0),
             "dilation": call.arg(5, "dilation", 1), "groups": call.arg(6, "groups", 1)}
@@ -140,7 +140,7 @@ def conv_call(info: NodeInfo, call: Call) -> bool:
 
 
 def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
-    dim = _CONV_DIMS[call.node.target]
+    dim = _conv_dim(call.node)
     info.layer = ConvTranspose(dim, as_tuple(call.arg(3, "stride", 1), dim), as_tuple(call.arg(4, "padding", 0), dim),
                                as_tuple(call.arg(5, "output_padding", 0), dim),
                                as_tuple(call.arg(7, "dilation", 1), dim), call.arg(6, "groups", 1))
@@ -354,9 +354,9 @@ def mul(info: NodeInfo, call: Call) -> bool:
 
 
 def div(info: NodeInfo, call: Call) -> bool:
-    """An activation divided by a constant scales it; other quotients are unknown."""
+    """An activation divided by a constant scales it; other quotients (and rounding divisions) are unknown."""
     operands = list(call.node.args[:2])
-    return len(operands) == 2 and not call.is_constant(operands[0]) and call.is_constant(operands[1])
+    return call.arg(2, "rounding_mode") is None and len(operands) == 2 and not call.is_constant(operands[0]) and call.is_constant(operands[1])
 
 
 def matmul(info: NodeInfo, call: Call) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import RuleError
 from . import pooling, readers as read
 from ..kinds import Kind, OpSpec
+from .ops import canonical_name, function_key
 
 aten = torch.ops.aten
 K = Kind
@@ -136,6 +137,9 @@ ROWS = [
                                     aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
            inputs=ANY, label="fill"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
+    # writes the source's elements where the mask is set and keeps the others: a copy from two tensors
+    OpSpec(K.STRUCTURAL, functions=(torch.masked_scatter, aten.masked_scatter.default), methods=("masked_scatter",),
+           inputs=ANY, label="masked scatter"),
     OpSpec(K.STRUCTURAL, functions=(F.interpolate,), copies=False, keeps_sign=False, inputs=ANY, label="interpolate"),
     # products, bilinear and elementwise
     OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
@@ -184,7 +188,8 @@ class Registry:
                 continue
             found += index.by_name.get(name, [])
             try:
-                row = index.by_function.get(target) if op == "call_function" else index.by_method.get(name)
+                row = index.by_function.get(function_key(target)) if op == "call_function" else \
+                    index.by_method.get(name)
             except TypeError:  # an unhashable target
                 row = None
             if row is not None:
@@ -208,12 +213,12 @@ class _Index:
     def __init__(self, rows: Iterable[OpSpec]):
         self.by_function, self.by_method, self.by_name, self.modules = {}, {}, {}, []
         for row in rows:
-            for f in row.functions:
-                self.by_function.setdefault(f, row)
+            for f in row.functions:  # an ATen overload stands for every overload of its op
+                self.by_function.setdefault(function_key(f), row)
             for m in row.methods:
-                self.by_method.setdefault(m, row)
+                self.by_method.setdefault(canonical_name(m), row)
             for name in row.names:
-                self.by_name.setdefault(name, []).append(row)
+                self.by_name.setdefault(canonical_name(name), []).append(row)
             self.modules.extend((cls, row) for cls in row.modules)
 
 
