@@ -33,9 +33,10 @@ from torch import nn
 
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
+from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import call_arg as _arg
 from ..graph.registry import REGISTRY, is_activation_module
-from .fx import WHOLE_MODULE, failure_location
+from .fx import WHOLE_MODULE, failure_location, values_from_export
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
@@ -131,6 +132,8 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     _addmm_as_linear(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
+    if values_from_export(gm) and decompose_unknown_ops(gm):  # ops no row names, as their Core ATen pieces
+        collapse_spelled_activations(gm)
     return gm
 
 

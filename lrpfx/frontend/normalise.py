@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import UnsupportedOpError
 from ..graph.analyses import constant_by_design
+from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import op_name
 from .fx import source_line
 
@@ -319,6 +320,7 @@ def normalise(gm: fx.GraphModule) -> bool:
     then be recorded again)."""
     changed = named_tuple_fields(gm)
     changed = decompose_baddbmm(gm) or changed
+    changed = decompose_unknown_ops(gm) or changed  # before collapsing: the pieces may be spelled activations
     changed = collapse_spelled_activations(gm) or changed
     if changed:
         gm.graph.lint()

@@ -15,6 +15,7 @@ from ..errors import unmatched_pattern
 from .nodes import call_arg, node_path, op_name
 from .readers import SHAPED_LIKE_NAMES, exponent
 from .recurrent import is_recurrent
+from .registry import REGISTRY, STATISTIC
 
 aten = torch.ops.aten
 
@@ -22,11 +23,7 @@ _EMBEDDING_FUNCTIONS = {torch.nn.functional.embedding: 1, aten.embedding.default
 _ID_PRESERVING_NAMES = {"to", "_to_copy", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
                         "contiguous", "clone", "alias", "long", "int", "flatten", "type_as", "detach"}
 _NORMALISER_NAMES = {"rsqrt", "sqrt", "reciprocal"}  # of a statistic: 1/sigma-like values
-_STATISTIC_NAMES = {"var", "std", "norm", "vector_norm", "linalg_vector_norm", "var_mean", "std_mean"}
 _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
-# ops whose output depends on an activation's shape, dtype or device only, never on its values
-_SHAPE_ONLY_NAMES = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
-                     "empty_like", "new_tensor", "size", "sym_size"}
 _THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
 # a mixture-of-experts router: top-k of gate probabilities
 _ROUTER_SCORE_NAMES = {"softmax", "_softmax", "sigmoid"}
@@ -75,8 +72,13 @@ def constant_by_design(n: fx.Node, active) -> bool:
     """A value computed from activations that carries no relevance: a statistic (a normalisation's scale), a
     shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
     node a composite holds constant (:func:`hold_constant`)."""
-    return n.meta.get(HELD) is not None or is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
+    return n.meta.get(HELD) is not None or is_statistic(n) or _constant_row(n) or is_routing(n) or (
         op_name(n) in SHAPED_LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+
+
+def _constant_row(n: fx.Node) -> bool:
+    """A registry row says the value carries no relevance (a shape, an index, random numbers, a statistic)."""
+    return REGISTRY.constant(n.op, n.target, op_name(n)) is not None
 
 
 def is_routing(n: fx.Node) -> bool:
@@ -152,7 +154,8 @@ def _upstream_of_output(gm: fx.GraphModule, allowed, through=lambda n: ()) -> se
 def is_statistic(n: fx.Node) -> bool:
     """A variance, a norm, or ``1/sqrt`` of a mean/sum (possibly shifted by an epsilon)."""
     name = op_name(n)
-    if name in _STATISTIC_NAMES:
+    row = REGISTRY.constant(n.op, n.target, name)
+    if row is not None and row.constant == STATISTIC:
         return True
     if name not in _NORMALISER_NAMES and not (name == "pow" and exponent(n) in (0.5, -0.5)):  # pow(s, 0.5): CLIP
         return False

@@ -148,6 +148,27 @@ def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
+def convolution(info: NodeInfo, call: Call) -> bool:
+    """``aten.convolution``: the one op behind every convolution and transposed convolution of Core ATen."""
+    w = call.arg(1, "weight")
+    shape = getattr(w, "meta", {}).get("lrpfx_value")
+    if shape is None:
+        return False
+    dim = len(shape.shape) - 2
+    stride, padding, dilation = (as_tuple(call.arg(i, name), dim) for i, name in
+                                 ((3, "stride"), (4, "padding"), (5, "dilation")))
+    groups = call.arg(8, "groups", 1)
+    if call.arg(6, "transposed", False):
+        info.kind = Kind.CONV_TRANSPOSE
+        info.layer = ConvTranspose(dim, stride, padding, as_tuple(call.arg(7, "output_padding"), dim), dilation,
+                                   groups)
+    else:
+        info.layer = conv_layer({"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
+                                dim, shape.shape)
+    info.weight, info.bias = w, call.arg(2, "bias")
+    return True
+
+
 def grouped_product(info: NodeInfo, call: Call) -> bool:
     """A grouped product of mixture-of-experts blocks: linear in the routed tokens, the expert weights constant."""
     offs = call.arg(2, "offs")
@@ -293,6 +314,11 @@ def pad_call(info: NodeInfo, call: Call) -> bool:
     """``F.pad``: a non-zero constant fill may change the sign."""
     info.facts = Moves(False, True, call.arg(3, "value", 0) in (0, 0.0, None))
     return True
+
+
+def index_put(info: NodeInfo, call: Call) -> bool:
+    """``x[idx] = v`` written out of place: a copy of ``v`` into ``x``; with ``accumulate`` a sum, which is not."""
+    return not call.arg(3, "accumulate", False)
 
 
 # the second argument only supplies a shape or a dtype: relevance flows through the first argument alone

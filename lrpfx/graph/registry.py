@@ -37,6 +37,81 @@ NAME_ROWS = [
     OpSpec(K.IDENTITY, names=("stochastic_depth",), read=read.eval_identity, label="stochastic depth (eval)"),
 ]
 
+# ---- values that carry no relevance by design (matched by bare name; see analyses.constant_by_design) -------------
+SHAPE_ONLY = "depends on a tensor's shape, dtype or device only, never on its values"
+INDEX = "a boolean or integer result (a mask, an index, a count): it selects, it carries no relevance"
+RANDOM = "random numbers: independent of the input's values"
+STATISTIC = "a statistic: a normalisation is explained with its scale held fixed"
+SCALAR = "a Python number read out of a tensor: a control value"
+
+CONSTANT_ROWS = [
+    OpSpec(K.UNKNOWN, names=("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like",
+                             "ones_like", "full_like", "empty_like", "size", "sym_size", "sym_numel", "sym_stride",
+                             "sym_storage_offset", "numel", "empty", "empty_strided", "empty_permuted", "full",
+                             "zeros", "ones", "arange", "scalar_tensor", "fill", "rand_like", "randn_like",
+                             "randint_like"), constant=SHAPE_ONLY, label="shape only"),
+    OpSpec(K.UNKNOWN, names=("eq", "ne", "lt", "le", "gt", "ge", "isinf", "isnan", "isfinite", "isneginf",
+                             "isposinf", "logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
+                             "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
+                             "bitwise_right_shift", "any", "all", "argmax", "argmin", "argsort", "nonzero",
+                             "searchsorted", "bucketize", "unique", "bincount"), constant=INDEX,
+           label="mask or index"),
+    OpSpec(K.UNKNOWN, names=("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal",
+                             "uniform", "poisson"), constant=RANDOM, label="random"),
+    OpSpec(K.UNKNOWN, names=("var", "std", "var_mean", "std_mean", "norm", "vector_norm", "linalg_vector_norm"),
+           constant=STATISTIC, label="statistic"),
+    OpSpec(K.UNKNOWN, names=("_local_scalar_dense", "item"), constant=SCALAR, label="scalar"),
+]
+
+# ---- ops lrpfx refuses by design, with the reason its error and docs/ops.md give -----------------------------------
+_ELEMENTWISE = ("an elementwise function outside an activation layer: whether relevance passes through it (an "
+                "activation: Pass()) or stops there (a gate, a scale: hold it constant) depends on its role in the "
+                "model, so lrpfx asks: assign a rule by name")
+_PIECEWISE = ("piecewise constant (a rounding, a quantiser): its gradient is zero almost everywhere, yet its value "
+              "follows the input: assign Pass() by name to pass relevance through, or hold it constant")
+_TWO_INPUTS = ("an elementwise function of two tensors that is neither a sum nor a product: assign Gradient() by "
+               "name (max/min: the winner takes the relevance)")
+_MIXING = "a linear map that mixes elements (each output a weighted sum of several inputs, not a copy): no rule yet"
+_TRAINING = "a training-mode op: explain the model in eval mode (model.eval())"
+_BACKWARD = "a backward op: it appears in training graphs only, never in a model's forward"
+
+
+def _refuse(reason: str, *ops, label: str = "") -> OpSpec:
+    return OpSpec(K.UNKNOWN, functions=tuple(getattr(aten, op) for op in ops), refusal=reason,
+                  label=label or ops[0])
+
+
+REFUSED_ROWS = [
+    _refuse(_ELEMENTWISE, "abs", "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "erf", "erfc",
+            "erfinv", "exp", "exp2", "expm1", "log", "log10", "log1p", "log2", "reciprocal", "rsqrt", "sin",
+            "sinh", "sqrt", "tan", "digamma", "lgamma", label="elementwise function"),
+    _refuse(_PIECEWISE, "round", "floor", "ceil", "trunc", "sign", label="piecewise constant"),
+    _refuse("a sawtooth (x - c·floor(x/c)): no rule", "fmod", "remainder", "frac", label="remainder"),
+    _refuse(_TWO_INPUTS, "maximum", "minimum", "fmax", "fmin", "atan2", "hypot", label="elementwise of two"),
+    _refuse(_MIXING, "cumsum", "col2im", "scatter_reduce", label="mixing linear map"),
+    _refuse("interpolates at positions computed from the data: no rule", "grid_sampler_2d", label="grid sample"),
+    _refuse("a product of many factors along an axis: no conservative rule", "prod", "cumprod", label="product"),
+    _refuse("distances between vectors (norms of differences): no LRP rule", "_cdist_forward", "_pdist_forward",
+            label="distances"),
+    _refuse("a Fourier transform to or from complex values: lrpfx explains real-valued graphs", "_fft_r2c",
+            "_fft_c2r", "_fft_c2c", label="fft"),
+    _refuse("sums or means of embedding rows by offsets: write it as an embedding lookup and a sum",
+            "_embedding_bag", label="embedding bag"),
+    _refuse("log-probabilities: explain the logits (select them with output=) or the softmax", "_log_softmax",
+            label="log_softmax"),
+    _refuse("bias + a @ b: the export front-end reads it as a linear layer where the matrix is a parameter "
+            "(GPT-2's Conv1D); a product of activations plus a bias has no rule", "addmm", label="addmm"),
+    _refuse("the export front-end reads it as aten.batch_norm when only its output is used; with its saved "
+            "statistics read it has no rule", "_native_batch_norm_legit_no_training", label="batch norm (fused)"),
+    _refuse("LayerNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.layer_norm, "
+            "which torch.export keeps", "native_layer_norm", label="layer norm (fused)"),
+    _refuse("group normalisation: no rule yet", "native_group_norm", label="group norm"),
+    _refuse(_TRAINING, "native_dropout", "_native_batch_norm_legit", label="training mode"),
+    _refuse(_BACKWARD, "_adaptive_avg_pool2d_backward", "avg_pool2d_backward", "convolution_backward",
+            "embedding_dense_backward", "max_pool2d_with_indices_backward", "native_group_norm_backward",
+            "native_layer_norm_backward", label="backward"),
+]
+
 # ---- rows matched by module class, function identity or method name ----------------------------------------------
 ROWS = [
     # affine layers
@@ -45,6 +120,7 @@ ROWS = [
     OpSpec(K.CONV, modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), read=read.conv_module, label="conv"),
     OpSpec(K.CONV, functions=(F.conv1d, F.conv2d, F.conv3d, aten.conv1d.default, aten.conv2d.default,
                               aten.conv3d.default), read=read.conv_call, label="conv"),
+    OpSpec(K.CONV, functions=(aten.convolution.default,), read=read.convolution, label="conv"),
     OpSpec(K.CONV_TRANSPOSE, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
            read=read.conv_transpose_module, label="conv_transpose"),
     OpSpec(K.CONV_TRANSPOSE, functions=(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
@@ -65,8 +141,10 @@ ROWS = [
     OpSpec(K.SOFTMAX, functions=(F.softmax, torch.softmax, aten.softmax.int, aten._softmax.default),
            methods=("softmax",), read=read.softmax_call, nonneg=True, label="softmax"),
     # activations
-    OpSpec(K.ACTIVATION, modules=(nn.ReLU, nn.ReLU6), functions=(F.relu, torch.relu, F.relu6, aten.relu.default),
+    OpSpec(K.ACTIVATION, modules=(nn.ReLU,), functions=(F.relu, torch.relu, aten.relu.default),
            methods=("relu",), read=read.activation_module, nonneg=True, relu=True, label="relu"),
+    OpSpec(K.ACTIVATION, modules=(nn.ReLU6,), functions=(F.relu6, aten.relu6.default), read=read.activation_module,
+           nonneg=True, relu=True, capped=True, label="relu6"),
     OpSpec(K.ACTIVATION, modules=(nn.Sigmoid, nn.Softplus, nn.Hardsigmoid),
            functions=(torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, aten.sigmoid.default,
                       aten.hardsigmoid.default, aten.softplus.default),
@@ -96,7 +174,8 @@ ROWS = [
     OpSpec(K.AVG_POOL, functions=(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
                                   F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d,
                                   aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
-                                  aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
+                                  aten.adaptive_avg_pool3d.default, aten._adaptive_avg_pool2d.default,
+                                  aten._adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
                                   aten.avg_pool3d.default), read=pooling.avg_pool_call, label="avg_pool"),
     OpSpec(K.MAX_POOL, modules=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                                 nn.AdaptiveMaxPool3d), read=pooling.max_pool_module, label="max_pool"),
@@ -104,6 +183,9 @@ ROWS = [
                                   F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d,
                                   torch.max_pool3d, aten.max_pool1d.default, aten.max_pool2d.default,
                                   aten.max_pool3d.default), read=pooling.max_pool_call, label="max_pool"),
+    # (values, indices): relevance goes to the winners by the op's own gradient
+    OpSpec(K.MAX_POOL, functions=(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default),
+           label="max_pool with indices"),
     OpSpec(K.REDUCE, functions=(torch.sum, torch.mean, aten.mean.dim, aten.sum.dim_IntList), methods=("sum", "mean"),
            label="sum"),
     # structure: reshapes (one input), then ops that move or copy elements of any number of inputs
@@ -111,39 +193,50 @@ ROWS = [
            functions=(torch.flatten, torch.reshape, torch.unflatten, aten.view.default, aten.reshape.default,
                       aten._unsafe_view.default, aten.flatten.using_ints, aten.unflatten.int, aten.reshape_as.default,
                       aten.view_as.default),
-           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"), reshape=True,
+           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"), reshape=True, view=True,
            label="reshape"),
     OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                                   nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
                                   nn.ReplicationPad2d, nn.ChannelShuffle, nn.Upsample, nn.PixelShuffle,
                                   nn.PixelUnshuffle), read=read.structural_module, label="structural"),
     OpSpec(K.STRUCTURAL, functions=(
-        torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
-        torch.squeeze, torch.unsqueeze, operator.getitem, torch.narrow, torch.index_select, torch.roll, torch.flip,
-        torch.movedim, torch.swapaxes, torch.hstack, torch.vstack, F.pixel_shuffle, F.pixel_unshuffle,
-        torch.channel_shuffle, torch.tensor_split, torch.gather, torch.repeat_interleave, torch.select,
-        aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim,
-        aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
-        aten.cat.default, aten.stack.default, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
-        aten.unbind.int, aten.narrow.default, aten.index_select.default, aten.gather.default, aten.roll.default,
-        aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.movedim.int,
-        aten.index.Tensor, aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
-        aten.expand_as.default),
-        methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "chunk", "split",
-                 "unbind", "narrow", "flip", "roll", "movedim", "__getitem__", "index_select", "gather",
-                 "tensor_split", "swapaxes", "t", "repeat_interleave", "select"), inputs=ANY, label="structural"),
+        torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+        operator.getitem, torch.narrow, torch.movedim, torch.swapaxes, torch.tensor_split, torch.select,
+        torch.diagonal, aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
+        aten.squeeze.dim, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
+        aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, aten.narrow.default, aten.movedim.int,
+        aten.tensor_split.sections, aten.diagonal.default, aten.as_strided.default),
+        methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "chunk", "split", "unbind", "narrow",
+                 "movedim", "__getitem__", "tensor_split", "swapaxes", "t", "select", "diagonal"), inputs=ANY,
+        view=True, label="view"),
+    OpSpec(K.STRUCTURAL, functions=(
+        torch.cat, torch.stack, torch.index_select, torch.roll, torch.flip, torch.hstack, torch.vstack,
+        F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, torch.gather, torch.repeat_interleave, torch.sort,
+        F.embedding, aten.cat.default, aten.stack.default, aten.index_select.default, aten.gather.default,
+        aten.roll.default, aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.index.Tensor,
+        aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.expand_as.default, aten.sort.default,
+        aten.embedding.default, aten.copy.default, aten.slice_scatter.default, aten.select_scatter.default,
+        aten.reflection_pad1d.default, aten.reflection_pad2d.default, aten.reflection_pad3d.default,
+        aten.replication_pad1d.default, aten.replication_pad2d.default, aten.replication_pad3d.default,
+        aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec),
+        methods=("expand_as", "repeat", "flip", "roll", "index_select", "gather", "repeat_interleave", "sort"),
+        inputs=ANY, label="copy"),
+    OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
+           read=read.index_put, inputs=ANY, label="index put"),
     # fills and constant pads may bring values of either sign; interpolation mixes elements
     OpSpec(K.STRUCTURAL, functions=(torch.masked_fill, torch.where, aten.masked_fill.Scalar, aten.pad.default,
-                                    aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
+                                    aten.constant_pad_nd.default, aten.where.self, torch.scatter, aten.scatter.src),
+           methods=("masked_fill", "where", "scatter"), keeps_sign=False,
            inputs=ANY, label="fill"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
     # writes the source's elements where the mask is set and keeps the others: a copy from two tensors
     OpSpec(K.STRUCTURAL, functions=(torch.masked_scatter, aten.masked_scatter.default), methods=("masked_scatter",),
            inputs=ANY, label="masked scatter"),
-    OpSpec(K.STRUCTURAL, functions=(F.interpolate,), copies=False, keeps_sign=False, inputs=ANY, label="interpolate"),
+    OpSpec(K.STRUCTURAL, functions=(F.interpolate, aten.upsample_bilinear2d.vec), copies=False, keeps_sign=False,
+           inputs=ANY, label="interpolate"),
     # products, bilinear and elementwise
-    OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
-           methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
+    OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, torch.mm, operator.matmul, aten.matmul.default,
+                                aten.bmm.default, aten.mm.default), methods=("matmul", "bmm", "mm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
     # arithmetic
     OpSpec(K.ADD, functions=(operator.add, torch.add, operator.iadd, aten.add.Tensor), methods=("add",),
            read=read.add, inputs=ANY, label="add"),
@@ -165,9 +258,12 @@ NAMED_ACTIVATION = OpSpec(K.ACTIVATION, read=read.activation_module, label="acti
 class Registry:
     """Rows indexed by spelling. Rows registered by users are looked up before lrpfx's own."""
 
-    def __init__(self, rows: Sequence[OpSpec], name_rows: Sequence[OpSpec]):
+    def __init__(self, rows: Sequence[OpSpec], name_rows: Sequence[OpSpec], constant_rows: Sequence[OpSpec] = (),
+                 refused_rows: Sequence[OpSpec] = ()):
         self.user: List[OpSpec] = []
         self._layers = [_Index([]), _Index(name_rows), _Index(rows)]
+        self._constants, self._refused = _Index(constant_rows), _Index(refused_rows)
+        self.rows = tuple(name_rows) + tuple(rows)
 
     def add(self, row: OpSpec) -> None:
         self.user.insert(0, row)
@@ -198,6 +294,14 @@ class Registry:
             found.append(NAMED_ACTIVATION)
         return found
 
+    def constant(self, op: str, target, name: str) -> Optional[OpSpec]:
+        """The row saying a node's value carries no relevance by design (a shape, an index, a statistic)."""
+        return _first(self._constants, op, target, name)
+
+    def refusal(self, op: str, target, name: str) -> Optional[OpSpec]:
+        """The row saying why lrpfx has no rule for an op by design, or None."""
+        return _first(self._refused, op, target, name)
+
     def modules(self) -> tuple:
         """Module classes of users' rows: tracing keeps them whole."""
         return tuple(cls for row in self.user for cls in row.modules)
@@ -205,6 +309,18 @@ class Registry:
     def functions(self) -> tuple:
         """Plain Python functions of users' rows: tracing records them as one call."""
         return tuple(f for row in self.user for f in row.functions if not isinstance(f, torch._ops.OpOverload))
+
+
+def _first(index: "_Index", op: str, target, name: str) -> Optional[OpSpec]:
+    if op not in ("call_function", "call_method"):
+        return None
+    named = index.by_name.get(name)
+    if named:
+        return named[0]
+    try:
+        return index.by_function.get(function_key(target)) if op == "call_function" else index.by_method.get(name)
+    except TypeError:  # an unhashable target
+        return None
 
 
 class _Index:
@@ -222,7 +338,7 @@ class _Index:
             self.modules.extend((cls, row) for cls in row.modules)
 
 
-REGISTRY = Registry(ROWS, NAME_ROWS)
+REGISTRY = Registry(ROWS, NAME_ROWS, CONSTANT_ROWS, REFUSED_ROWS)
 _ACTIVATION_MODULES = tuple(cls for row in ROWS if row.kind == K.ACTIVATION for cls in row.modules)
 
 
