@@ -96,8 +96,8 @@ def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
     if not isinstance(output.args[0], fx.Node) or output.args[0].op == "placeholder":
         return None
     pieces = [p for p in traced.graph.nodes if p.op == "call_function"]
-    if len(pieces) == 1 and op_name(pieces[0]) == op_name(n):
-        return None  # nothing to decompose: it is its own Core ATen op
+    if len(pieces) == 1 and pieces[0].target is n.target:
+        return None  # nothing to decompose: it is its own Core ATen op (a torch function may become its ATen op)
     return traced
 
 

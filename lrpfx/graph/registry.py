@@ -47,7 +47,7 @@ SCALAR = "a Python number read out of a tensor: a control value"
 CONSTANT_ROWS = [
     OpSpec(K.UNKNOWN, names=("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like",
                              "ones_like", "full_like", "empty_like", "size", "sym_size", "sym_numel", "sym_stride",
-                             "sym_storage_offset", "numel", "empty", "empty_strided", "empty_permuted", "full",
+                             "sym_storage_offset", "sym_is_contiguous", "numel", "empty", "empty_strided", "empty_permuted", "full",
                              "zeros", "ones", "arange", "scalar_tensor", "fill", "rand_like", "randn_like",
                              "randint_like"), constant=SHAPE_ONLY, label="shape only"),
     OpSpec(K.UNKNOWN, names=("eq", "ne", "lt", "le", "gt", "ge", "isinf", "isnan", "isfinite", "isneginf",
@@ -106,6 +106,8 @@ REFUSED_ROWS = [
     _refuse("LayerNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.layer_norm, "
             "which torch.export keeps", "native_layer_norm", label="layer norm (fused)"),
     _refuse("group normalisation: no rule yet", "native_group_norm", label="group norm"),
+    _refuse("resizes a tensor in place (its elements are undefined): write the tensor a model computes",
+            "resize_", label="resize"),
     _refuse(_TRAINING, "native_dropout", "_native_batch_norm_legit", label="training mode"),
     _refuse(_BACKWARD, "_adaptive_avg_pool2d_backward", "avg_pool2d_backward", "convolution_backward",
             "embedding_dense_backward", "max_pool2d_with_indices_backward", "native_group_norm_backward",
@@ -355,7 +357,7 @@ Spelling = Union[type, Callable, str]
 
 
 def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = False, zero_at_zero: bool = True,
-                relu: bool = False, read: Optional[Callable] = None) -> OpSpec:
+                relu: bool = False, read: Optional[Callable] = None, inputs: str = SINGLE) -> OpSpec:
     """Teach lrpfx an op of your own: a module class, a function (or ATen overload) or a Tensor method name,
     and its ``kind`` (``"activation"``, ``"identity"``, ``"structural"``, ``"linear"`` ...). Returns the row;
     :func:`unregister_op` removes it. Rows you register win over lrpfx's own.
@@ -363,11 +365,17 @@ def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = Fal
     Tracing keeps a registered module whole and records a registered function as one call, so its rule sees
     the op's input and output. ``nonneg``: the output is never negative; ``zero_at_zero``: ``f(0) = 0``;
     ``relu``: it is ``max(x, 0)``. A kind whose rules need more (a weight, a layer spec) needs ``read``.
+    ``inputs``: which arguments may carry relevance: ``"single"`` (the first argument, and only it), ``"first"``
+    (the first, others may too) or ``"any"`` (an op of several inputs, e.g. a copy from two tensors under
+    ``kind="structural"``, whose relevance is routed back to every input by the op's own gradient).
     """
     try:
         kind = Kind(kind)
     except ValueError:
         raise RuleError(f"unknown op kind {kind!r}; one of: {', '.join(k.value for k in Kind)}") from None
+    if inputs not in (SINGLE, FIRST, ANY):
+        raise RuleError(f"register_op(inputs={inputs!r}): one of 'single' (the first argument is the only one "
+                        "carrying relevance), 'first' or 'any' (an op of several inputs)")
     modules = tuple(s for s in spellings if isinstance(s, type) and issubclass(s, nn.Module))
     methods = tuple(s for s in spellings if isinstance(s, str))
     functions = tuple(s for s in spellings if callable(s) and s not in modules)
@@ -381,7 +389,7 @@ def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = Fal
                         "(see lrpfx.graph.readers), or register it as 'activation', 'identity' or 'structural' and "
                         "give it a rule of your own")
     row = OpSpec(kind, modules=modules, functions=functions, methods=methods, nonneg=nonneg,
-                 zero_at_zero=zero_at_zero, relu=relu, read=read, label=_label(spellings[0]))
+                 zero_at_zero=zero_at_zero, relu=relu, read=read, inputs=inputs, label=_label(spellings[0]))
     REGISTRY.add(row)
     return row
 
