@@ -158,6 +158,7 @@ class OpSpec:
     inputs: str = "single"  # "single": the first argument is the only activation; "first": it is one; "any"
     label: str = ""  # a name for messages and the registry listing
     view: bool = False  # the output is a view of the first argument (an in-place op on it changes its base)
+    parametrised: bool = False  # a module's one op that reads its parameters (a Linear's linear, an Embedding's)
     capped: bool = False  # a ReLU whose output is capped (ReLU6, hardtanh): not exactly max(x, 0)
     constant: str = ""  # its value carries no relevance by design, and why (a shape, a statistic, an index)
     refusal: str = ""  # no rule by design, and why: lrpfx names the op and this reason instead of guessing

@@ -25,14 +25,12 @@ from ..errors import UnsupportedOpError
 from ..graph.analyses import constant_by_design
 from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import op_name
+from ..graph.registry import REGISTRY
 from .fx import source_line
 
 aten = torch.ops.aten
 
 # ---- ATen in-place ops ------------------------------------------------------------------------------------------
-_ATEN_VIEW_NAMES = {"view", "_unsafe_view", "reshape", "slice", "select", "transpose", "t", "permute", "unsqueeze",
-                    "squeeze", "expand", "alias", "as_strided", "narrow", "diagonal", "unfold", "view_as",
-                    "expand_as", "unflatten", "flatten", "split", "chunk", "unbind", "split_with_sizes"}
 
 
 def _out_of_place(target) -> Optional[torch._ops.OpOverload]:
@@ -62,8 +60,7 @@ def functionalize_aten_inplace(gm: fx.GraphModule) -> bool:
             continue
         target = n.args[0]
         chain = [target]
-        while chain[-1].op == "call_function" and (op_name(chain[-1]) in _ATEN_VIEW_NAMES or
-                                                   chain[-1].target is operator.getitem) \
+        while chain[-1].op == "call_function" and REGISTRY.is_view(chain[-1]) \
                 and chain[-1].args and isinstance(chain[-1].args[0], fx.Node):
             chain.append(chain[-1].args[0])
         if len(chain) > 1:

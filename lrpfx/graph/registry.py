@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import RuleError
 from . import pooling, readers as read
 from ..kinds import Kind, OpSpec
+from .nodes import op_name
 from .ops import canonical_name, function_key
 
 aten = torch.ops.aten
@@ -76,9 +77,9 @@ _TRAINING = "a training-mode op: explain the model in eval mode (model.eval())"
 _BACKWARD = "a backward op: it appears in training graphs only, never in a model's forward"
 
 
-def _refuse(reason: str, *ops, label: str = "") -> OpSpec:
+def _refuse(reason: str, *ops, label: str = "", parametrised: bool = False) -> OpSpec:
     return OpSpec(K.UNKNOWN, functions=tuple(getattr(aten, op) for op in ops), refusal=reason,
-                  label=label or ops[0])
+                  label=label or ops[0], parametrised=parametrised)
 
 
 REFUSED_ROWS = [
@@ -100,12 +101,14 @@ REFUSED_ROWS = [
     _refuse("log-probabilities: explain the logits (select them with output=) or the softmax", "_log_softmax",
             label="log_softmax"),
     _refuse("bias + a @ b: the export front-end reads it as a linear layer where the matrix is a parameter "
-            "(GPT-2's Conv1D); a product of activations plus a bias has no rule", "addmm", label="addmm"),
+            "(GPT-2's Conv1D); a product of activations plus a bias has no rule", "addmm", label="addmm",
+            parametrised=True),
     _refuse("the export front-end reads it as aten.batch_norm when only its output is used; with its saved "
             "statistics read it has no rule", "_native_batch_norm_legit_no_training", label="batch norm (fused)"),
     _refuse("LayerNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.layer_norm, "
             "which torch.export keeps", "native_layer_norm", label="layer norm (fused)"),
-    _refuse("group normalisation: no rule yet", "native_group_norm", label="group norm"),
+    _refuse("group normalisation: no rule yet", "group_norm", "native_group_norm", label="group norm",
+            parametrised=True),
     _refuse("resizes a tensor in place (its elements are undefined): write the tensor a model computes",
             "resize_", label="resize"),
     _refuse(_TRAINING, "native_dropout", "_native_batch_norm_legit", label="training mode"),
@@ -118,27 +121,27 @@ REFUSED_ROWS = [
 ROWS = [
     # affine layers
     OpSpec(K.LINEAR, modules=(nn.Linear,), read=read.linear_module, label="linear"),
-    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear"),
+    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear", parametrised=True),
     OpSpec(K.CONV, modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), read=read.conv_module, label="conv"),
     OpSpec(K.CONV, functions=(F.conv1d, F.conv2d, F.conv3d, aten.conv1d.default, aten.conv2d.default,
-                              aten.conv3d.default), read=read.conv_call, label="conv"),
-    OpSpec(K.CONV, functions=(aten.convolution.default,), read=read.convolution, label="conv"),
+                              aten.conv3d.default), read=read.conv_call, label="conv", parametrised=True),
+    OpSpec(K.CONV, functions=(aten.convolution.default,), read=read.convolution, label="conv", parametrised=True),
     OpSpec(K.CONV_TRANSPOSE, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
            read=read.conv_transpose_module, label="conv_transpose"),
     OpSpec(K.CONV_TRANSPOSE, functions=(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                                         aten.conv_transpose1d.default, aten.conv_transpose2d.input,
                                         aten.conv_transpose3d.input), read=read.conv_transpose_call,
-           label="conv_transpose"),
+           label="conv_transpose", parametrised=True),
     # normalisations
     OpSpec(K.BATCHNORM, modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), read=read.batchnorm_module,
            label="batchnorm"),
     OpSpec(K.BATCHNORM, functions=(F.batch_norm,), read=read.batchnorm_call, label="batchnorm"),
-    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm"),
+    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm", parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.LayerNorm,), read=read.layer_norm_module, label="layer_norm"),
     OpSpec(K.LAYER_NORM, functions=(F.layer_norm, aten.layer_norm.default), read=read.layer_norm_call,
-           label="layer_norm"),
+           label="layer_norm", parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.RMSNorm,), read=read.rms_norm_module, label="rms_norm"),
-    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call, label="rms_norm"),
+    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call, label="rms_norm", parametrised=True),
     OpSpec(K.SOFTMAX, modules=(nn.Softmax,), read=read.softmax_module, nonneg=True, label="softmax"),
     OpSpec(K.SOFTMAX, functions=(F.softmax, torch.softmax, aten.softmax.int, aten._softmax.default),
            methods=("softmax",), read=read.softmax_call, nonneg=True, label="softmax"),
@@ -166,10 +169,12 @@ ROWS = [
                                 nn.FeatureAlphaDropout),
            functions=(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout, F.alpha_dropout, torch.clone,
                       torch.Tensor.contiguous, aten.dropout.default, aten.clone.default, aten.contiguous.default,
-                      aten.alias.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
-                      aten.detach.default, aten.type_as.default, aten.feature_dropout.default, aten.to.other),
-           methods=("contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as"),
+                      aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
+                      aten.type_as.default, aten.feature_dropout.default, aten.to.other),
+           methods=("contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as"),
            label="identity"),
+    OpSpec(K.IDENTITY, functions=(torch.detach, aten.alias.default, aten.detach.default), methods=("detach",),
+           view=True, label="alias"),
     # pooling and sums
     OpSpec(K.AVG_POOL, modules=(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                                 nn.AdaptiveAvgPool3d), read=pooling.avg_pool_module, label="avg_pool"),
@@ -207,22 +212,26 @@ ROWS = [
         torch.diagonal, aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
         aten.squeeze.dim, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
         aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, aten.narrow.default, aten.movedim.int,
-        aten.tensor_split.sections, aten.diagonal.default, aten.as_strided.default),
+        aten.tensor_split.sections, aten.diagonal.default, aten.as_strided.default, aten.expand_as.default),
         methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "chunk", "split", "unbind", "narrow",
-                 "movedim", "__getitem__", "tensor_split", "swapaxes", "t", "select", "diagonal"), inputs=ANY,
+                 "movedim", "__getitem__", "tensor_split", "swapaxes", "t", "select", "diagonal", "expand_as"),
+        inputs=ANY,
         view=True, label="view"),
     OpSpec(K.STRUCTURAL, functions=(
         torch.cat, torch.stack, torch.index_select, torch.roll, torch.flip, torch.hstack, torch.vstack,
         F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, torch.gather, torch.repeat_interleave, torch.sort,
-        F.embedding, aten.cat.default, aten.stack.default, aten.index_select.default, aten.gather.default,
+        aten.cat.default, aten.stack.default, aten.index_select.default, aten.gather.default,
         aten.roll.default, aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.index.Tensor,
-        aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.expand_as.default, aten.sort.default,
-        aten.embedding.default, aten.copy.default, aten.slice_scatter.default, aten.select_scatter.default,
+        aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.sort.default,
+        aten.copy.default, aten.slice_scatter.default, aten.select_scatter.default,
         aten.reflection_pad1d.default, aten.reflection_pad2d.default, aten.reflection_pad3d.default,
         aten.replication_pad1d.default, aten.replication_pad2d.default, aten.replication_pad3d.default,
         aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec),
-        methods=("expand_as", "repeat", "flip", "roll", "index_select", "gather", "repeat_interleave", "sort"),
+        methods=("repeat", "flip", "roll", "index_select", "gather", "repeat_interleave", "sort"),
         inputs=ANY, label="copy"),
+    # rows of a table that is itself an activation (a lookup of token ids is an embedding, where relevance stops)
+    OpSpec(K.STRUCTURAL, functions=(F.embedding, aten.embedding.default), inputs=ANY, parametrised=True,
+           label="embedding lookup"),
     OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
            read=read.index_put, inputs=ANY, label="index put"),
     # fills and constant pads may bring values of either sign; interpolation mixes elements
@@ -237,8 +246,10 @@ ROWS = [
     OpSpec(K.STRUCTURAL, functions=(F.interpolate, aten.upsample_bilinear2d.vec), copies=False, keeps_sign=False,
            inputs=ANY, label="interpolate"),
     # products, bilinear and elementwise
-    OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, torch.mm, operator.matmul, aten.matmul.default,
-                                aten.bmm.default, aten.mm.default), methods=("matmul", "bmm", "mm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
+    OpSpec(K.MATMUL, functions=(torch.mm, aten.mm.default), methods=("mm",), read=read.matmul, inputs=ANY,
+           parametrised=True, label="matmul"),  # a module's x @ W (the export front-end makes it a linear layer)
+    OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
+           methods=("matmul", "bmm", "__matmul__"), read=read.matmul, inputs=ANY, label="matmul"),
     # arithmetic
     OpSpec(K.ADD, functions=(operator.add, torch.add, operator.iadd, aten.add.Tensor), methods=("add",),
            read=read.add, inputs=ANY, label="add"),
@@ -303,6 +314,25 @@ class Registry:
     def refusal(self, op: str, target, name: str) -> Optional[OpSpec]:
         """The row saying why lrpfx has no rule for an op by design, or None."""
         return _first(self._refused, op, target, name)
+
+    def own_rows(self, n) -> List[OpSpec]:
+        """lrpfx's own rows that may describe a call node (``call_function`` / ``call_method``), users' aside."""
+        if n.op not in ("call_function", "call_method"):
+            return []
+        return [row for row in self.candidates(n.op, n.target, op_name(n), None) if row not in self.user]
+
+    def is_parametrised(self, n) -> bool:
+        """Whether a node is the one op of a module that reads the module's parameters (a Linear's linear)."""
+        return any(row.parametrised for row in self.own_rows(n)) or (
+            self.refusal(n.op, n.target, op_name(n)) or OpSpec(K.UNKNOWN)).parametrised
+
+    def is_view(self, n) -> bool:
+        """Whether a node's result is a view of its first argument (writing into it writes into its base)."""
+        return any(row.view for row in self.own_rows(n))
+
+    def modules_of(self, kind: Kind) -> tuple:
+        """The module classes of lrpfx's rows of one kind (``nn.MaxPool2d``, ... for ``max_pool``)."""
+        return tuple(cls for row in self.rows if row.kind == kind for cls in row.modules)
 
     def modules(self) -> tuple:
         """Module classes of users' rows: tracing keeps them whole."""
