@@ -167,3 +167,18 @@ def test_register_op_takes_ops_of_several_inputs():
 def test_register_op_names_the_inputs_it_takes():
     with pytest.raises(lrpfx.RuleError, match="'single'.*'first'.*'any'"):
         lrpfx.register_op(interleave, kind="structural", inputs="two")
+
+
+class Cumulative(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return torch.cumsum(self.a(x), -1)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_refusal_gives_its_reason(frontend):
+    with pytest.raises(lrpfx.UnsupportedOpError, match="cumsum.*by design: a linear map that mixes elements"):
+        lrpfx.Explainer(build(Cumulative), "zero", frontend=frontend)(randn(2, 4), target=torch.tensor([0, 1]))

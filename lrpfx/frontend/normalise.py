@@ -169,11 +169,9 @@ def decompose_baddbmm(gm: fx.GraphModule) -> bool:
 
 
 # ---- spelled-out activations ----------------------------------------------------------------------------------
-_POINTWISE_NAMES = {
-    "add", "sub", "rsub", "mul", "div", "truediv", "true_divide", "pow", "tanh", "sigmoid", "exp", "log", "log1p",
-    "expm1", "erf", "erfc", "neg", "relu", "gelu", "silu", "mish", "softplus", "sqrt", "rsqrt", "reciprocal", "abs",
-    "square", "sin", "cos", "clamp", "clamp_min", "clamp_max", "clip", "to", "_to_copy", "float", "double",
-    "hardtanh", "leaky_relu", "elu", "selu", "celu", "hardswish", "hardsigmoid", "logsigmoid", "softsign"}
+def _pointwise(n: fx.Node) -> bool:
+    """An elementwise call, as registry rows say (``OpSpec.pointwise``)."""
+    return n.op in ("call_function", "call_method") and REGISTRY.is_pointwise(n)
 
 
 class SpelledActivation(nn.Module):
@@ -209,7 +207,7 @@ def _tensor_meta(n: fx.Node):
 
 def _elementwise_of(n: fx.Node, root: Dict[fx.Node, Optional[fx.Node]]) -> Optional[fx.Node]:
     """The one tensor ``n`` is an elementwise function of (through earlier pointwise nodes), or None."""
-    if n.op not in ("call_function", "call_method") or op_name(n) not in _POINTWISE_NAMES:
+    if not _pointwise(n):
         return None
     sources = set()
     for a in n.all_input_nodes:
@@ -233,7 +231,7 @@ def collapse_spelled_activations(gm: fx.GraphModule) -> bool:
     for n in gm.graph.nodes:
         source = _elementwise_of(n, root)
         if source is None:
-            if n.op in ("call_function", "call_method") and op_name(n) in _POINTWISE_NAMES:
+            if _pointwise(n):
                 root[n] = None
             continue
         root[n] = source

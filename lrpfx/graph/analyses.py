@@ -15,20 +15,17 @@ from ..errors import unmatched_pattern
 from .nodes import call_arg, node_path, op_name
 from .readers import SHAPED_LIKE_NAMES, exponent
 from .recurrent import is_recurrent
-from .registry import REGISTRY, STATISTIC
+from .by_design import STATISTIC
+from .registry import REGISTRY
 
 aten = torch.ops.aten
 
 _EMBEDDING_FUNCTIONS = {torch.nn.functional.embedding: 1, aten.embedding.default: 0}  # -> position of the weight
-_ID_PRESERVING_NAMES = {"to", "_to_copy", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
-                        "contiguous", "clone", "alias", "long", "int", "flatten", "type_as", "detach"}
 _NORMALISER_NAMES = {"rsqrt", "sqrt", "reciprocal"}  # of a statistic: 1/sigma-like values
 _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
 _THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
 # a mixture-of-experts router: top-k of gate probabilities
 _ROUTER_SCORE_NAMES = {"softmax", "_softmax", "sigmoid"}
-_PASS_THROUGH_NAMES = {"to", "_to_copy", "float", "double", "type_as", "contiguous", "clone", "view", "reshape",
-                       "_unsafe_view", "alias"}
 
 
 def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
@@ -93,7 +90,7 @@ def is_routing(n: fx.Node) -> bool:
             return False
         if op_name(source) in _ROUTER_SCORE_NAMES:
             return True
-        if op_name(source) not in _PASS_THROUGH_NAMES or not source.args:
+        if not REGISTRY.passes_values(source) or not source.args:
             return False
         source = source.args[0]
     return False
@@ -185,7 +182,7 @@ def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
     for _ in range(8):  # through .to(), .view() and friends: ops that keep the ids' values
         if not isinstance(indices, fx.Node) or indices.op == "placeholder":
             break
-        if op_name(indices) not in _ID_PRESERVING_NAMES:
+        if not REGISTRY.passes_values(indices):
             return None  # e.g. positions from arange(size(ids)): depend on the ids' shape, not their values
         indices = indices.args[0] if indices.args else None
     return indices if isinstance(indices, fx.Node) and indices.op == "placeholder" else None

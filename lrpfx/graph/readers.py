@@ -382,7 +382,8 @@ def mul(info: NodeInfo, call: Call) -> bool:
 def div(info: NodeInfo, call: Call) -> bool:
     """An activation divided by a constant scales it; other quotients (and rounding divisions) are unknown."""
     operands = list(call.node.args[:2])
-    return call.arg(2, "rounding_mode") is None and len(operands) == 2 and not call.is_constant(operands[0]) and call.is_constant(operands[1])
+    return call.arg(2, "rounding_mode") is None and len(operands) == 2 and not call.is_constant(operands[0]) \
+        and call.is_constant(operands[1])
 
 
 def matmul(info: NodeInfo, call: Call) -> bool:

@@ -17,6 +17,7 @@ from ..errors import RuleError
 from . import pooling, readers as read
 from ..kinds import Kind, OpSpec
 from .nodes import op_name
+from .by_design import CONSTANT_ROWS, REFUSED_ROWS
 from .ops import canonical_name, function_key
 
 aten = torch.ops.aten
@@ -38,90 +39,12 @@ NAME_ROWS = [
     OpSpec(K.IDENTITY, names=("stochastic_depth",), read=read.eval_identity, label="stochastic depth (eval)"),
 ]
 
-# ---- values that carry no relevance by design (matched by bare name; see analyses.constant_by_design) -------------
-SHAPE_ONLY = "depends on a tensor's shape, dtype or device only, never on its values"
-INDEX = "a boolean or integer result (a mask, an index, a count): it selects, it carries no relevance"
-RANDOM = "random numbers: independent of the input's values"
-STATISTIC = "a statistic: a normalisation is explained with its scale held fixed"
-SCALAR = "a Python number read out of a tensor: a control value"
-
-CONSTANT_ROWS = [
-    OpSpec(K.UNKNOWN, names=("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like",
-                             "ones_like", "full_like", "empty_like", "size", "sym_size", "sym_numel", "sym_stride",
-                             "sym_storage_offset", "sym_is_contiguous", "numel", "empty", "empty_strided", "empty_permuted", "full",
-                             "zeros", "ones", "arange", "scalar_tensor", "fill", "rand_like", "randn_like",
-                             "randint_like"), constant=SHAPE_ONLY, label="shape only"),
-    OpSpec(K.UNKNOWN, names=("eq", "ne", "lt", "le", "gt", "ge", "isinf", "isnan", "isfinite", "isneginf",
-                             "isposinf", "logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
-                             "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift",
-                             "bitwise_right_shift", "any", "all", "argmax", "argmin", "argsort", "nonzero",
-                             "searchsorted", "bucketize", "unique", "bincount"), constant=INDEX,
-           label="mask or index"),
-    OpSpec(K.UNKNOWN, names=("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal",
-                             "uniform", "poisson"), constant=RANDOM, label="random"),
-    OpSpec(K.UNKNOWN, names=("var", "std", "var_mean", "std_mean", "norm", "vector_norm", "linalg_vector_norm"),
-           constant=STATISTIC, label="statistic"),
-    OpSpec(K.UNKNOWN, names=("_local_scalar_dense", "item"), constant=SCALAR, label="scalar"),
-]
-
-# ---- ops lrpfx refuses by design, with the reason its error and docs/ops.md give -----------------------------------
-_ELEMENTWISE = ("an elementwise function outside an activation layer: whether relevance passes through it (an "
-                "activation: Pass()) or stops there (a gate, a scale: hold it constant) depends on its role in the "
-                "model, so lrpfx asks: assign a rule by name")
-_PIECEWISE = ("piecewise constant (a rounding, a quantiser): its gradient is zero almost everywhere, yet its value "
-              "follows the input: assign Pass() by name to pass relevance through, or hold it constant")
-_TWO_INPUTS = ("an elementwise function of two tensors that is neither a sum nor a product: assign Gradient() by "
-               "name (max/min: the winner takes the relevance)")
-_MIXING = "a linear map that mixes elements (each output a weighted sum of several inputs, not a copy): no rule yet"
-_TRAINING = "a training-mode op: explain the model in eval mode (model.eval())"
-_BACKWARD = "a backward op: it appears in training graphs only, never in a model's forward"
-
-
-def _refuse(reason: str, *ops, label: str = "", parametrised: bool = False) -> OpSpec:
-    return OpSpec(K.UNKNOWN, functions=tuple(getattr(aten, op) for op in ops), refusal=reason,
-                  label=label or ops[0], parametrised=parametrised)
-
-
-REFUSED_ROWS = [
-    _refuse(_ELEMENTWISE, "abs", "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "erf", "erfc",
-            "erfinv", "exp", "exp2", "expm1", "log", "log10", "log1p", "log2", "reciprocal", "rsqrt", "sin",
-            "sinh", "sqrt", "tan", "digamma", "lgamma", label="elementwise function"),
-    _refuse(_PIECEWISE, "round", "floor", "ceil", "trunc", "sign", label="piecewise constant"),
-    _refuse("a sawtooth (x - c·floor(x/c)): no rule", "fmod", "remainder", "frac", label="remainder"),
-    _refuse(_TWO_INPUTS, "maximum", "minimum", "fmax", "fmin", "atan2", "hypot", label="elementwise of two"),
-    _refuse(_MIXING, "cumsum", "col2im", "scatter_reduce", label="mixing linear map"),
-    _refuse("interpolates at positions computed from the data: no rule", "grid_sampler_2d", label="grid sample"),
-    _refuse("a product of many factors along an axis: no conservative rule", "prod", "cumprod", label="product"),
-    _refuse("distances between vectors (norms of differences): no LRP rule", "_cdist_forward", "_pdist_forward",
-            label="distances"),
-    _refuse("a Fourier transform to or from complex values: lrpfx explains real-valued graphs", "_fft_r2c",
-            "_fft_c2r", "_fft_c2c", label="fft"),
-    _refuse("sums or means of embedding rows by offsets: write it as an embedding lookup and a sum",
-            "_embedding_bag", label="embedding bag"),
-    _refuse("log-probabilities: explain the logits (select them with output=) or the softmax", "_log_softmax",
-            label="log_softmax"),
-    _refuse("bias + a @ b: the export front-end reads it as a linear layer where the matrix is a parameter "
-            "(GPT-2's Conv1D); a product of activations plus a bias has no rule", "addmm", label="addmm",
-            parametrised=True),
-    _refuse("the export front-end reads it as aten.batch_norm when only its output is used; with its saved "
-            "statistics read it has no rule", "_native_batch_norm_legit_no_training", label="batch norm (fused)"),
-    _refuse("LayerNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.layer_norm, "
-            "which torch.export keeps", "native_layer_norm", label="layer norm (fused)"),
-    _refuse("group normalisation: no rule yet", "group_norm", "native_group_norm", label="group norm",
-            parametrised=True),
-    _refuse("resizes a tensor in place (its elements are undefined): write the tensor a model computes",
-            "resize_", label="resize"),
-    _refuse(_TRAINING, "native_dropout", "_native_batch_norm_legit", label="training mode"),
-    _refuse(_BACKWARD, "_adaptive_avg_pool2d_backward", "avg_pool2d_backward", "convolution_backward",
-            "embedding_dense_backward", "max_pool2d_with_indices_backward", "native_group_norm_backward",
-            "native_layer_norm_backward", label="backward"),
-]
-
 # ---- rows matched by module class, function identity or method name ----------------------------------------------
 ROWS = [
     # affine layers
     OpSpec(K.LINEAR, modules=(nn.Linear,), read=read.linear_module, label="linear"),
-    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear", parametrised=True),
+    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear",
+           parametrised=True),
     OpSpec(K.CONV, modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), read=read.conv_module, label="conv"),
     OpSpec(K.CONV, functions=(F.conv1d, F.conv2d, F.conv3d, aten.conv1d.default, aten.conv2d.default,
                               aten.conv3d.default), read=read.conv_call, label="conv", parametrised=True),
@@ -136,12 +59,14 @@ ROWS = [
     OpSpec(K.BATCHNORM, modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), read=read.batchnorm_module,
            label="batchnorm"),
     OpSpec(K.BATCHNORM, functions=(F.batch_norm,), read=read.batchnorm_call, label="batchnorm"),
-    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm", parametrised=True),
+    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm",
+           parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.LayerNorm,), read=read.layer_norm_module, label="layer_norm"),
     OpSpec(K.LAYER_NORM, functions=(F.layer_norm, aten.layer_norm.default), read=read.layer_norm_call,
            label="layer_norm", parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.RMSNorm,), read=read.rms_norm_module, label="rms_norm"),
-    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call, label="rms_norm", parametrised=True),
+    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call,
+           label="rms_norm", parametrised=True),
     OpSpec(K.SOFTMAX, modules=(nn.Softmax,), read=read.softmax_module, nonneg=True, label="softmax"),
     OpSpec(K.SOFTMAX, functions=(F.softmax, torch.softmax, aten.softmax.int, aten._softmax.default),
            methods=("softmax",), read=read.softmax_call, nonneg=True, label="softmax"),
@@ -171,7 +96,8 @@ ROWS = [
                       torch.Tensor.contiguous, aten.dropout.default, aten.clone.default, aten.contiguous.default,
                       aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
                       aten.type_as.default, aten.feature_dropout.default, aten.to.other),
-           methods=("contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as"),
+           methods=("contiguous", "clone", "float", "double", "half", "bfloat16", "long", "int", "to", "type_as"),
+           elementwise=True,
            label="identity"),
     OpSpec(K.IDENTITY, functions=(torch.detach, aten.alias.default, aten.detach.default), methods=("detach",),
            view=True, label="alias"),
@@ -197,23 +123,24 @@ ROWS = [
            label="sum"),
     # structure: reshapes (one input), then ops that move or copy elements of any number of inputs
     OpSpec(K.STRUCTURAL, modules=(nn.Flatten, nn.Unflatten),
-           functions=(torch.flatten, torch.reshape, torch.unflatten, aten.view.default, aten.reshape.default,
+           functions=(torch.flatten, torch.reshape, torch.unflatten, torch.squeeze, torch.unsqueeze,
+                      aten.squeeze.dim, aten.unsqueeze.default, aten.view.default, aten.reshape.default,
                       aten._unsafe_view.default, aten.flatten.using_ints, aten.unflatten.int, aten.reshape_as.default,
                       aten.view_as.default),
-           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"), reshape=True, view=True,
+           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "squeeze", "unsqueeze"),
+           reshape=True, view=True,
            label="reshape"),
     OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                                   nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
                                   nn.ReplicationPad2d, nn.ChannelShuffle, nn.Upsample, nn.PixelShuffle,
                                   nn.PixelUnshuffle), read=read.structural_module, label="structural"),
     OpSpec(K.STRUCTURAL, functions=(
-        torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
-        operator.getitem, torch.narrow, torch.movedim, torch.swapaxes, torch.tensor_split, torch.select,
-        torch.diagonal, aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default,
-        aten.squeeze.dim, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
+        torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose, operator.getitem, torch.narrow,
+        torch.movedim, torch.swapaxes, torch.tensor_split, torch.select, torch.diagonal, aten.permute.default,
+        aten.transpose.int, aten.t.default, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
         aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, aten.narrow.default, aten.movedim.int,
         aten.tensor_split.sections, aten.diagonal.default, aten.as_strided.default, aten.expand_as.default),
-        methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "chunk", "split", "unbind", "narrow",
+        methods=("permute", "transpose", "expand", "chunk", "split", "unbind", "narrow",
                  "movedim", "__getitem__", "tensor_split", "swapaxes", "t", "select", "diagonal", "expand_as"),
         inputs=ANY,
         view=True, label="view"),
@@ -325,6 +252,15 @@ class Registry:
         """Whether a node is the one op of a module that reads the module's parameters (a Linear's linear)."""
         return any(row.parametrised for row in self.own_rows(n)) or (
             self.refusal(n.op, n.target, op_name(n)) or OpSpec(K.UNKNOWN)).parametrised
+
+    def is_pointwise(self, n) -> bool:
+        """Whether a call is elementwise (an activation, a sum, a cast, ``exp``: see ``OpSpec.pointwise``)."""
+        refused = self.refusal(n.op, n.target, op_name(n))
+        return any(row.pointwise for row in self.own_rows(n)) or (refused is not None and refused.pointwise)
+
+    def passes_values(self, n) -> bool:
+        """Whether a call keeps every element of its first argument: a copy, a cast or a reshape."""
+        return any(row.kind == K.IDENTITY or row.reshape for row in self.own_rows(n))
 
     def is_view(self, n) -> bool:
         """Whether a node's result is a view of its first argument (writing into it writes into its base)."""
