@@ -137,6 +137,25 @@ def test_core_aten_copies_are_copies(frontend):
     assert_lrp0_is_gradient_times_input(build(CoreCopies), randn(2, 4), frontend)
 
 
+class PoolWithIndices(nn.Module):
+    """Max pooling that returns its indices (``aten.max_pool2d_with_indices``), then a scatter of its values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Linear(8, 2, bias=False)
+        self.register_buffer("idx", torch.tensor([[0, 1], [1, 0]]))
+
+    def forward(self, x):
+        h, _ = F.max_pool2d(torch.relu(self.conv(x)), 2, return_indices=True)
+        h = h.flatten(1)
+        return self.head(torch.scatter(h, 1, self.idx, h[:, 2:4]))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_max_pool_with_indices_and_scatter(frontend):
+    assert_lrp0_is_gradient_times_input(build(PoolWithIndices), randn(2, 1, 4, 4), frontend)
+
+
 # ---- register_op: an op of several inputs ----------------------------------------------------------------------
 def interleave(a, b):
     """Columns of ``a`` and ``b`` alternately, with a Python loop over a size (fx cannot trace it)."""

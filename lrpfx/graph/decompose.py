@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.fx as fx
 
-from .nodes import op_name
+from .nodes import attribute, op_name
 from .registry import REGISTRY
 
 aten = torch.ops.aten
@@ -73,7 +73,7 @@ def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
     examples = []
     for a in operands:
         if a.op == "get_attr":
-            examples.append(getattr(gm, a.target) if hasattr(gm, a.target) else None)
+            examples.append(attribute(gm, a.target))
         else:
             examples.append(_example(a.meta.get("lrpfx_value")))
     if any(e is None for e in examples):
@@ -110,7 +110,9 @@ def _known(piece: fx.Node) -> bool:
         return True  # an index, a mask, a size
     if not any(_floating(a) for a in piece.all_input_nodes):
         return True  # made from sizes and numbers only: a constant
-    return bool(REGISTRY.candidates("call_function", piece.target, op_name(piece), None))
+    name = op_name(piece)
+    return bool(REGISTRY.candidates("call_function", piece.target, name, None)) or \
+        REGISTRY.constant("call_function", piece.target, name) is not None
 
 
 def _floating(n: fx.Node) -> bool:

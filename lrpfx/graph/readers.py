@@ -321,6 +321,11 @@ def index_put(info: NodeInfo, call: Call) -> bool:
     return not call.arg(3, "accumulate", False)
 
 
+def scatter(info: NodeInfo, call: Call) -> bool:
+    """Writes the source's elements (or a number) into a copy of ``x``; with ``reduce`` it sums or multiplies."""
+    return call.arg(4, "reduce") is None
+
+
 # the second argument only supplies a shape or a dtype: relevance flows through the first argument alone
 SHAPED_LIKE_NAMES = ("type_as", "view_as", "reshape_as", "expand_as", "to")
 

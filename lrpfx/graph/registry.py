@@ -117,7 +117,8 @@ ROWS = [
                                   torch.max_pool3d, aten.max_pool1d.default, aten.max_pool2d.default,
                                   aten.max_pool3d.default), read=pooling.max_pool_call, label="max_pool"),
     # (values, indices): relevance goes to the winners by the op's own gradient
-    OpSpec(K.MAX_POOL, functions=(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default),
+    OpSpec(K.MAX_POOL, functions=(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices,
+                                  aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default),
            label="max_pool with indices"),
     OpSpec(K.REDUCE, functions=(torch.sum, torch.mean, aten.mean.dim, aten.sum.dim_IntList), methods=("sum", "mean"),
            label="sum"),
@@ -163,9 +164,10 @@ ROWS = [
            read=read.index_put, inputs=ANY, label="index put"),
     # fills and constant pads may bring values of either sign; interpolation mixes elements
     OpSpec(K.STRUCTURAL, functions=(torch.masked_fill, torch.where, aten.masked_fill.Scalar, aten.pad.default,
-                                    aten.constant_pad_nd.default, aten.where.self, torch.scatter, aten.scatter.src),
-           methods=("masked_fill", "where", "scatter"), keeps_sign=False,
-           inputs=ANY, label="fill"),
+                                    aten.constant_pad_nd.default, aten.where.self), methods=("masked_fill", "where"),
+           keeps_sign=False, inputs=ANY, label="fill"),
+    OpSpec(K.STRUCTURAL, functions=(torch.scatter, aten.scatter.src), methods=("scatter",), read=read.scatter,
+           keeps_sign=False, inputs=ANY, label="scatter"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
     # writes the source's elements where the mask is set and keeps the others: a copy from two tensors
     OpSpec(K.STRUCTURAL, functions=(torch.masked_scatter, aten.masked_scatter.default), methods=("masked_scatter",),
