@@ -158,6 +158,7 @@ class OpSpec:
     inputs: str = "single"  # "single": the first argument is the only activation; "first": it is one; "any"
     label: str = ""  # a name for messages and the registry listing
     view: bool = False  # the output is a view of the first argument (an in-place op on it changes its base)
+    shaped_like: bool = False  # the arguments after the first give a shape or a dtype only (``x.type_as(y)``)
     elementwise: bool = False  # each output element is a function of the same element of each input (casts, exp)
     parametrised: bool = False  # a module's one op that reads its parameters (a Linear's linear, an Embedding's)
     capped: bool = False  # a ReLU whose output is capped (ReLU6, hardtanh): not exactly max(x, 0)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import unmatched_pattern
 from .nodes import call_arg, node_path, op_name
-from .readers import SHAPED_LIKE_NAMES, exponent
+from .readers import exponent
 from .recurrent import is_recurrent
 from .by_design import STATISTIC
 from .registry import REGISTRY
@@ -70,7 +70,11 @@ def constant_by_design(n: fx.Node, active) -> bool:
     shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
     node a composite holds constant (:func:`hold_constant`)."""
     return n.meta.get(HELD) is not None or is_statistic(n) or _constant_row(n) or is_routing(n) or (
-        op_name(n) in SHAPED_LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+        _shaped_like(n) and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+
+
+def _shaped_like(n: fx.Node) -> bool:
+    return any(row.shaped_like for row in REGISTRY.own_rows(n))
 
 
 def _constant_row(n: fx.Node) -> bool:

@@ -326,23 +326,10 @@ def scatter(info: NodeInfo, call: Call) -> bool:
     return call.arg(4, "reduce") is None
 
 
-# the second argument only supplies a shape or a dtype: relevance flows through the first argument alone
-SHAPED_LIKE_NAMES = ("type_as", "view_as", "reshape_as", "expand_as", "to")
-
-
 def shaped_like(info: NodeInfo, call: Call) -> bool:
-    """``x.type_as(y)`` and friends with an activation ``y``: ``y`` gives a shape or dtype only, relevance flows
-    through ``x`` alone."""
-    if len(call.acts) < 2:
-        return False
-    name = op_name(call.node)
-    if name in ("type_as", "to"):
-        info.kind, info.facts = Kind.IDENTITY, None
-    elif name == "expand_as":
-        info.kind, info.facts = Kind.STRUCTURAL, Moves()
-    else:
-        info.kind, info.facts = Kind.STRUCTURAL, Moves(reshape=True)
-    return True
+    """``x.type_as(y)`` and friends with an activation ``y`` (rows with ``shaped_like``): ``y`` gives a shape or
+    dtype only, relevance flows through ``x`` alone; with ``y`` constant the op's own row applies."""
+    return len(call.acts) >= 2
 
 
 # library functions (by qualified name, so no import is needed) that are the identity in eval mode, with the

@@ -29,8 +29,13 @@ SINGLE, FIRST, ANY = "single", "first", "any"
 # ---- rows matched by bare op name first (the long tail of Hugging Face and timm models) ---------------------------
 NAME_ROWS = [
     OpSpec(K.REDUCE, names=("index_add", "scatter_add"), read=read.scatter_sum, inputs=ANY, label="scatter sum"),
-    OpSpec(K.STRUCTURAL, names=read.SHAPED_LIKE_NAMES, read=read.shaped_like,
-           inputs=FIRST, label="shaped like another tensor"),
+    # relevance flows through the first argument alone; the second gives a shape or a dtype
+    OpSpec(K.IDENTITY, names=("type_as", "to"), read=read.shaped_like, inputs=FIRST, shaped_like=True,
+           label="cast like another tensor"),
+    OpSpec(K.STRUCTURAL, names=("expand_as",), read=read.shaped_like, inputs=FIRST, shaped_like=True,
+           label="expand like another tensor"),
+    OpSpec(K.STRUCTURAL, names=("view_as", "reshape_as"), read=read.shaped_like, inputs=FIRST, reshape=True,
+           shaped_like=True, label="shaped like another tensor"),
     OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
     OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=pooling.selection, label="max over an axis"),
     OpSpec(K.ACTIVATION, names=("pow",), read=read.power, label="power"),
