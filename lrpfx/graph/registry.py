@@ -37,7 +37,8 @@ NAME_ROWS = [
     OpSpec(K.STRUCTURAL, names=("view_as", "reshape_as"), read=read.shaped_like, inputs=FIRST, reshape=True,
            shaped_like=True, label="shaped like another tensor"),
     OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
-    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=pooling.selection, label="max over an axis"),
+    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk", "sort"), read=pooling.selection,
+           label="max over an axis"),  # sort too: which element goes where depends on the values
     OpSpec(K.ACTIVATION, names=("pow",), read=read.power, label="power"),
     OpSpec(K.LINEAR, names=("_grouped_mm", "grouped_mm", "grouped_mm_fallback"), read=read.grouped_product,
            label="grouped expert product"),
@@ -152,15 +153,15 @@ ROWS = [
         view=True, label="view"),
     OpSpec(K.STRUCTURAL, functions=(
         torch.cat, torch.stack, torch.index_select, torch.roll, torch.flip, torch.hstack, torch.vstack,
-        F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, torch.gather, torch.repeat_interleave, torch.sort,
+        F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, torch.gather, torch.repeat_interleave,
         aten.cat.default, aten.stack.default, aten.index_select.default, aten.gather.default,
         aten.roll.default, aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.index.Tensor,
-        aten.pixel_shuffle.default, aten.pixel_unshuffle.default, aten.sort.default,
+        aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
         aten.copy.default, aten.slice_scatter.default, aten.select_scatter.default,
         aten.reflection_pad1d.default, aten.reflection_pad2d.default, aten.reflection_pad3d.default,
         aten.replication_pad1d.default, aten.replication_pad2d.default, aten.replication_pad3d.default,
         aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec),
-        methods=("repeat", "flip", "roll", "index_select", "gather", "repeat_interleave", "sort"),
+        methods=("repeat", "flip", "roll", "index_select", "gather", "repeat_interleave"),
         inputs=ANY, label="copy"),
     # rows of a table that is itself an activation (a lookup of token ids is an embedding, where relevance stops)
     OpSpec(K.STRUCTURAL, functions=(F.embedding, aten.embedding.default), inputs=ANY, parametrised=True,
