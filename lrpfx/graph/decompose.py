@@ -64,7 +64,7 @@ def _example(value) -> Optional[torch.Tensor]:
 def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
     """The node's op traced into Core ATen on tensors of its arguments' shapes (symbolic sizes, so the pieces
     serve every size the node does), or None where it cannot be."""
-    if n.op not in ("call_function", "call_method") or n.target in _SKIPPED:
+    if not _torch_op(n):
         return None
     value = n.meta.get("lrpfx_value")
     if value is None or not value.is_float_tensor:
@@ -99,6 +99,18 @@ def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
     if len(pieces) == 1 and pieces[0].target is n.target:
         return None  # nothing to decompose: it is its own Core ATen op (a torch function may become its ATen op)
     return traced
+
+
+def _torch_op(n: fx.Node) -> bool:
+    """A Tensor method, an ATen op or a torch function: an op torch can decompose. A library's or the user's own
+    function that fx kept whole (torchvision's windowed attention) is not one: it is neither an op nor cheap to
+    trace, and it stays for a rule by name or the torch.export front-end."""
+    if n.op == "call_method":
+        return True
+    if n.op != "call_function" or n.target in _SKIPPED:
+        return False
+    module = getattr(n.target, "__module__", None) or ""
+    return isinstance(n.target, torch._ops.OpOverload) or module == "torch" or module.startswith("torch.")
 
 
 def _known(piece: fx.Node) -> bool:
