@@ -77,6 +77,13 @@ def passes_through(info: NodeInfo) -> bool:
         return False
 
 
+def _why_unknown(info: NodeInfo) -> str:
+    refusal = info.spec.refusal if info.spec is not None else ""
+    if refusal:
+        return f"lrpfx has no rule for it by design: {refusal}."
+    return "lrpfx does not know how relevance flows through this op."
+
+
 def _unsupported_message(info: NodeInfo) -> str:
     n = info.node
     key = f"Composite(by_name={{'{info.name}': ...}})"
@@ -85,8 +92,8 @@ def _unsupported_message(info: NodeInfo) -> str:
     if passes_through(info):
         ways.insert(0, "Pass() if it is elementwise (the relevance passes to its input unchanged)")
     return (
-        f"no relevance rule for node '{info.name}' ({info.op}){source_line(n)}. lrpfx does not know how relevance "
-        f"flows through this op. Assign a rule with {key}: " + "; or ".join(ways) +
+        f"no relevance rule for node '{info.name}' ({info.op}){source_line(n)}. {_why_unknown(info)} "
+        f"Assign a rule with {key}: " + "; or ".join(ways) +
         ". Or keep the module that contains it whole with leaf_modules=[...] and assign that module's rule by name."
     )
 

@@ -35,6 +35,8 @@ from .errors import InputError, RuleError, TargetError
 from .program.builder import intermediate_keys
 from .rules import Epsilon, Norm, Pass, WinnerTakesAll
 from .frontend.fx import record_values, trace
+from .graph.registry import REGISTRY
+from .kinds import Kind
 
 CAPTUM_EPSILON = 1e-9
 
@@ -305,10 +307,8 @@ def _equivalent(rule) -> Tuple[str, str]:
     return "lrpfx.rules.Epsilon(1e-9)", " (or any lrpfx rule)"
 
 
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-              nn.AdaptiveMaxPool3d)
-_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-              nn.AdaptiveAvgPool3d)
+_MAX_POOLS = REGISTRY.modules_of(Kind.MAX_POOL)  # nn.MaxPool2d, nn.AdaptiveMaxPool1d, ...
+_AVG_POOLS = REGISTRY.modules_of(Kind.AVG_POOL)
 
 
 # ---- additional forward arguments ---------------------------------------------------------------------------------

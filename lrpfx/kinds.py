@@ -158,11 +158,23 @@ class OpSpec:
     read: Optional[Callable] = None
     inputs: str = "single"  # "single": the first argument is the only activation; "first": it is one; "any"
     label: str = ""  # a name for messages and the registry listing
+    view: bool = False  # the output is a view of the first argument (an in-place op on it changes its base)
+    shaped_like: bool = False  # the arguments after the first give a shape or a dtype only (``x.type_as(y)``)
+    elementwise: bool = False  # each output element is a function of the same element of each input (casts, exp)
+    parametrised: bool = False  # a module's one op that reads its parameters (a Linear's linear, an Embedding's)
+    capped: bool = False  # a ReLU whose output is capped (ReLU6, hardtanh): not exactly max(x, 0)
+    constant: str = ""  # its value carries no relevance by design, and why (a shape, a statistic, an index)
+    refusal: str = ""  # no rule by design, and why: lrpfx names the op and this reason instead of guessing
 
     def __post_init__(self):
         object.__setattr__(self, "kind", Kind(self.kind))
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "names", tuple(self.names))
+
+    @property
+    def pointwise(self) -> bool:
+        """Elementwise: activations, sums, products, scalings, and rows that say so."""
+        return self.elementwise or self.kind in (Kind.ACTIVATION, Kind.ADD, Kind.MUL, Kind.SCALE)
 
     def default_facts(self):
         """The facts a row gives without reading arguments."""

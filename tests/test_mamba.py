@@ -123,3 +123,59 @@ def test_a_constants_pattern_that_matches_nothing_is_an_error():
     composite = lrpfx.Composite(linear="epsilon", constants=("*.xproj",))
     with pytest.raises(lrpfx.RuleError, match="'\\*.xproj' matches no node"):
         lrpfx.Explainer(model, composite)({"input_ids": ids})
+
+
+# ---- Mamba2 and Jamba: the same principle on their Hugging Face implementations ---------------------------------
+def tiny_mamba2():
+    config = transformers.Mamba2Config(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2,
+                                       head_dim=4, num_heads=8, n_groups=1, conv_kernel=3, chunk_size=4,
+                                       use_bias=False)
+    torch.manual_seed(0)
+    return transformers.Mamba2ForCausalLM(config).double().eval()
+
+
+def tiny_jamba(attention: bool = True):
+    """Two layers: Mamba then, with ``attention``, attention (else Mamba again); the second has the experts."""
+    config = transformers.JambaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, num_experts=2,
+                                      num_experts_per_tok=1, expert_layer_period=2, expert_layer_offset=1,
+                                      attn_layer_period=2 if attention else 4, attn_layer_offset=1 if attention else 3,
+                                      mamba_d_state=4,
+                                      mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=4, mamba_proj_bias=False)
+    torch.manual_seed(0)
+    return transformers.JambaForCausalLM(config).double().eval()
+
+
+def _conservation_error(e) -> float:
+    logit = e.output.max(1).values.double()
+    return ((e.tokens.sum(1) - logit).abs() / logit.abs()).max().item()
+
+
+@pytest.mark.slow
+def test_mamba2_explains_with_its_decays_held_constant():
+    """Mamba2's scan (state-space duality: chunked, written with einsum, tensor_split and exp of cumulative
+    sums of Δ·A) is explained op by op: einsum as its Core ATen pieces, the decays ``exp(...)`` of Δ·A held
+    constant as MambaLRP holds A̅ (Δ comes out of in_proj here, not out of an x_proj), so the cumulative sums
+    only feed held values. With zero biases the relevance is conserved."""
+    model, ids = tiny_mamba2(), torch.randint(0, 50, (2, 7))
+    preset = MambaLRP(epsilon=0.0, zero_bias=True)
+    composite = lrpfx.Composite(**{**preset.__dict__, "constants": preset.constants + ("exp_*",)})
+    e = lrpfx.Explainer(model, composite)({"input_ids": ids})
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+    err = _conservation_error(e)
+    print(f"\n[mamba2] conservation: {err:.2e}")
+    assert err < 1e-5  # the model computes its norms and the scan's dt in float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", [False, True])
+def test_jamba_explains_its_mamba_attention_and_expert_layers(attention):
+    """Jamba's Mamba layers (with x_proj, as Mamba's) under MambaLRP, its experts with the router's weights held;
+    conserving with zero biases where every rule is (AttnLRP's softmax step is not: there only finite, not zero)."""
+    model, ids = tiny_jamba(attention), torch.randint(0, 50, (2, 7))
+    e = lrpfx.Explainer(model, MambaLRP(epsilon=0.0, zero_bias=True))({"input_ids": ids})
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+    if not attention:
+        err = _conservation_error(e)
+        print(f"\n[jamba] conservation: {err:.2e}")
+        assert err < 1e-12

@@ -43,9 +43,11 @@ from .inplace import functionalize_view_writes
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
+from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import attribute, call_arg as _arg, source_line
+from ..graph.recurrent import is_recurrent
 from ..graph.registry import REGISTRY, is_activation_module
-from .fx import WHOLE_MODULE, failure_location
+from .fx import WHOLE_MODULE, failure_location, values_from_export
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
@@ -186,6 +188,8 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     _addmm_as_linear(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
+    if values_from_export(gm) and decompose_unknown_ops(gm):  # ops no row names, as their Core ATen pieces
+        collapse_spelled_activations(gm)
     return gm
 
 
@@ -279,12 +283,10 @@ def _module_path(n: fx.Node) -> Tuple[str, ...]:
     return tuple(paths)
 
 
-_COMPUTE_OPS = {aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
-                aten.layer_norm.default, aten.embedding.default, aten.addmm.default, aten.mm.default,
-                aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
-                aten.group_norm.default, aten.rms_norm.default, aten.batch_norm.default,
-                # recurrent layers export as one fused op: it carries the module's path (``rnn``, not ``gru``)
-                aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input}
+def _computes(n: fx.Node) -> bool:
+    """A module's one op that reads its parameters (registry rows say which); a recurrent layer exports as one
+    fused op, which carries the module's path (``rnn``, not ``gru``)."""
+    return REGISTRY.is_parametrised(n) or is_recurrent(None, n)
 
 
 def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:
@@ -293,7 +295,7 @@ def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:
     by_scope: Dict[str, List[fx.Node]] = {}
     for n in gm.graph.nodes:
         paths = _module_path(n)
-        if n.op == "call_function" and paths and paths[-1] and n.target in _COMPUTE_OPS:
+        if n.op == "call_function" and paths and paths[-1] and _computes(n):
             by_scope.setdefault(paths[-1], []).append(n)
     for path, nodes in by_scope.items():
         if len(nodes) == 1:

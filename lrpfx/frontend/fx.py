@@ -111,10 +111,6 @@ def _remove_added_attributes(model: nn.Module, before: dict) -> None:
 
 
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
-_VIEW_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
-                 "__getitem__", "narrow", "view_as", "t", "unflatten"}
-_VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
-                   torch.unsqueeze, torch.narrow}
 
 
 def _mutated_input(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
@@ -127,16 +123,6 @@ def _mutated_input(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
     if n.op == "call_method" and n.target.endswith("_") and not n.target.endswith("__"):
         return first
     return None
-
-
-def _is_split(n: fx.Node) -> bool:
-    return (n.op == "call_method" and n.target in ("chunk", "split", "unbind", "tensor_split")) or (
-        n.op == "call_function" and n.target in (torch.chunk, torch.split, torch.unbind, torch.tensor_split))
-
-
-def _is_view(n: fx.Node) -> bool:
-    return (n.op == "call_method" and n.target in _VIEW_METHODS) or (
-        n.op == "call_function" and n.target in _VIEW_FUNCTIONS)
 
 
 def functionalize_inplace(gm: fx.GraphModule) -> None:
@@ -152,8 +138,7 @@ def functionalize_inplace(gm: fx.GraphModule) -> None:
         if target is None:
             continue
         chain = [target]
-        while (_is_view(chain[-1]) or _is_split(chain[-1])) and chain[-1].args and \
-                isinstance(chain[-1].args[0], fx.Node):
+        while REGISTRY.is_view(chain[-1]) and chain[-1].args and isinstance(chain[-1].args[0], fx.Node):
             chain.append(chain[-1].args[0])
         for base in chain[1:]:
             if any(order[u] > order[n] for u in base.users if u not in chain):

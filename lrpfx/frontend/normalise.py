@@ -23,15 +23,14 @@ from torch import nn
 
 from ..errors import UnsupportedOpError
 from ..graph.analyses import constant_by_design
+from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import op_name
+from ..graph.registry import REGISTRY
 from .fx import source_line
 
 aten = torch.ops.aten
 
 # ---- ATen in-place ops ------------------------------------------------------------------------------------------
-_ATEN_VIEW_NAMES = {"view", "_unsafe_view", "reshape", "slice", "select", "transpose", "t", "permute", "unsqueeze",
-                    "squeeze", "expand", "alias", "as_strided", "narrow", "diagonal", "unfold", "view_as",
-                    "expand_as", "unflatten", "flatten", "split", "chunk", "unbind", "split_with_sizes"}
 
 
 def _out_of_place(target) -> Optional[torch._ops.OpOverload]:
@@ -61,8 +60,7 @@ def functionalize_aten_inplace(gm: fx.GraphModule) -> bool:
             continue
         target = n.args[0]
         chain = [target]
-        while chain[-1].op == "call_function" and (op_name(chain[-1]) in _ATEN_VIEW_NAMES or
-                                                   chain[-1].target is operator.getitem) \
+        while chain[-1].op == "call_function" and REGISTRY.is_view(chain[-1]) \
                 and chain[-1].args and isinstance(chain[-1].args[0], fx.Node):
             chain.append(chain[-1].args[0])
         if len(chain) > 1:
@@ -171,11 +169,9 @@ def decompose_baddbmm(gm: fx.GraphModule) -> bool:
 
 
 # ---- spelled-out activations ----------------------------------------------------------------------------------
-_POINTWISE_NAMES = {
-    "add", "sub", "rsub", "mul", "div", "truediv", "true_divide", "pow", "tanh", "sigmoid", "exp", "log", "log1p",
-    "expm1", "erf", "erfc", "neg", "relu", "gelu", "silu", "mish", "softplus", "sqrt", "rsqrt", "reciprocal", "abs",
-    "square", "sin", "cos", "clamp", "clamp_min", "clamp_max", "clip", "to", "_to_copy", "float", "double",
-    "hardtanh", "leaky_relu", "elu", "selu", "celu", "hardswish", "hardsigmoid", "logsigmoid", "softsign"}
+def _pointwise(n: fx.Node) -> bool:
+    """An elementwise call, as registry rows say (``OpSpec.pointwise``)."""
+    return n.op in ("call_function", "call_method") and REGISTRY.is_pointwise(n)
 
 
 class SpelledActivation(nn.Module):
@@ -211,7 +207,7 @@ def _tensor_meta(n: fx.Node):
 
 def _elementwise_of(n: fx.Node, root: Dict[fx.Node, Optional[fx.Node]]) -> Optional[fx.Node]:
     """The one tensor ``n`` is an elementwise function of (through earlier pointwise nodes), or None."""
-    if n.op not in ("call_function", "call_method") or op_name(n) not in _POINTWISE_NAMES:
+    if not _pointwise(n):
         return None
     sources = set()
     for a in n.all_input_nodes:
@@ -235,7 +231,7 @@ def collapse_spelled_activations(gm: fx.GraphModule) -> bool:
     for n in gm.graph.nodes:
         source = _elementwise_of(n, root)
         if source is None:
-            if n.op in ("call_function", "call_method") and op_name(n) in _POINTWISE_NAMES:
+            if _pointwise(n):
                 root[n] = None
             continue
         root[n] = source
@@ -319,6 +315,7 @@ def normalise(gm: fx.GraphModule) -> bool:
     then be recorded again)."""
     changed = named_tuple_fields(gm)
     changed = decompose_baddbmm(gm) or changed
+    changed = decompose_unknown_ops(gm) or changed  # before collapsing: the pieces may be spelled activations
     changed = collapse_spelled_activations(gm) or changed
     if changed:
         gm.graph.lint()

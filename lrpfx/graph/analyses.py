@@ -13,25 +13,19 @@ from torch import nn
 
 from ..errors import UnsupportedOpError, unmatched_pattern
 from .nodes import call_arg, node_path, op_name, source_line
-from .readers import SHAPED_LIKE_NAMES, exponent
+from .readers import exponent
 from .recurrent import is_recurrent
+from .by_design import STATISTIC
+from .registry import REGISTRY
 
 aten = torch.ops.aten
 
 _EMBEDDING_FUNCTIONS = {torch.nn.functional.embedding: 1, aten.embedding.default: 0}  # -> position of the weight
-_ID_PRESERVING_NAMES = {"to", "_to_copy", "view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "expand",
-                        "contiguous", "clone", "alias", "long", "int", "flatten", "type_as", "detach"}
 _NORMALISER_NAMES = {"rsqrt", "sqrt", "reciprocal"}  # of a statistic: 1/sigma-like values
-_STATISTIC_NAMES = {"var", "std", "norm", "vector_norm", "linalg_vector_norm", "var_mean", "std_mean"}
 _REDUCTION_NAMES = {"mean", "sum", "var", "std"}
-# ops whose output depends on an activation's shape, dtype or device only, never on its values
-_SHAPE_ONLY_NAMES = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like",
-                     "empty_like", "new_tensor", "size", "sym_size"}
 _THROUGH_NAMES = {"add", "clamp", "clamp_min", "to", "_to_copy", "float", "double", "mul", "pow", "expand"}
 # a mixture-of-experts router: top-k of gate probabilities
 _ROUTER_SCORE_NAMES = {"softmax", "_softmax", "sigmoid"}
-_PASS_THROUGH_NAMES = {"to", "_to_copy", "float", "double", "type_as", "contiguous", "clone", "view", "reshape",
-                       "_unsafe_view", "alias"}
 
 
 def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
@@ -75,8 +69,17 @@ def constant_by_design(n: fx.Node, active) -> bool:
     """A value computed from activations that carries no relevance: a statistic (a normalisation's scale), a
     shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
     node a composite holds constant (:func:`hold_constant`)."""
-    return n.meta.get(HELD) is not None or is_statistic(n) or op_name(n) in _SHAPE_ONLY_NAMES or is_routing(n) or (
-        op_name(n) in SHAPED_LIKE_NAMES and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+    return n.meta.get(HELD) is not None or is_statistic(n) or _constant_row(n) or is_routing(n) or (
+        _shaped_like(n) and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
+
+
+def _shaped_like(n: fx.Node) -> bool:
+    return any(row.shaped_like for row in REGISTRY.own_rows(n))
+
+
+def _constant_row(n: fx.Node) -> bool:
+    """A registry row says the value carries no relevance (a shape, an index, random numbers, a statistic)."""
+    return REGISTRY.constant(n.op, n.target, op_name(n)) is not None
 
 
 def is_routing(n: fx.Node) -> bool:
@@ -91,7 +94,7 @@ def is_routing(n: fx.Node) -> bool:
             return False
         if op_name(source) in _ROUTER_SCORE_NAMES:
             return True
-        if op_name(source) not in _PASS_THROUGH_NAMES or not source.args:
+        if not REGISTRY.passes_values(source) or not source.args:
             return False
         source = source.args[0]
     return False
@@ -152,7 +155,8 @@ def _upstream_of_output(gm: fx.GraphModule, allowed, through=lambda n: ()) -> se
 def is_statistic(n: fx.Node) -> bool:
     """A variance, a norm, or ``1/sqrt`` of a mean/sum (possibly shifted by an epsilon)."""
     name = op_name(n)
-    if name in _STATISTIC_NAMES:
+    row = REGISTRY.constant(n.op, n.target, name)
+    if row is not None and row.constant == STATISTIC:
         return True
     if name not in _NORMALISER_NAMES and not (name == "pow" and exponent(n) in (0.5, -0.5)):  # pow(s, 0.5): CLIP
         return False
@@ -188,7 +192,7 @@ def embedding_source(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.Node]:
         if name in _ID_ARITHMETIC_NAMES and len(operands) == 1:
             indices, hashed = operands[0], True  # hashed ids: a function of each id (with constants)
             continue
-        if name not in _ID_PRESERVING_NAMES:
+        if not REGISTRY.passes_values(indices):
             return None  # e.g. positions from arange(size(ids)): depend on the ids' shape, not their values
         indices = indices.args[0] if indices.args else None
     if not (isinstance(indices, fx.Node) and indices.op == "placeholder"):

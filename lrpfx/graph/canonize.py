@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Dict
 
 import torch.fx as fx
-from torch import nn
 
 from ..kinds import WEIGHTED_KINDS, Kind, Moves, NodeInfo
 from ..rules import Pass, Rule
@@ -96,6 +95,4 @@ def mark_positive_only(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule
 
 def plain_relu(info: NodeInfo, x: fx.Node) -> bool:
     """A ReLU of ``x`` whose output is exactly ``max(x, 0)`` (not ReLU6, which caps it)."""
-    label = info.op.lower()
-    return info.x is x and not isinstance(info.module, nn.ReLU6) and "relu6" not in label \
-        and "hardtanh" not in label
+    return info.x is x and not (info.spec is not None and info.spec.capped)

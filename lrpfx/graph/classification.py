@@ -109,7 +109,8 @@ def _from_registry(gm: fx.GraphModule, n: fx.Node, call: Call) -> NodeInfo:
         if row in REGISTRY.user or row.names:
             continue  # a long-tail or user row that declines leaves the node to the other rows
         break
-    return NodeInfo(n, Kind.UNKNOWN, name, label, module=module, x=single)
+    return NodeInfo(n, Kind.UNKNOWN, name, label, module=module, x=single,
+                    spec=REGISTRY.refusal(n.op, n.target, op_name(n)))  # the reason, where lrpfx has one
 
 
 def _input(row: OpSpec, call: Call, single: Optional[fx.Node]):

@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
+from .ops import canonical_name, function_key
+
 # lrpfx's and torch's own frames are told apart by their real install directories, not by folder names (a user's
 # project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
 _OWN_DIRS = tuple(os.path.realpath(os.path.dirname(os.path.dirname(p))) + os.sep
@@ -36,14 +38,15 @@ def call_arg(n: fx.Node, index: int, name: str, default=None):
 
 
 def op_name(n: fx.Node) -> str:
-    """The bare op name: ``rsqrt`` for ``aten.rsqrt.default``, ``torch.rsqrt`` and ``Tensor.rsqrt``."""
+    """The bare op name: ``rsqrt`` for ``aten.rsqrt.default``, ``torch.rsqrt`` and ``Tensor.rsqrt``; an alias
+    by the op it stands for (``mul`` for ``torch.multiply``)."""
     if n.op == "call_method":
-        return out_of_place_method(n.target)
+        return canonical_name(out_of_place_method(n.target))
     if n.op != "call_function":
         return ""
     if isinstance(n.target, torch._ops.OpOverload):
-        return n.target._opname
-    return getattr(n.target, "__name__", "")
+        return canonical_name(n.target._opname)
+    return getattr(function_key(n.target), "__name__", "")  # torch's aliases only, not a user's ``clip``
 
 
 def op_label(node: fx.Node) -> str:

@@ -78,7 +78,7 @@ def selection(info: NodeInfo, call: Call) -> bool:
     no window spec, so relevance is routed by the op's own gradient."""
     if len(call.acts) != 1:
         return False
-    if op_name(call.node) in ("amax", "amin", "topk"):
+    if op_name(call.node) in ("amax", "amin", "topk", "sort"):
         return True
     dim = call.arg(1, "dim")
     return dim is None or (isinstance(dim, int) and not isinstance(dim, bool))

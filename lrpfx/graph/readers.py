@@ -121,13 +121,13 @@ def linear_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
-_CONV_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, aten.conv1d.default: 1, aten.conv2d.default: 2,
-              aten.conv3d.default: 3, F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3,
-              aten.conv_transpose1d.default: 1, aten.conv_transpose2d.input: 2, aten.conv_transpose3d.input: 3}
+def _conv_dim(node: fx.Node) -> int:
+    """1, 2 or 3 for ``conv2d``, ``conv_transpose3d`` ... in any spelling and overload."""
+    return int(op_name(node)[-2])
 
 
 def conv_call(info: NodeInfo, call: Call) -> bool:
-    dim = _CONV_DIMS[call.node.target]
+    dim = _conv_dim(call.node)
     w = call.arg(1, "weight")
     args = {"stride": call.arg(3, "stride", 1), "padding": call.arg(4, "padding", 0),
             "dilation": call.arg(5, "dilation", 1), "groups": call.arg(6, "groups", 1)}
@@ -140,11 +140,32 @@ def conv_call(info: NodeInfo, call: Call) -> bool:
 
 
 def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
-    dim = _CONV_DIMS[call.node.target]
+    dim = _conv_dim(call.node)
     info.layer = ConvTranspose(dim, as_tuple(call.arg(3, "stride", 1), dim), as_tuple(call.arg(4, "padding", 0), dim),
                                as_tuple(call.arg(5, "output_padding", 0), dim),
                                as_tuple(call.arg(7, "dilation", 1), dim), call.arg(6, "groups", 1))
     info.weight, info.bias = call.arg(1, "weight"), call.arg(2, "bias")
+    return True
+
+
+def convolution(info: NodeInfo, call: Call) -> bool:
+    """``aten.convolution``: the one op behind every convolution and transposed convolution of Core ATen."""
+    w = call.arg(1, "weight")
+    shape = getattr(w, "meta", {}).get("lrpfx_value")
+    if shape is None:
+        return False
+    dim = len(shape.shape) - 2
+    stride, padding, dilation = (as_tuple(call.arg(i, name), dim) for i, name in
+                                 ((3, "stride"), (4, "padding"), (5, "dilation")))
+    groups = call.arg(8, "groups", 1)
+    if call.arg(6, "transposed", False):
+        info.kind = Kind.CONV_TRANSPOSE
+        info.layer = ConvTranspose(dim, stride, padding, as_tuple(call.arg(7, "output_padding"), dim), dilation,
+                                   groups)
+    else:
+        info.layer = conv_layer({"stride": stride, "padding": padding, "dilation": dilation, "groups": groups},
+                                dim, shape.shape)
+    info.weight, info.bias = w, call.arg(2, "bias")
     return True
 
 
@@ -295,23 +316,20 @@ def pad_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
-# the second argument only supplies a shape or a dtype: relevance flows through the first argument alone
-SHAPED_LIKE_NAMES = ("type_as", "view_as", "reshape_as", "expand_as", "to")
+def index_put(info: NodeInfo, call: Call) -> bool:
+    """``x[idx] = v`` written out of place: a copy of ``v`` into ``x``; with ``accumulate`` a sum, which is not."""
+    return not call.arg(3, "accumulate", False)
+
+
+def scatter(info: NodeInfo, call: Call) -> bool:
+    """Writes the source's elements (or a number) into a copy of ``x``; with ``reduce`` it sums or multiplies."""
+    return call.arg(4, "reduce") is None
 
 
 def shaped_like(info: NodeInfo, call: Call) -> bool:
-    """``x.type_as(y)`` and friends with an activation ``y``: ``y`` gives a shape or dtype only, relevance flows
-    through ``x`` alone."""
-    if len(call.acts) < 2:
-        return False
-    name = op_name(call.node)
-    if name in ("type_as", "to"):
-        info.kind, info.facts = Kind.IDENTITY, None
-    elif name == "expand_as":
-        info.kind, info.facts = Kind.STRUCTURAL, Moves()
-    else:
-        info.kind, info.facts = Kind.STRUCTURAL, Moves(reshape=True)
-    return True
+    """``x.type_as(y)`` and friends with an activation ``y`` (rows with ``shaped_like``): ``y`` gives a shape or
+    dtype only, relevance flows through ``x`` alone; with ``y`` constant the op's own row applies."""
+    return len(call.acts) >= 2
 
 
 # library functions (by qualified name, so no import is needed) that are the identity in eval mode, with the
@@ -354,9 +372,10 @@ def mul(info: NodeInfo, call: Call) -> bool:
 
 
 def div(info: NodeInfo, call: Call) -> bool:
-    """An activation divided by a constant scales it; other quotients are unknown."""
+    """An activation divided by a constant scales it; other quotients (and rounding divisions) are unknown."""
     operands = list(call.node.args[:2])
-    return len(operands) == 2 and not call.is_constant(operands[0]) and call.is_constant(operands[1])
+    return call.arg(2, "rounding_mode") is None and len(operands) == 2 and not call.is_constant(operands[0]) \
+        and call.is_constant(operands[1])
 
 
 def matmul(info: NodeInfo, call: Call) -> bool:

@@ -17,6 +17,9 @@ from ..errors import RuleError
 from ..rules.writes import write_at
 from . import mixing as mix, pooling, readers as read
 from ..kinds import Kind, OpSpec
+from .nodes import op_name
+from .by_design import CONSTANT_ROWS, REFUSED_ROWS
+from .ops import canonical_name, function_key
 
 aten = torch.ops.aten
 K = Kind
@@ -27,10 +30,16 @@ SINGLE, FIRST, ANY = "single", "first", "any"
 # ---- rows matched by bare op name first (the long tail of Hugging Face and timm models) ---------------------------
 NAME_ROWS = [
     OpSpec(K.REDUCE, names=("index_add", "scatter_add"), read=read.scatter_sum, inputs=ANY, label="scatter sum"),
-    OpSpec(K.STRUCTURAL, names=read.SHAPED_LIKE_NAMES, read=read.shaped_like,
-           inputs=FIRST, label="shaped like another tensor"),
+    # relevance flows through the first argument alone; the second gives a shape or a dtype
+    OpSpec(K.IDENTITY, names=("type_as", "to"), read=read.shaped_like, inputs=FIRST, shaped_like=True,
+           label="cast like another tensor"),
+    OpSpec(K.STRUCTURAL, names=("expand_as",), read=read.shaped_like, inputs=FIRST, shaped_like=True,
+           label="expand like another tensor"),
+    OpSpec(K.STRUCTURAL, names=("view_as", "reshape_as"), read=read.shaped_like, inputs=FIRST, reshape=True,
+           shaped_like=True, label="shaped like another tensor"),
     OpSpec(K.ACTIVATION, names=("clamp", "clip", "clamp_min", "clamp_max"), read=read.clamp, label="clamp"),
-    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk"), read=pooling.selection, label="max over an axis"),
+    OpSpec(K.MAX_POOL, names=("max", "min", "amax", "amin", "topk", "sort"), read=pooling.selection,
+           label="max over an axis"),  # sort too: which element goes where depends on the values
     OpSpec(K.ACTIVATION, names=("pow",), read=read.power, label="power"),
     OpSpec(K.LINEAR, names=("_grouped_mm", "grouped_mm", "grouped_mm_fallback"), read=read.grouped_product,
            label="grouped expert product"),
@@ -41,32 +50,38 @@ NAME_ROWS = [
 ROWS = [
     # affine layers
     OpSpec(K.LINEAR, modules=(nn.Linear,), read=read.linear_module, label="linear"),
-    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear"),
+    OpSpec(K.LINEAR, functions=(F.linear, aten.linear.default), read=read.linear_call, label="linear",
+           parametrised=True),
     OpSpec(K.CONV, modules=(nn.Conv1d, nn.Conv2d, nn.Conv3d), read=read.conv_module, label="conv"),
     OpSpec(K.CONV, functions=(F.conv1d, F.conv2d, F.conv3d, aten.conv1d.default, aten.conv2d.default,
-                              aten.conv3d.default), read=read.conv_call, label="conv"),
+                              aten.conv3d.default), read=read.conv_call, label="conv", parametrised=True),
+    OpSpec(K.CONV, functions=(aten.convolution.default,), read=read.convolution, label="conv", parametrised=True),
     OpSpec(K.CONV_TRANSPOSE, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
            read=read.conv_transpose_module, label="conv_transpose"),
     OpSpec(K.CONV_TRANSPOSE, functions=(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                                         aten.conv_transpose1d.default, aten.conv_transpose2d.input,
                                         aten.conv_transpose3d.input), read=read.conv_transpose_call,
-           label="conv_transpose"),
+           label="conv_transpose", parametrised=True),
     # normalisations
     OpSpec(K.BATCHNORM, modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), read=read.batchnorm_module,
            label="batchnorm"),
     OpSpec(K.BATCHNORM, functions=(F.batch_norm,), read=read.batchnorm_call, label="batchnorm"),
-    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm"),
+    OpSpec(K.BATCHNORM, functions=(aten.batch_norm.default,), read=read.aten_batchnorm, label="batchnorm",
+           parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.LayerNorm,), read=read.layer_norm_module, label="layer_norm"),
     OpSpec(K.LAYER_NORM, functions=(F.layer_norm, aten.layer_norm.default), read=read.layer_norm_call,
-           label="layer_norm"),
+           label="layer_norm", parametrised=True),
     OpSpec(K.LAYER_NORM, modules=(nn.RMSNorm,), read=read.rms_norm_module, label="rms_norm"),
-    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call, label="rms_norm"),
+    OpSpec(K.LAYER_NORM, functions=(F.rms_norm, aten.rms_norm.default), read=read.rms_norm_call,
+           label="rms_norm", parametrised=True),
     OpSpec(K.SOFTMAX, modules=(nn.Softmax,), read=read.softmax_module, nonneg=True, label="softmax"),
     OpSpec(K.SOFTMAX, functions=(F.softmax, torch.softmax, aten.softmax.int, aten._softmax.default),
            methods=("softmax",), read=read.softmax_call, nonneg=True, label="softmax"),
     # activations
-    OpSpec(K.ACTIVATION, modules=(nn.ReLU, nn.ReLU6), functions=(F.relu, torch.relu, F.relu6, aten.relu.default),
+    OpSpec(K.ACTIVATION, modules=(nn.ReLU,), functions=(F.relu, torch.relu, aten.relu.default),
            methods=("relu",), read=read.activation_module, nonneg=True, relu=True, label="relu"),
+    OpSpec(K.ACTIVATION, modules=(nn.ReLU6,), functions=(F.relu6, aten.relu6.default), read=read.activation_module,
+           nonneg=True, relu=True, capped=True, label="relu6"),
     OpSpec(K.ACTIVATION, modules=(nn.Sigmoid, nn.Softplus, nn.Hardsigmoid),
            functions=(torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, aten.sigmoid.default,
                       aten.hardsigmoid.default, aten.softplus.default),
@@ -86,17 +101,21 @@ ROWS = [
                                 nn.FeatureAlphaDropout),
            functions=(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout, F.alpha_dropout, torch.clone,
                       torch.Tensor.contiguous, aten.dropout.default, aten.clone.default, aten.contiguous.default,
-                      aten.alias.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
-                      aten.detach.default, aten.type_as.default, aten.feature_dropout.default, aten.to.other),
-           methods=("contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type_as"),
+                      aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
+                      aten.type_as.default, aten.feature_dropout.default, aten.to.other),
+           methods=("contiguous", "clone", "float", "double", "half", "bfloat16", "long", "int", "to", "type_as"),
+           elementwise=True,
            label="identity"),
+    OpSpec(K.IDENTITY, functions=(torch.detach, aten.alias.default, aten.detach.default), methods=("detach",),
+           view=True, label="alias"),
     # pooling and sums
     OpSpec(K.AVG_POOL, modules=(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                                 nn.AdaptiveAvgPool3d), read=pooling.avg_pool_module, label="avg_pool"),
     OpSpec(K.AVG_POOL, functions=(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
                                   F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d,
                                   aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default,
-                                  aten.adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
+                                  aten.adaptive_avg_pool3d.default, aten._adaptive_avg_pool2d.default,
+                                  aten._adaptive_avg_pool3d.default, aten.avg_pool1d.default, aten.avg_pool2d.default,
                                   aten.avg_pool3d.default), read=pooling.avg_pool_call, label="avg_pool"),
     OpSpec(K.MAX_POOL, modules=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                                 nn.AdaptiveMaxPool3d), read=pooling.max_pool_module, label="max_pool"),
@@ -104,40 +123,65 @@ ROWS = [
                                   F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d,
                                   torch.max_pool3d, aten.max_pool1d.default, aten.max_pool2d.default,
                                   aten.max_pool3d.default), read=pooling.max_pool_call, label="max_pool"),
+    # (values, indices): relevance goes to the winners by the op's own gradient
+    OpSpec(K.MAX_POOL, functions=(F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices,
+                                  aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default),
+           label="max_pool with indices"),
     OpSpec(K.REDUCE, functions=(torch.sum, torch.mean, aten.mean.dim, aten.sum.dim_IntList), methods=("sum", "mean"),
            label="sum"),
     # structure: reshapes (one input), then ops that move or copy elements of any number of inputs
     OpSpec(K.STRUCTURAL, modules=(nn.Flatten, nn.Unflatten),
-           functions=(torch.flatten, torch.reshape, torch.unflatten, aten.view.default, aten.reshape.default,
+           functions=(torch.flatten, torch.reshape, torch.unflatten, torch.squeeze, torch.unsqueeze,
+                      aten.squeeze.dim, aten.unsqueeze.default, aten.view.default, aten.reshape.default,
                       aten._unsafe_view.default, aten.flatten.using_ints, aten.unflatten.int, aten.reshape_as.default,
                       aten.view_as.default),
-           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as"), reshape=True,
+           methods=("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "squeeze", "unsqueeze"),
+           reshape=True, view=True,
            label="reshape"),
     OpSpec(K.STRUCTURAL, modules=(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
                                   nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d,
                                   nn.ReplicationPad2d, nn.ChannelShuffle, nn.PixelShuffle,
                                   nn.PixelUnshuffle), read=read.structural_module, label="structural"),
     OpSpec(K.STRUCTURAL, functions=(
-        torch.cat, torch.concat, torch.stack, torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose,
-        torch.squeeze, torch.unsqueeze, operator.getitem, torch.narrow, torch.index_select, torch.roll, torch.flip,
-        torch.movedim, torch.swapaxes, torch.hstack, torch.vstack, F.pixel_shuffle, F.pixel_unshuffle,
-        torch.channel_shuffle, torch.tensor_split, torch.gather, torch.repeat_interleave, torch.select,
-        aten.permute.default, aten.transpose.int, aten.t.default, aten.unsqueeze.default, aten.squeeze.dim,
-        aten.squeeze.dims, aten.squeeze.default, aten.expand.default, aten.slice.Tensor, aten.select.int,
-        aten.cat.default, aten.stack.default, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default,
-        aten.unbind.int, aten.narrow.default, aten.index_select.default, aten.gather.default, aten.roll.default,
-        aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.movedim.int,
-        aten.index.Tensor, aten.tensor_split.sections, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
-        aten.expand_as.default),
-        methods=("permute", "transpose", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "chunk", "split",
-                 "unbind", "narrow", "flip", "roll", "movedim", "__getitem__", "index_select", "gather",
-                 "tensor_split", "swapaxes", "t", "repeat_interleave", "select"), inputs=ANY, label="structural"),
+        torch.split, torch.chunk, torch.unbind, torch.permute, torch.transpose, operator.getitem, torch.narrow,
+        torch.movedim, torch.swapaxes, torch.tensor_split, torch.select, torch.diagonal, aten.permute.default,
+        aten.transpose.int, aten.t.default, aten.expand.default, aten.slice.Tensor, aten.select.int, aten.split.Tensor,
+        aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, aten.narrow.default, aten.movedim.int,
+        aten.tensor_split.sections, aten.diagonal.default, aten.as_strided.default, aten.expand_as.default),
+        methods=("permute", "transpose", "expand", "chunk", "split", "unbind", "narrow",
+                 "movedim", "__getitem__", "tensor_split", "swapaxes", "t", "select", "diagonal", "expand_as"),
+        inputs=ANY,
+        view=True, label="view"),
+    OpSpec(K.STRUCTURAL, functions=(
+        torch.cat, torch.stack, torch.index_select, torch.roll, torch.flip, torch.hstack, torch.vstack,
+        F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, torch.gather, torch.repeat_interleave,
+        aten.cat.default, aten.stack.default, aten.index_select.default, aten.gather.default,
+        aten.roll.default, aten.flip.default, aten.repeat.default, aten.repeat_interleave.self_int, aten.index.Tensor,
+        aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+        aten.copy.default, aten.slice_scatter.default, aten.select_scatter.default,
+        aten.reflection_pad1d.default, aten.reflection_pad2d.default, aten.reflection_pad3d.default,
+        aten.replication_pad1d.default, aten.replication_pad2d.default, aten.replication_pad3d.default,
+        aten.upsample_nearest1d.vec, aten.upsample_nearest2d.vec, aten.upsample_nearest3d.vec),
+        methods=("repeat", "flip", "roll", "index_select", "gather", "repeat_interleave"),
+        inputs=ANY, label="copy"),
+    # rows of a table that is itself an activation (a lookup of token ids is an embedding, where relevance stops)
+    OpSpec(K.STRUCTURAL, functions=(F.embedding, aten.embedding.default), inputs=ANY, parametrised=True,
+           label="embedding lookup"),
+    OpSpec(K.STRUCTURAL, functions=(torch.index_put, aten.index_put.default), methods=("index_put",),
+           read=read.index_put, inputs=ANY, label="index put"),
     # fills and constant pads may bring values of either sign; interpolation mixes elements
     OpSpec(K.STRUCTURAL, functions=(torch.masked_fill, torch.where, aten.masked_fill.Scalar, aten.pad.default,
-                                    aten.constant_pad_nd.default), methods=("masked_fill",), keeps_sign=False,
-           inputs=ANY, label="fill"),
+                                    aten.constant_pad_nd.default, aten.where.self), methods=("masked_fill", "where"),
+           keeps_sign=False, inputs=ANY, label="fill"),
+    OpSpec(K.STRUCTURAL, functions=(torch.scatter, aten.scatter.src), methods=("scatter",), read=read.scatter,
+           keeps_sign=False, inputs=ANY, label="scatter"),
     OpSpec(K.STRUCTURAL, functions=(F.pad,), read=read.pad_call, inputs=ANY, label="pad"),
+    # writes the source's elements where the mask is set and keeps the others: a copy from two tensors
+    OpSpec(K.STRUCTURAL, functions=(torch.masked_scatter, aten.masked_scatter.default), methods=("masked_scatter",),
+           inputs=ANY, label="masked scatter"),
     # products, bilinear and elementwise
+    OpSpec(K.MATMUL, functions=(torch.mm, aten.mm.default), methods=("mm",), read=read.matmul, inputs=ANY,
+           parametrised=True, label="matmul"),  # a module's x @ W (the export front-end makes it a linear layer)
     OpSpec(K.MATMUL, functions=(torch.matmul, torch.bmm, operator.matmul, aten.matmul.default, aten.bmm.default),
            methods=("matmul", "bmm", "__matmul__"), read=mix.product, inputs=ANY, label="matmul"),
     # arithmetic
@@ -187,9 +231,12 @@ NAMED_ACTIVATION = OpSpec(K.ACTIVATION, read=read.activation_module, label="acti
 class Registry:
     """Rows indexed by spelling. Rows registered by users are looked up before lrpfx's own."""
 
-    def __init__(self, rows: Sequence[OpSpec], name_rows: Sequence[OpSpec]):
+    def __init__(self, rows: Sequence[OpSpec], name_rows: Sequence[OpSpec], constant_rows: Sequence[OpSpec] = (),
+                 refused_rows: Sequence[OpSpec] = ()):
         self.user: List[OpSpec] = []
         self._layers = [_Index([]), _Index(name_rows), _Index(rows)]
+        self._constants, self._refused = _Index(constant_rows), _Index(refused_rows)
+        self.rows = tuple(name_rows) + tuple(rows)
 
     def add(self, row: OpSpec) -> None:
         self.user.insert(0, row)
@@ -210,7 +257,8 @@ class Registry:
                 continue
             found += index.by_name.get(name, [])
             try:
-                row = index.by_function.get(target) if op == "call_function" else index.by_method.get(name)
+                row = index.by_function.get(function_key(target)) if op == "call_function" else \
+                    index.by_method.get(name)
             except TypeError:  # an unhashable target
                 row = None
             if row is not None:
@@ -218,6 +266,42 @@ class Registry:
         if op == "call_module" and not found and is_activation_module(module):
             found.append(NAMED_ACTIVATION)
         return found
+
+    def constant(self, op: str, target, name: str) -> Optional[OpSpec]:
+        """The row saying a node's value carries no relevance by design (a shape, an index, a statistic)."""
+        return _first(self._constants, op, target, name)
+
+    def refusal(self, op: str, target, name: str) -> Optional[OpSpec]:
+        """The row saying why lrpfx has no rule for an op by design, or None."""
+        return _first(self._refused, op, target, name)
+
+    def own_rows(self, n) -> List[OpSpec]:
+        """lrpfx's own rows that may describe a call node (``call_function`` / ``call_method``), users' aside."""
+        if n.op not in ("call_function", "call_method"):
+            return []
+        return [row for row in self.candidates(n.op, n.target, op_name(n), None) if row not in self.user]
+
+    def is_parametrised(self, n) -> bool:
+        """Whether a node is the one op of a module that reads the module's parameters (a Linear's linear)."""
+        return any(row.parametrised for row in self.own_rows(n)) or (
+            self.refusal(n.op, n.target, op_name(n)) or OpSpec(K.UNKNOWN)).parametrised
+
+    def is_pointwise(self, n) -> bool:
+        """Whether a call is elementwise (an activation, a sum, a cast, ``exp``: see ``OpSpec.pointwise``)."""
+        refused = self.refusal(n.op, n.target, op_name(n))
+        return any(row.pointwise for row in self.own_rows(n)) or (refused is not None and refused.pointwise)
+
+    def passes_values(self, n) -> bool:
+        """Whether a call keeps every element of its first argument: a copy, a cast or a reshape."""
+        return any(row.kind == K.IDENTITY or row.reshape for row in self.own_rows(n))
+
+    def is_view(self, n) -> bool:
+        """Whether a node's result is a view of its first argument (writing into it writes into its base)."""
+        return any(row.view for row in self.own_rows(n))
+
+    def modules_of(self, kind: Kind) -> tuple:
+        """The module classes of lrpfx's rows of one kind (``nn.MaxPool2d``, ... for ``max_pool``)."""
+        return tuple(cls for row in self.rows if row.kind == kind for cls in row.modules)
 
     def modules(self) -> tuple:
         """Module classes of users' rows: tracing keeps them whole."""
@@ -228,22 +312,34 @@ class Registry:
         return tuple(f for row in self.user for f in row.functions if not isinstance(f, torch._ops.OpOverload))
 
 
+def _first(index: "_Index", op: str, target, name: str) -> Optional[OpSpec]:
+    if op not in ("call_function", "call_method"):
+        return None
+    named = index.by_name.get(name)
+    if named:
+        return named[0]
+    try:
+        return index.by_function.get(function_key(target)) if op == "call_function" else index.by_method.get(name)
+    except TypeError:  # an unhashable target
+        return None
+
+
 class _Index:
     """One group of rows by spelling (the first row listing a spelling wins)."""
 
     def __init__(self, rows: Iterable[OpSpec]):
         self.by_function, self.by_method, self.by_name, self.modules = {}, {}, {}, []
         for row in rows:
-            for f in row.functions:
-                self.by_function.setdefault(f, row)
+            for f in row.functions:  # an ATen overload stands for every overload of its op
+                self.by_function.setdefault(function_key(f), row)
             for m in row.methods:
-                self.by_method.setdefault(m, row)
+                self.by_method.setdefault(canonical_name(m), row)
             for name in row.names:
-                self.by_name.setdefault(name, []).append(row)
+                self.by_name.setdefault(canonical_name(name), []).append(row)
             self.modules.extend((cls, row) for cls in row.modules)
 
 
-REGISTRY = Registry(ROWS, NAME_ROWS)
+REGISTRY = Registry(ROWS, NAME_ROWS, CONSTANT_ROWS, REFUSED_ROWS)
 _ACTIVATION_MODULES = tuple(cls for row in ROWS if row.kind == K.ACTIVATION for cls in row.modules)
 
 
@@ -260,7 +356,7 @@ Spelling = Union[type, Callable, str]
 
 
 def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = False, zero_at_zero: bool = True,
-                relu: bool = False, read: Optional[Callable] = None) -> OpSpec:
+                relu: bool = False, read: Optional[Callable] = None, inputs: str = SINGLE) -> OpSpec:
     """Teach lrpfx an op of your own: a module class, a function (or ATen overload) or a Tensor method name,
     and its ``kind`` (``"activation"``, ``"identity"``, ``"structural"``, ``"linear"`` ...). Returns the row;
     :func:`unregister_op` removes it. Rows you register win over lrpfx's own.
@@ -268,11 +364,17 @@ def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = Fal
     Tracing keeps a registered module whole and records a registered function as one call, so its rule sees
     the op's input and output. ``nonneg``: the output is never negative; ``zero_at_zero``: ``f(0) = 0``;
     ``relu``: it is ``max(x, 0)``. A kind whose rules need more (a weight, a layer spec) needs ``read``.
+    ``inputs``: which arguments may carry relevance: ``"single"`` (the first argument, and only it), ``"first"``
+    (the first, others may too) or ``"any"`` (an op of several inputs, e.g. a copy from two tensors under
+    ``kind="structural"``, whose relevance is routed back to every input by the op's own gradient).
     """
     try:
         kind = Kind(kind)
     except ValueError:
         raise RuleError(f"unknown op kind {kind!r}; one of: {', '.join(k.value for k in Kind)}") from None
+    if inputs not in (SINGLE, FIRST, ANY):
+        raise RuleError(f"register_op(inputs={inputs!r}): one of 'single' (the first argument is the only one "
+                        "carrying relevance), 'first' or 'any' (an op of several inputs)")
     modules = tuple(s for s in spellings if isinstance(s, type) and issubclass(s, nn.Module))
     methods = tuple(s for s in spellings if isinstance(s, str))
     functions = tuple(s for s in spellings if callable(s) and s not in modules)
@@ -286,7 +388,7 @@ def register_op(*spellings: Spelling, kind: Union[Kind, str], nonneg: bool = Fal
                         "(see lrpfx.graph.readers), or register it as 'activation', 'identity' or 'structural' and "
                         "give it a rule of your own")
     row = OpSpec(kind, modules=modules, functions=functions, methods=methods, nonneg=nonneg,
-                 zero_at_zero=zero_at_zero, relu=relu, read=read, label=_label(spellings[0]))
+                 zero_at_zero=zero_at_zero, relu=relu, read=read, inputs=inputs, label=_label(spellings[0]))
     REGISTRY.add(row)
     return row
 
