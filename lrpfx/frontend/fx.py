@@ -71,7 +71,7 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     finally:
         _remove_added_attributes(model, before)
     _inline_fixed_arguments(gm, concrete)
-    functionalize_fx_writes(gm, _is_view)  # buf[i] = v: a new buffer, before in-place ops are read as such
+    functionalize_fx_writes(gm, REGISTRY.is_view)  # buf[i] = v: a new buffer, before in-place ops are read as such
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
     fuse_real_spectra(gm)
     _select_output(gm, output)

@@ -44,9 +44,10 @@ _ELEMENTWISE = ("an elementwise function outside an activation layer: whether re
                 "model, so lrpfx asks: assign a rule by name")
 _PIECEWISE = ("piecewise constant (a rounding, a quantiser): its gradient is zero almost everywhere, yet its value "
               "follows the input: assign Pass() by name to pass relevance through, or hold it constant")
-_TWO_INPUTS = ("an elementwise function of two tensors that is neither a sum nor a product: assign Gradient() by "
-               "name (max/min: the winner takes the relevance)")
-_MIXING = "a linear map that mixes elements (each output a weighted sum of several inputs, not a copy): no rule yet"
+_TWO_INPUTS = ("an elementwise function of two tensors that is neither a sum nor a product, a maximum or a "
+               "minimum: assign Gradient() by name")
+_MIXING = ("a scatter that reduces (sum, product, max, ... of the elements sent to one place): no rule yet; a "
+           "scatter_add is a sum and explained")
 _TRAINING = "a training-mode op: explain the model in eval mode (model.eval())"
 _BACKWARD = "a backward op: it appears in training graphs only, never in a model's forward"
 
@@ -62,8 +63,8 @@ REFUSED_ROWS = [
             "sinh", "sqrt", "tan", "digamma", "lgamma", label="elementwise function", elementwise=True),
     _refuse(_PIECEWISE, "round", "floor", "ceil", "trunc", "sign", label="piecewise constant", elementwise=True),
     _refuse("a sawtooth (x - c·floor(x/c)): no rule", "fmod", "remainder", "frac", label="remainder"),
-    _refuse(_TWO_INPUTS, "maximum", "minimum", "fmax", "fmin", "atan2", "hypot", label="elementwise of two"),
-    _refuse(_MIXING, "cumsum", "col2im", "scatter_reduce", label="mixing linear map"),
+    _refuse(_TWO_INPUTS, "atan2", "hypot", label="elementwise of two"),
+    _refuse(_MIXING, "scatter_reduce", label="mixing linear map"),
     _refuse("interpolates at positions computed from the data: no rule", "grid_sampler_2d", label="grid sample"),
     _refuse("a product of many factors along an axis: no conservative rule", "prod", "cumprod", label="product"),
     _refuse("distances between vectors (norms of differences): no LRP rule", "_cdist_forward", "_pdist_forward",
