@@ -24,6 +24,7 @@ from .program.faster import FasterOf, compile_program
 from .program.program import RelevanceProgram
 from .rules import Rule
 from .viz.tokens import render_ansi, render_html, token_strings
+from . import meta_keys
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, Any]]
 # inputs whose relevance is the explanation's main ``relevance`` when the input is a dict, in this order
@@ -231,7 +232,7 @@ class Explainer:
             gm, frontend = pipeline.front_end(self.model, inputs.tensors, inputs.names, dict(inputs.options),
                                                self.frontend, self.leaf_modules, self.output, self.dynamic,
                                                self.composite)
-        out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["lrpfx_value"]
+        out_info = next(n for n in gm.graph.nodes if n.op == "output").args[0].meta[meta_keys.VALUE]
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         program = pipeline.build_program(gm, self.composite, intermediate=intermediate,

@@ -14,6 +14,7 @@ from .graph.nodes import source_line
 from .kinds import WEIGHTED_KINDS, Kind, NodeInfo
 from .program.program import RuleRow, RuleTable
 from .rules import Pass, Rule, applies_to
+from . import meta_keys
 
 
 def choose_rules(infos: Dict[fx.Node, NodeInfo], composite: Composite) -> Tuple[Dict[fx.Node, Rule], Dict]:
@@ -67,10 +68,10 @@ def rule_table(infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], reaso
 
 def passes_through(info: NodeInfo) -> bool:
     """Whether the identity rule can apply: one activation input, broadcast (or equal) to one tensor output."""
-    value = info.node.meta["lrpfx_value"]
+    value = info.node.meta[meta_keys.VALUE]
     if info.x is None or not value.is_tensor:
         return False
-    x_shape = info.x.meta["lrpfx_value"].shape
+    x_shape = info.x.meta[meta_keys.VALUE].shape
     try:
         return tuple(torch.broadcast_shapes(x_shape, value.shape)) == tuple(value.shape)
     except RuntimeError:

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch.fx as fx
+from . import meta_keys
 
 
 class Kind(str, Enum):
@@ -211,4 +212,4 @@ class NodeInfo:
 
     @property
     def shape(self):
-        return self.node.meta["lrpfx_value"].shape
+        return self.node.meta[meta_keys.VALUE].shape

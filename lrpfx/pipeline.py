@@ -29,6 +29,7 @@ from .kinds import Kind
 from .locks import eval_mode
 from .program.builder import FORMS, ProgramBuilder
 from .program.program import RelevanceProgram
+from . import meta_keys
 
 FRONTENDS = ("auto", "fx", "export")
 log = logging.getLogger("lrpfx")
@@ -151,7 +152,7 @@ def check_dependencies(gm: fx.GraphModule, infos: Dict[fx.Node, graph.NodeInfo])
     input's relevance is zero because the output does not depend on it."""
     node = graph.untracked_dependency(gm, infos)
     if node is not None:
-        value = node.meta["lrpfx_value"]
+        value = node.meta[meta_keys.VALUE]
         container = not value.is_tensor and (value.tuple_len is None or value.nested)
         what = "a nested tuple or other container" if container else f"a value lrpfx does not track ({value})"
         raise UnsupportedOpError(

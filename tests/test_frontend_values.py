@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lrpfx.frontend.export import export_graph
+from lrpfx.meta_keys import VALUE
 from lrpfx.frontend.fx import record_values, values_from_export
 from tests.helpers.breadth_zoo import ZOO
 
@@ -42,11 +43,11 @@ def test_values_from_export_equal_a_recording_run(name):
     names, tensors = _split(inputs)
     gm = export_graph(model, names, tensors, {}, dynamic=dynamic)
     assert values_from_export(gm), "every node of an exported graph carries export's record"
-    from_export = {n.name: n.meta["lrpfx_value"] for n in gm.graph.nodes if "lrpfx_value" in n.meta}
+    from_export = {n.name: n.meta[VALUE] for n in gm.graph.nodes if VALUE in n.meta}
     for n in gm.graph.nodes:
-        n.meta.pop("lrpfx_value", None)
+        n.meta.pop(VALUE, None)
     record_values(gm, tensors)
-    recorded = {n.name: n.meta["lrpfx_value"] for n in gm.graph.nodes if "lrpfx_value" in n.meta}
+    recorded = {n.name: n.meta[VALUE] for n in gm.graph.nodes if VALUE in n.meta}
     assert from_export == recorded
 
 
@@ -60,9 +61,9 @@ def test_nodes_without_exports_record_are_run_on_fake_tensors_or_recorded():
     gm = export_graph(model, None, (x,), {})
     linear = next(n for n in gm.graph.nodes if n.op == "call_function")
     del linear.meta["val"]  # as for a node a rewrite added
-    assert values_from_export(gm) and linear.meta["lrpfx_value"].shape == (2, 2)
+    assert values_from_export(gm) and linear.meta[VALUE].shape == (2, 2)
     for n in gm.graph.nodes:
-        n.meta.pop("lrpfx_value", None)
+        n.meta.pop(VALUE, None)
     linear.target = data_dependent_linear
     assert not values_from_export(gm)
-    assert not any("lrpfx_value" in n.meta for n in gm.graph.nodes)  # all or nothing: the caller records
+    assert not any(VALUE in n.meta for n in gm.graph.nodes)  # all or nothing: the caller records

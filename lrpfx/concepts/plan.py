@@ -21,6 +21,7 @@ from typing import Any, Dict, FrozenSet, List, Sequence, Set, Tuple
 import torch
 import torch.fx as fx
 
+from .. import meta_keys
 from ..errors import InputError, close_names
 from ..kinds import NodeInfo
 from ..program.builder import intermediate_keys
@@ -69,7 +70,7 @@ class ConditionPlan:
         masked = [resolve(name) for name in self.masked]
         keys = intermediate_keys(infos)
         layout = Layout()
-        layout.masked = [(name, tuple(n.meta["lrpfx_value"].shape[1:]), default_concept(infos[n], infos))
+        layout.masked = [(name, tuple(n.meta[meta_keys.VALUE].shape[1:]), default_concept(infos[n], infos))
                          for name, n in zip(self.masked, masked)]
         by_name = dict(zip(self.masked, masked))
         for name, n in by_name.items():
@@ -92,7 +93,7 @@ class ConditionPlan:
         values = [resolve(name) for name in self.values]
         named.update(zip(self.values, values))
         for name, n in named.items():
-            shape = tuple(n.meta["lrpfx_value"].shape[1:])
+            shape = tuple(n.meta[meta_keys.VALUE].shape[1:])
             layout.ndim[name] = len(shape) + 1
             layout.shapes[name] = shape
             layout.concepts[name] = default_concept(infos[n], infos)
@@ -252,6 +253,6 @@ def _bypasses(level: FrozenSet[fx.Node], infos, consumers, group, edges, nodes) 
 
 
 def _reads_tuple_piece(c: fx.Node, n: fx.Node) -> bool:
-    value = n.meta.get("lrpfx_value")
+    value = n.meta.get(meta_keys.VALUE)
     return c.op == "call_function" and c.target is operator.getitem and value is not None \
         and value.tuple_len is not None

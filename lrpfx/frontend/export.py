@@ -37,6 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .. import meta_keys
 from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, torch_message
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
@@ -47,7 +48,7 @@ from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import attribute, call_arg as _arg, source_line
 from ..graph.recurrent import is_recurrent
 from ..graph.registry import REGISTRY, is_activation_module
-from .fx import WHOLE_MODULE, failure_location, values_from_export
+from .fx import failure_location, values_from_export
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
@@ -299,8 +300,8 @@ def _name_module_ops(gm: fx.GraphModule, model: nn.Module) -> None:
             by_scope.setdefault(paths[-1], []).append(n)
     for path, nodes in by_scope.items():
         if len(nodes) == 1:
-            nodes[0].meta["lrpfx_module"] = path
-            nodes[0].meta["lrpfx_module_object"] = model.get_submodule(path)
+            nodes[0].meta[meta_keys.MODULE] = path
+            nodes[0].meta[meta_keys.MODULE_OBJECT] = model.get_submodule(path)
 
 
 # ---- leaves ---------------------------------------------------------------------------------------------------
@@ -363,12 +364,12 @@ def _collapse(gm: fx.GraphModule, model: nn.Module, path: str, nodes: List[fx.No
     gm.add_submodule(target, model.get_submodule(path))
     with gm.graph.inserting_after(outputs[0]):
         call = gm.graph.call_module(target, (inputs[0],))
-    call.meta["lrpfx_module"] = path
+    call.meta[meta_keys.MODULE] = path
     call.meta["stack_trace"] = outputs[0].meta.get("stack_trace")
     call.meta["val"] = outputs[0].meta.get("val")
     if not is_activation_module(model.get_submodule(path)):
         # the module may return more than the one tensor the graph used (a tuple): only running it tells
-        call.meta[WHOLE_MODULE] = True
+        call.meta[meta_keys.WHOLE_MODULE] = True
     outputs[0].replace_all_uses_with(call)
     for n in reversed(nodes):
         gm.graph.erase_node(n)
@@ -427,7 +428,7 @@ def decompose_attention(gm: fx.GraphModule) -> bool:
         for new in (scores, weights, out):
             new.meta["stack_trace"] = n.meta.get("stack_trace")
             new.meta["nn_module_stack"] = n.meta.get("nn_module_stack")
-        out.meta["lrpfx_sdpa"] = True  # the relevance pass may run the chain as one fused step (emit_attention)
+        out.meta[meta_keys.SDPA] = True  # the relevance pass may run the chain as one fused step (emit_attention)
         n.replace_all_uses_with(out)
         g.erase_node(n)
         changed = True
@@ -440,7 +441,7 @@ def _shape_dtype(n: fx.Node, operand) -> Tuple[Tuple[int, ...], torch.dtype]:
     value = operand.meta.get("val") if isinstance(operand, fx.Node) else None
     if value is not None and hasattr(value, "dtype"):
         return tuple(value.shape), value.dtype
-    recorded = operand.meta.get("lrpfx_value") if isinstance(operand, fx.Node) else None
+    recorded = operand.meta.get(meta_keys.VALUE) if isinstance(operand, fx.Node) else None
     if recorded is not None and recorded.is_tensor:
         return tuple(recorded.shape), recorded.dtype
     raise UnsupportedOpError(f"attention node '{n.name}': the shape and dtype of its operand {operand} are unknown")

@@ -18,6 +18,7 @@ import torch.fx as fx
 from torch import nn
 from torch._guards import detect_fake_mode
 
+from .. import meta_keys
 from ..errors import InputError, OutputError, TraceError, UnsupportedOpError, torch_message
 from ..graph.nodes import attribute, is_own_file, source_line
 from ..graph.recurrent import holds_packed, packed_error, packing_error, packs_sequences
@@ -280,7 +281,7 @@ class _Recorder(fx.Interpreter):
                              f"{type(exc).__name__}: {torch_message(exc)}") from exc
         if holds_packed(value):
             raise packed_error(n, source_line(n))
-        n.meta["lrpfx_value"] = _describe(value)
+        n.meta[meta_keys.VALUE] = _describe(value)
         return value
 
 
@@ -288,11 +289,6 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.T
     """Run ``gm`` once on ``inputs``, storing a :class:`ValueInfo` in every node's ``meta``; returns the output."""
     with torch.no_grad():
         return _Recorder(gm).run(*inputs)
-
-
-# node.meta key: a leaf module kept whole (frontend.export); export's record of it is its first output's, not the
-# module's own result
-WHOLE_MODULE = "lrpfx_whole_module"
 
 
 def values_from_export(gm: fx.GraphModule) -> bool:
@@ -308,7 +304,7 @@ def values_from_export(gm: fx.GraphModule) -> bool:
             value = attribute(gm, n.target)
         elif n.op == "output":
             value = fx.node.map_arg(n.args[0], fakes.get)
-        elif n.meta.get(WHOLE_MODULE):  # a leaf kept whole may return a tuple export never recorded
+        elif n.meta.get(meta_keys.WHOLE_MODULE):  # a leaf kept whole may return a tuple export never recorded
             return False
         elif n in fakes:
             value = fakes[n]
@@ -328,7 +324,7 @@ def values_from_export(gm: fx.GraphModule) -> bool:
         except _NoHint:  # a size export knows only as a symbol: record by running the graph instead
             return False
     for n, value in values.items():
-        n.meta["lrpfx_value"] = value
+        n.meta[meta_keys.VALUE] = value
     return True
 
 

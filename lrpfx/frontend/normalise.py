@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .. import meta_keys
 from ..errors import UnsupportedOpError
 from ..graph.analyses import constant_by_design
 from ..graph.decompose import decompose_unknown_ops
@@ -128,7 +129,7 @@ def named_tuple_fields(gm: fx.GraphModule) -> bool:
     for n in list(gm.graph.nodes):
         if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in _FIELDS:
             source = n.args[0]
-            value = source.meta.get("lrpfx_value") if isinstance(source, fx.Node) else None
+            value = source.meta.get(meta_keys.VALUE) if isinstance(source, fx.Node) else None
             if value is not None and value.tuple_len is not None:
                 n.target, n.args = operator.getitem, (source, _FIELDS[n.args[1]])
                 changed = True
@@ -198,7 +199,7 @@ class SpelledActivation(nn.Module):
 
 def _tensor_meta(n: fx.Node):
     """``(shape, dtype)`` of a node's tensor value from a recording run or from export, else None."""
-    value = n.meta.get("lrpfx_value")
+    value = n.meta.get(meta_keys.VALUE)
     if value is not None:
         return (tuple(value.shape), value.dtype) if value.is_tensor else None
     value = n.meta.get("val")
@@ -304,7 +305,7 @@ def _collapse_region(gm: fx.GraphModule, nodes: List[fx.Node], out: fx.Node, sou
     gm.add_submodule(target, SpelledActivation(fn, label))
     with gm.graph.inserting_after(out):
         call = gm.graph.call_module(target, (source,))
-    call.meta = {k: v for k, v in out.meta.items() if k in ("val", "lrpfx_value", "stack_trace", "nn_module_stack")}
+    call.meta = {k: v for k, v in out.meta.items() if k in ("val", meta_keys.VALUE, "stack_trace", "nn_module_stack")}
     out.replace_all_uses_with(call)
     for n in reversed(nodes):
         gm.graph.erase_node(n)

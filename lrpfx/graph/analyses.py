@@ -17,6 +17,7 @@ from .readers import exponent
 from .recurrent import is_recurrent
 from .by_design import STATISTIC
 from .registry import REGISTRY
+from .. import meta_keys
 
 aten = torch.ops.aten
 
@@ -37,7 +38,7 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
     """
     active: Dict[fx.Node, bool] = {}
     for n in gm.graph.nodes:
-        info = n.meta.get("lrpfx_value")
+        info = n.meta.get(meta_keys.VALUE)
         floaty = info is not None and (info.is_float_tensor or (
             info.tuple_len is not None and info.dtype is not None and info.dtype.is_floating_point
             and (not info.nested or is_recurrent(gm, n))))  # a nested tuple only where a rule reads it
@@ -50,7 +51,6 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
     return _on_path_to_output(gm, active)
 
 
-HELD = "lrpfx_held"  # node.meta key: the composite's ``constants`` glob that holds this node's value constant
 
 
 def hold_constant(gm: fx.GraphModule, patterns, must_match: bool = True) -> None:
@@ -62,14 +62,14 @@ def hold_constant(gm: fx.GraphModule, patterns, must_match: bool = True) -> None
         if not matched and must_match:
             raise unmatched_pattern("constants", pattern, names.values())
         for n in matched:
-            n.meta[HELD] = pattern
+            n.meta[meta_keys.HELD] = pattern
 
 
 def constant_by_design(n: fx.Node, active) -> bool:
     """A value computed from activations that carries no relevance: a statistic (a normalisation's scale), a
     shape-only op, a router's top-k weights, an op of a constant that reads an activation's shape or dtype, or a
     node a composite holds constant (:func:`hold_constant`)."""
-    return n.meta.get(HELD) is not None or is_statistic(n) or _constant_row(n) or is_routing(n) or (
+    return n.meta.get(meta_keys.HELD) is not None or is_statistic(n) or _constant_row(n) or is_routing(n) or (
         _shaped_like(n) and bool(n.args) and not (isinstance(n.args[0], fx.Node) and n.args[0] in active))
 
 
@@ -120,7 +120,7 @@ def untracked_dependency(gm: fx.GraphModule, active: Dict[fx.Node, bool]) -> Opt
     """
     depends = set()
     for n in gm.graph.nodes:
-        value = n.meta.get("lrpfx_value")
+        value = n.meta.get(meta_keys.VALUE)
         if n.op == "output" or value is None or not value.holds_float:
             continue
         if n in active and (n.op == "placeholder" or embedding_source(gm, n) is not None):
@@ -212,7 +212,7 @@ _ID_ARITHMETIC_NAMES = {"mul", "add", "sub", "remainder", "fmod", "mod", "floor_
 
 
 def _shape(n: fx.Node):
-    value = n.meta.get("lrpfx_value")
+    value = n.meta.get(meta_keys.VALUE)
     shape = getattr(value, "shape", None)
     if shape is None and isinstance(n.meta.get("val"), torch.Tensor):
         shape = n.meta["val"].shape

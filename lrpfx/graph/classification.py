@@ -20,6 +20,7 @@ from .nodes import call_arg, op_label, op_name, out_of_place_method, source_line
 from .readers import Call
 from .recurrent import recurrent_call
 from .registry import REGISTRY, ANY, FIRST
+from .. import meta_keys
 
 
 def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
@@ -49,8 +50,8 @@ def classify(gm: fx.GraphModule) -> Dict[fx.Node, NodeInfo]:
         if info.kind == Kind.UNKNOWN and n.op != "placeholder" and not is_function_call(n):
             info = apply_probe(gm, info)  # what no row knows: its class by its values, or it stays unknown
         info.activations = acts
-        info.name = n.meta.get("lrpfx_module", info.name)  # export front-end: the op's module path
-        info.module = info.module if info.module is not None else n.meta.get("lrpfx_module_object")
+        info.name = n.meta.get(meta_keys.MODULE, info.name)  # export front-end: the op's module path
+        info.module = info.module if info.module is not None else n.meta.get(meta_keys.MODULE_OBJECT)
         infos[n] = info
     for info in infos.values():
         if info.kind == Kind.MATMUL:
@@ -76,7 +77,7 @@ def _nothing_tracked(gm: fx.GraphModule) -> Optional[UnsupportedOpError]:
         elif n.op != "output" and any(a in from_inputs for a in n.all_input_nodes) and op_name(n) not in (
                 "size", "sym_size", "zeros_like", "ones_like", "empty_like", "new_zeros", "new_ones", "new_empty"):
             from_inputs.add(n)
-            value = n.meta.get("lrpfx_value")
+            value = n.meta.get(meta_keys.VALUE)
             if start is None and n in upstream and value is not None and value.holds_float:
                 start = n
     if start is None:

@@ -16,6 +16,7 @@ import torch.fx as fx
 
 from .nodes import attribute, op_name
 from .registry import REGISTRY
+from .. import meta_keys
 
 aten = torch.ops.aten
 _SKIPPED = {operator.getitem, getattr}
@@ -38,7 +39,7 @@ def decompose_unknown_ops(gm: fx.GraphModule) -> bool:
 
 def decompose_unknown(gm: fx.GraphModule, unknown: List[fx.Node]) -> bool:
     """Replace each node of ``unknown`` (activation nodes no row describes) whose Core ATen decomposition has
-    only known pieces by those pieces. Needs the nodes' recorded values (``meta['lrpfx_value']``). Returns
+    only known pieces by those pieces. Needs the nodes' recorded values (``meta[meta_keys.VALUE]``). Returns
     whether the graph changed (its values must then be recorded again)."""
     changed = False
     for n in unknown:
@@ -66,7 +67,7 @@ def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
     serve every size the node does), or None where it cannot be."""
     if not _torch_op(n):
         return None
-    value = n.meta.get("lrpfx_value")
+    value = n.meta.get(meta_keys.VALUE)
     if value is None or not value.is_float_tensor:
         return None
     operands = [a for a in n.all_input_nodes]
@@ -75,7 +76,7 @@ def _decomposition(gm: fx.GraphModule, n: fx.Node) -> Optional[fx.GraphModule]:
         if a.op == "get_attr":
             examples.append(attribute(gm, a.target))
         else:
-            examples.append(_example(a.meta.get("lrpfx_value")))
+            examples.append(_example(a.meta.get(meta_keys.VALUE)))
     if any(e is None for e in examples):
         return None
     slot = {a: i for i, a in enumerate(operands)}
@@ -146,8 +147,8 @@ def _splice(gm: fx.GraphModule, n: fx.Node, traced: fx.GraphModule) -> None:
                 value = p.meta.get("val")
                 copy.meta = {k: v for k, v in n.meta.items() if k in ("stack_trace", "nn_module_stack")}
                 if value is not None:  # the front-ends record the values again; until then, the traced ones
-                    copy.meta["lrpfx_value"] = _describe(value)
-                copy.meta["lrpfx_decomposed"] = op_name(n)
+                    copy.meta[meta_keys.VALUE] = _describe(value)
+                copy.meta[meta_keys.DECOMPOSED] = op_name(n)
                 env[p] = copy
             elif p.op == "get_attr":  # a constant the decomposition made (a filler, an index table)
                 name = f"lrpfx_{n.name}_{p.target}"

@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 
 from .ops import canonical_name, function_key
+from .. import meta_keys
 
 # lrpfx's and torch's own frames are told apart by their real install directories, not by folder names (a user's
 # project may well live in a folder called "lrpfx" or "torch"), plus the code fx generates.
@@ -81,12 +82,12 @@ def node_path(n: fx.Node) -> str:
     """The name ``by_name`` and ``constants`` globs match: a module's path, else the node's name."""
     if n.op == "call_module":
         return n.target
-    return n.meta.get("lrpfx_module", n.name)
+    return n.meta.get(meta_keys.MODULE, n.name)
 
 
 def value_rank(node: fx.Node) -> int:
     """The number of axes of a node's recorded tensor value (0 for anything else)."""
-    value = node.meta.get("lrpfx_value")
+    value = node.meta.get(meta_keys.VALUE)
     return len(value.shape) if value is not None and value.is_tensor else 0
 
 

@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from ..kinds import Elementwise, Kind, Moves, NodeInfo
 from .nodes import attribute, out_of_place_method, source_line
+from .. import meta_keys
 
 log = logging.getLogger("lrpfx")
 _TOLERANCE = 1e-9
@@ -32,7 +33,7 @@ def probe(gm: fx.GraphModule, info: NodeInfo) -> Optional[str]:
     f = _runner(gm, info)
     if f is None:
         return None
-    shape = tuple(info.x.meta["lrpfx_value"].shape)
+    shape = tuple(info.x.meta[meta_keys.VALUE].shape)
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(2))
     try:
@@ -41,7 +42,7 @@ def probe(gm: fx.GraphModule, info: NodeInfo) -> Optional[str]:
     except Exception:  # an op that does not run on float64 stand-ins: it stays unknown
         return None
     if not all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 for v in (fa, fb, mixed, zero)) \
-            or tuple(fa.shape) != tuple(info.node.meta["lrpfx_value"].shape):
+            or tuple(fa.shape) != tuple(info.node.meta[meta_keys.VALUE].shape):
         return None
     scale = max(float(fa.abs().max()), float(fb.abs().max()), 1.0)
     if not _close(zero, torch.zeros_like(zero), scale):
@@ -88,8 +89,8 @@ def _runner(gm: fx.GraphModule, info: NodeInfo):
     """``x -> the node's op on x`` with the other arguments as recorded, or None where one of them is a value
     the graph computes (not a parameter or a number) or the op has no tensor activation input."""
     n, x = info.node, info.x
-    value = n.meta.get("lrpfx_value")
-    if x is None or value is None or not value.is_float_tensor or not x.meta["lrpfx_value"].is_float_tensor:
+    value = n.meta.get(meta_keys.VALUE)
+    if x is None or value is None or not value.is_float_tensor or not x.meta[meta_keys.VALUE].is_float_tensor:
         return None
     if any(a is not x and a.op != "get_attr" for a in n.all_input_nodes):
         return None

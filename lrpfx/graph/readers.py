@@ -14,12 +14,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..rules.layers import Conv, ConvTranspose, Linear
 from ..kinds import Axis, BatchNormStats, Elementwise, Grouped, Kind, Moves, NodeInfo, Normalisation, Product, Terms
 from .nodes import call_arg, op_label, op_name, value_rank
+from .. import meta_keys
 
 aten = torch.ops.aten
 
@@ -67,7 +67,7 @@ def as_tuple(v, dim):
 
 
 def _dtype_eps(node: fx.Node) -> float:
-    return torch.finfo(node.meta["lrpfx_value"].dtype).eps
+    return torch.finfo(node.meta[meta_keys.VALUE].dtype).eps
 
 
 # ---- affine ops ----------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def conv_call(info: NodeInfo, call: Call) -> bool:
     args = {"stride": call.arg(3, "stride", 1), "padding": call.arg(4, "padding", 0),
             "dilation": call.arg(5, "dilation", 1), "groups": call.arg(6, "groups", 1)}
     try:
-        info.layer = conv_layer(args, dim, w.meta["lrpfx_value"].shape)
+        info.layer = conv_layer(args, dim, w.meta[meta_keys.VALUE].shape)
     except (AttributeError, KeyError):  # a weight without a recorded shape: leave the node unknown
         return False
     info.weight, info.bias = w, call.arg(2, "bias")
@@ -151,7 +151,7 @@ def conv_transpose_call(info: NodeInfo, call: Call) -> bool:
 def convolution(info: NodeInfo, call: Call) -> bool:
     """``aten.convolution``: the one op behind every convolution and transposed convolution of Core ATen."""
     w = call.arg(1, "weight")
-    shape = getattr(w, "meta", {}).get("lrpfx_value")
+    shape = getattr(w, "meta", {}).get(meta_keys.VALUE)
     if shape is None:
         return False
     dim = len(shape.shape) - 2
@@ -257,7 +257,7 @@ def softmax_call(info: NodeInfo, call: Call) -> bool:
 # ---- activations ---------------------------------------------------------------------------------------------
 def activation_module(info: NodeInfo, call: Call) -> bool:
     """A module activation; a spelled-out one collapsed by the export front-end knows whether ``f(0) = 0``."""
-    if not getattr(call.module, "lrpfx_zero_at_zero", True):
+    if not getattr(call.module, meta_keys.ZERO_AT_ZERO_ATTRIBUTE, True):
         info.facts = Elementwise(info.facts.relu, False)
     return True
 

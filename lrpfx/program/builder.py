@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from .. import meta_keys
 from ..errors import RuleError
 from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
@@ -111,7 +112,7 @@ class ProgramBuilder:
         gate = self.edge_gates.get((self.emitting, node))
         if gate is not None:  # this contribution bypasses a conditioned node (a gate is linear: same in both forms)
             relevance = self.call(gate_relevance, [relevance, self.condition(gate)],
-                                  {"ndim": len(node.meta["lrpfx_value"].shape)})
+                                  {"ndim": len(node.meta[meta_keys.VALUE].shape)})
         (self.contrib_per_value if per_value else self.contrib)[node].append(relevance)
 
     def is_per_value(self, r: fx.Node) -> bool:
@@ -129,7 +130,7 @@ class ProgramBuilder:
             r = self.call(operator.mul, [r, self.condition(self.masked[n])], name=f"r_{n.name}_masked")
         if n in self.node_gates:
             r = self.call(gate_relevance, [r, self.condition(self.node_gates[n])],
-                          {"ndim": len(n.meta["lrpfx_value"].shape)}, name=f"r_{n.name}_gated")
+                          {"ndim": len(n.meta[meta_keys.VALUE].shape)}, name=f"r_{n.name}_gated")
         if per_value:
             self.per_value.add(r)
         return r
@@ -309,8 +310,8 @@ class ProgramBuilder:
 
     @staticmethod
     def is_tuple_node(node) -> bool:
-        return isinstance(node, fx.Node) and node.meta.get("lrpfx_value") is not None \
-            and node.meta["lrpfx_value"].tuple_len is not None
+        return isinstance(node, fx.Node) and node.meta.get(meta_keys.VALUE) is not None \
+            and node.meta[meta_keys.VALUE].tuple_len is not None
 
     def pool_winners(self, info: NodeInfo) -> fx.Node:
         """The winners of a max pooling, taken by the forward's own pooling (which then returns them too): the
@@ -330,7 +331,7 @@ class ProgramBuilder:
         """``pieces[i]`` or ``pieces[a:b:c]`` of a tuple-valued node (split, chunk, unbind): the relevance goes to
         the pieces it names, with negative indices and slices resolved against the tuple's recorded length."""
         source, index = n.args[0], n.args[1]
-        positions = range(source.meta["lrpfx_value"].tuple_len)
+        positions = range(source.meta[meta_keys.VALUE].tuple_len)
         if isinstance(index, slice):
             for j, i in enumerate(positions[index]):
                 self.tuple_contrib[source][i].append(self.call(operator.getitem, [r, j]))
@@ -356,7 +357,7 @@ class ProgramBuilder:
         active = [i for i, v in enumerate(graph_values) if v in self.infos]
         # structural ops are linear in their activations: the VJP needs their shapes, not their values
         linear = norm_eps is None and info.kind == Kind.STRUCTURAL and all(
-            graph_values[i].meta["lrpfx_value"].is_tensor for i in active)
+            graph_values[i].meta[meta_keys.VALUE].is_tensor for i in active)
         replay = structural.Replay(fn, args, kwargs, active, describe=info.op, norm_eps=norm_eps, linear=linear)
         path = f"steps.{n.name}"
         self.attrs[path] = replay

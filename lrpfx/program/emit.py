@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch.fx as fx
 
+from .. import meta_keys
 from ..errors import RuleError
 from ..frontend.functions import backward_vjp, is_function_call
 from ..graph.canonize import plain_relu
@@ -210,8 +211,8 @@ def emit_pattern(b, info: NodeInfo, rule: PatternNet, r: fx.Node) -> None:
 def _keeps_dtype(b, info: NodeInfo) -> bool:
     """Whether the node's activation inputs have its dtype: through a cast, relevance per value would take the
     rounding of the cast value with it (``x ≠ y`` by one rounding), relevance does not."""
-    dtype = info.node.meta["lrpfx_value"].dtype
-    return all(a.meta["lrpfx_value"].dtype == dtype for a in info.node.all_input_nodes if a in b.infos)
+    dtype = info.node.meta[meta_keys.VALUE].dtype
+    return all(a.meta[meta_keys.VALUE].dtype == dtype for a in info.node.all_input_nodes if a in b.infos)
 
 
 def _pass_per_value(b, info: NodeInfo, rule: Rule) -> bool:

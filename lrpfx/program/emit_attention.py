@@ -2,7 +2,7 @@
 the modified-gradient form, LSTM/GRU/RNN layers (registered with :func:`lrpfx.program.emit.emitter`).
 
 An attention that the front-end split out of ``F.scaled_dot_product_attention`` (``QKᵀ``, scale, masks,
-softmax, ``A V``; the node ``A V`` carries ``meta["lrpfx_sdpa"]``) is explained step by step in general. Where
+softmax, ``A V``; the node ``A V`` carries ``meta[meta_keys.SDPA]``) is explained step by step in general. Where
 every step of it hands on relevance per value (AttnLRP and CP-LRP with ``eps = 0``), the chain is the
 attention's own VJP with each operand's share scaled by the uniform splits, so one fused step replaces it
 (:func:`lrpfx.rules.attention.attention_per_value`): PyTorch's fused attention kernel; the forward copy then
@@ -18,13 +18,13 @@ from typing import Optional, Tuple
 import torch
 import torch.fx as fx
 
+from .. import meta_keys
 from ..frontend.export import attention_blocked
 from ..kinds import Kind, NodeInfo
 from ..rules import (ConstantAttention, Gradient, MatmulUniform, Pass, RecurrentLRP, Rule, Softmax, Structural,
                      attention, recurrent)
 from .emit import emitter, lrp0
 
-SDPA_MARK = "lrpfx_sdpa"  # on the A V node of an attention split out of scaled_dot_product_attention
 
 
 @emitter(Softmax, Kind.SOFTMAX, per_value=lambda b, info, rule: True)
@@ -87,7 +87,7 @@ class FusedAttention:
 def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]:
     """The attention ending at ``A V`` node ``info`` if its steps may run as one (see the module's docstring)."""
     out = info.node
-    if not (b.modified_gradient and out.meta.get(SDPA_MARK) and lrp0(b, rule) and info.facts.softmax_operand == 0):
+    if not (b.modified_gradient and out.meta.get(meta_keys.SDPA) and lrp0(b, rule) and info.facts.softmax_operand == 0):
         return None
     weights, v = out.args[:2]
     active = _active(info, rule)
@@ -132,7 +132,7 @@ def fused_attentions(b) -> dict:
     call of the fused kernel too (:func:`lrpfx.rules.attention.attention_forward`)."""
     found = {}
     for n, info in b.infos.items():
-        if info.kind == Kind.MATMUL and n.meta.get(SDPA_MARK) and n in b.rules:
+        if info.kind == Kind.MATMUL and n.meta.get(meta_keys.SDPA) and n in b.rules:
             fused = fusable_attention(b, info, b.rules[n])
             if fused is not None:
                 found[n] = fused

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .. import meta_keys
 from ..errors import InputError
 from .nodes import num_inputs
 
@@ -24,7 +25,7 @@ def example_inputs_for(program) -> Tuple[torch.Tensor, ...]:
     for n in gm.graph.nodes:
         if n.op != "placeholder" or n.name == "target":
             continue
-        info = n.meta.get("lrpfx_value")
+        info = n.meta.get(meta_keys.VALUE)
         shape, dtype = getattr(info, "shape", None), getattr(info, "dtype", None)
         if shape is None or dtype is None:
             raise InputError(f"the program does not record the shape of its input '{n.name}': pass "
