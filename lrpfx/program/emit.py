@@ -19,9 +19,8 @@ from ..frontend.functions import backward_vjp, is_function_call
 from ..graph.canonize import plain_relu
 from ..graph.nodes import parameter_of, source_line
 from ..kinds import WEIGHTED_KINDS, Kind, NodeInfo
-from ..rules import (ConstantAttention, Epsilon, Gradient, MatmulUniform, MulUniform, Norm, NormIdentity, Pass,
-                     PatternAttribution, PatternNet, Rule, Structural, WinnerTakesAll, ZBox, affine, elementwise,
-                     experts, structural)
+from ..rules import (Epsilon, Gradient, MulUniform, Norm, NormIdentity, Pass, PatternAttribution, PatternNet, Rule,
+                     Structural, WinnerTakesAll, affine, elementwise, experts, structural)
 from ..rules.layers import AvgPool, ChannelAffine
 
 Emitter = Callable[..., None]
@@ -63,8 +62,7 @@ def lrp0(b, rule: Rule) -> bool:
     """Whether the step of ``rule`` gives relevance per value: an epsilon-type rule with ``eps = 0`` (LRP-0 on
     affine maps, sums, pools, norms and bilinear products), whose steps are exact in that form (``R = x ⊙ G``
     with ``G`` carried like a gradient: ``Wᵀ G`` for an affine map, the same ``G`` for each summand)."""
-    return b.modified_gradient and type(rule) in (Epsilon, Norm, NormIdentity, MatmulUniform, ConstantAttention) \
-        and rule.eps == 0
+    return b.modified_gradient and rule is not None and rule.exact_per_value and rule.eps == 0
 
 
 def cannot_apply(info: NodeInfo, rule: Rule) -> RuleError:
@@ -95,8 +93,7 @@ def affine_step(b, info: NodeInfo, rule: Rule, w, bias, layer, x: fx.Node, r: fx
         kwargs["positive_only"] = True
         if info.relu_output is not None and rule.divides_by_relu():
             args[3], kwargs["z_is_relu"] = b.env[info.relu_output], True  # relu(z) in place of z: one pass less
-    if isinstance(rule, ZBox):
-        args += [_bound(b, n, "low", rule.low), _bound(b, n, "high", rule.high)]
+    args += [_bound(b, n, which, value) for which, value in rule.extra_inputs()]
     b.contribute(x, b.call(rule.function, args, kwargs, name=f"r_{n.name}_in"))
 
 
@@ -124,10 +121,10 @@ def emit_weighted(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
 def emit_grouped(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     """The grouped product of a mixture-of-experts block (:mod:`lrpfx.rules.experts`): epsilon per expert."""
     n, x, offs, w = info.node, b.env[info.x], b.env[info.facts.offs], b.value(info.weight)
-    if isinstance(rule, Epsilon):
+    if rule.epsilon_quotient:
         b.contribute(info.x, b.call(experts.grouped_epsilon, [x, w, offs, b.env[n], r], {"eps": rule.eps},
                                     name=f"r_{n.name}_in"))
-    elif isinstance(rule, Gradient):
+    elif rule.follows_gradient:
         b.contribute(info.x, b.call(experts.grouped_transpose, [r, w, offs], name=f"r_{n.name}_in"))
     else:
         raise RuleError(f"rule {rule.describe()} cannot apply to node '{info.name}' ({info.op})"
@@ -141,7 +138,7 @@ def emit_folded(b, bn: NodeInfo, _rule, r: fx.Node) -> None:
     producer = bn.fold_from
     rule, s = b.rules[producer.node], bn.facts
     stats = [b.value(s.mean), b.value(s.var), b.value(s.weight), b.value(s.bias)]
-    if isinstance(rule, Epsilon) and _weight_outweighs_output(b.gm, producer, bn):
+    if rule.epsilon_quotient and _weight_outweighs_output(b.gm, producer, bn):
         # Wᵀ(s·q) = (W·s)ᵀq: scaling the quotient per channel costs less than folding every weight
         scale_bias = b.call(affine.batchnorm_output_scale, [b.value(producer.bias), *stats], {"eps": float(s.eps)},
                             name=f"{producer.node.name}_bn_scale")
@@ -174,7 +171,7 @@ def emit_channel_affine(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     """An unfolded BatchNorm as the per-channel affine map ``x·scale + shift`` under an affine rule."""
     if rule.function is None:
         raise cannot_apply(info, rule)
-    if isinstance(rule, Epsilon) and rule.zero_bias and rule.eps == 0:
+    if rule.epsilon_quotient and rule.zero_bias and rule.eps == 0:
         # one input per output: LRP-0 without the shift gives it the whole relevance, also where x·scale = 0
         b.contribute(info.x, r)
         return
@@ -203,7 +200,7 @@ def emit_pattern(b, info: NodeInfo, rule: PatternNet, r: fx.Node) -> None:
         a = a.to(weight)
     pattern_node = b.attr(f"constants.{n.name}_pattern", a)
     b.contribute(info.x, b.call(affine.pattern, [b.env[info.x], w, pattern_node, r],
-                                {"layer": info.layer, "attribution": isinstance(rule, PatternAttribution)},
+                                {"layer": info.layer, "attribution": rule.attribution},
                                 name=f"r_{n.name}_in"))
 
 
@@ -360,7 +357,7 @@ def emit_structural(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
 
 @emitter((Structural, Gradient, WinnerTakesAll))
 def emit_replay(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
-    if isinstance(rule, Gradient) and is_function_call(info.node):
+    if rule.follows_gradient and is_function_call(info.node):
         return emit_backward(b, info, r)
     b.replay(info, r)
 

@@ -21,8 +21,7 @@ import torch.fx as fx
 from .. import meta_keys
 from ..frontend.export import attention_blocked
 from ..kinds import Kind, NodeInfo
-from ..rules import (ConstantAttention, Gradient, MatmulUniform, Pass, RecurrentLRP, Rule, Softmax, Structural,
-                     attention, recurrent)
+from ..rules import ConstantAttention, MatmulUniform, RecurrentLRP, Rule, Softmax, attention, recurrent
 from .emit import emitter, lrp0
 
 
@@ -42,7 +41,7 @@ def emit_softmax(b, info: NodeInfo, rule: Softmax, r: fx.Node) -> None:
 def _active(info: NodeInfo, rule: Rule) -> Tuple[bool, bool]:
     """Which operands of a product take relevance: the activations, less the attention weights under CP-LRP."""
     active, weights = info.facts.active, info.facts.softmax_operand
-    if isinstance(rule, ConstantAttention) and weights is not None:
+    if rule.holds_attention and weights is not None:
         active = tuple(flag and i != weights for i, flag in enumerate(active))
     return active
 
@@ -150,14 +149,13 @@ def forward_fused(b, f: FusedAttention) -> fx.Node:
 def _chain_per_value(b, chain, product) -> bool:
     """Whether every step of the chain hands on relevance per value: the softmax rule, Pass on the scale,
     the VJP on masks and the transpose, LRP-0 on a float mask's sum and on ``QKᵀ``."""
-    expected = {Kind.SOFTMAX: Softmax, Kind.SCALE: Pass, Kind.STRUCTURAL: (Structural, Gradient)}
     for n in chain:
         rule, kind = b.rules.get(n), b.infos[n].kind
-        if kind in expected and isinstance(rule, expected[kind]):
+        if rule is not None and kind in rule.routes_per_value:
             continue
         if kind == Kind.ADD and lrp0(b, rule) and not rule.zero_bias:
             continue
-        if n is product and lrp0(b, rule) and isinstance(rule, MatmulUniform):
+        if n is product and lrp0(b, rule) and rule.splits_uniformly:
             continue
         return False
     return True

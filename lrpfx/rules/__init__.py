@@ -41,6 +41,9 @@ class _AffineRule(Rule):
 class Epsilon(_AffineRule):
     """LRP-epsilon; ``Epsilon(0)`` is LRP-0. On parameter-free linear nodes it is the Norm rule with this eps."""
 
+    exact_per_value: ClassVar[bool] = True
+    epsilon_quotient: ClassVar[bool] = True
+
     eps: float = 1e-6
     zero_bias: bool = False
     kinds: ClassVar[frozenset] = AFFINE_KINDS | NORM_KINDS
@@ -132,6 +135,9 @@ class ZBox(_AffineRule):
     name: ClassVar[str] = "zbox"
     function = relevance_function(affine.zbox)  # called with the bounds after r (lrpfx.program.emit)
 
+    def extra_inputs(self) -> tuple:
+        return (("low", self.low), ("high", self.high))
+
     def __post_init__(self):
         super().__post_init__()
         for bound_name in ("low", "high"):
@@ -167,6 +173,8 @@ class WSquare(_AffineRule):
 class Pass(Rule):
     """Identity: the relevance of the output is handed to the (single) activation input unchanged."""
 
+    routes_per_value: ClassVar[frozenset] = frozenset({Kind.SCALE})
+
     kinds: ClassVar[frozenset] = PASSABLE_KINDS
     name: ClassVar[str] = "pass"
 
@@ -181,6 +189,8 @@ class Norm(Rule):
 
     On a sum with constant summands (a position embedding, an attention bias) the constants act as a bias and
     keep their share; ``zero_bias=True`` leaves them out, so the activations get all of it (conservation)."""
+
+    exact_per_value: ClassVar[bool] = True
 
     eps: float = 1e-6
     zero_bias: bool = False
@@ -205,6 +215,8 @@ class WinnerTakesAll(Rule):
 class Structural(Rule):
     """Route relevance back through a structural op with its vector-Jacobian product (exact, conserving)."""
 
+    routes_per_value: ClassVar[frozenset] = frozenset({Kind.STRUCTURAL})
+
     kinds: ClassVar[frozenset] = frozenset({Kind.STRUCTURAL, Kind.IDENTITY, Kind.UNKNOWN, Kind.MAX_POOL})
     name: ClassVar[str] = "structural"
 
@@ -216,6 +228,9 @@ class Structural(Rule):
 @dataclass(frozen=True)
 class Gradient(_AffineRule):
     """The plain gradient through this node (its vector-Jacobian product); any node kind."""
+
+    follows_gradient: ClassVar[bool] = True
+    routes_per_value: ClassVar[frozenset] = frozenset({Kind.STRUCTURAL})
 
     kinds: ClassVar[frozenset] = frozenset({"*"})
     name: ClassVar[str] = "gradient"
@@ -240,6 +255,8 @@ class MulUniform(Rule):
 class NormIdentity(Rule):
     """LayerNorm treated as linear with its standard deviation held constant (epsilon on centring and bias)."""
 
+    exact_per_value: ClassVar[bool] = True
+
     eps: float = 1e-6
     zero_bias: bool = False
     kinds: ClassVar[frozenset] = frozenset({Kind.LAYER_NORM})
@@ -252,6 +269,8 @@ class NormIdentity(Rule):
 class Softmax(Rule):
     """AttnLRP's softmax rule: ``R_in = x · (R - s · ΣR)`` along the softmax axis; ``-inf`` inputs get 0."""
 
+    routes_per_value: ClassVar[frozenset] = frozenset({Kind.SOFTMAX})
+
     kinds: ClassVar[frozenset] = frozenset({Kind.SOFTMAX})
     name: ClassVar[str] = "softmax"
 
@@ -260,6 +279,9 @@ class Softmax(Rule):
 class MatmulUniform(Rule):
     """AttnLRP's bilinear rule for ``A @ B``: each operand that depends on the input gets the epsilon rule on
     ``R / n`` (``n`` such operands), ``R_A = A · ((R / stab(n·O)) @ Bᵀ)``, ``R_B = B · (Aᵀ @ (R / stab(n·O)))``."""
+
+    exact_per_value: ClassVar[bool] = True
+    splits_uniformly: ClassVar[bool] = True
 
     eps: float = 1e-6
     kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
@@ -272,6 +294,9 @@ class ConstantAttention(Rule):
     """CP-LRP: in ``A @ V`` with ``A`` a softmax output (attention weights), ``A`` is held constant and ``V``
     gets all the relevance by the epsilon rule; the softmax and ``QKᵀ`` get none. A product without a
     softmax operand falls back to :class:`MatmulUniform`."""
+
+    exact_per_value: ClassVar[bool] = True
+    holds_attention: ClassVar[bool] = True
 
     eps: float = 1e-6
     kinds: ClassVar[frozenset] = frozenset({Kind.MATMUL})
@@ -286,6 +311,7 @@ class PatternNet(Rule):
     patterns: object = None  # lrpfx.patterns.Patterns
     kinds: ClassVar[frozenset] = frozenset({Kind.LINEAR, Kind.CONV})
     name: ClassVar[str] = "patternnet"
+    attribution: ClassVar[bool] = False  # PatternAttribution: the pattern times the weight
 
     def describe(self) -> str:
         return f"{type(self).__name__}(kind={getattr(self.patterns, 'kind', None)!r})"
@@ -296,6 +322,7 @@ class PatternAttribution(PatternNet):
     """PatternAttribution (docs/rules.md): the gradient pass with each affine weight replaced by ``W * A``."""
 
     name: ClassVar[str] = "patternattribution"
+    attribution: ClassVar[bool] = True
 
 
 def applies_to(rule: Rule, kind: str) -> bool:

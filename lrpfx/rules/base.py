@@ -40,11 +40,33 @@ class Rule:
     folds_batchnorm: ClassVar[bool] = False
     # the pure relevance function (a staticmethod-like class attribute; None: an emitter of its own does the work)
     function: ClassVar[Optional[Callable]] = None
+    # What emitters may rely on, named after what it enables (lrpfx.program never tests a rule's class):
+    # with eps == 0 the step is exact in the modified-gradient form (relevance per value: LRP-0 on affine maps, sums,
+    # pools, norms, bilinear products). Not inherited: a subclass may change the step.
+    exact_per_value: ClassVar[bool] = False
+    # the step is LRP-epsilon's quotient x ⊙ Wᵀ(R ⊘ (z + ε)): a BatchNorm scale may go on the quotient instead of
+    # into the weights, a grouped expert product takes it per expert
+    epsilon_quotient: ClassVar[bool] = False
+    # the step routes relevance by the op's own gradient (a custom Function's backward, a grouped product's Wᵀ)
+    follows_gradient: ClassVar[bool] = False
+    # attention weights are held constant: relevance flows through the values only (CP-LRP)
+    holds_attention: ClassVar[bool] = False
+    # a bilinear product split uniformly between its operands (AttnLRP): the split attention may run fused
+    splits_uniformly: ClassVar[bool] = False
+    # node kinds on which the step hands on relevance per value whatever its epsilon (routing steps)
+    routes_per_value: ClassVar[frozenset] = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             RULE_CLASSES.setdefault(cls.name, cls)
+        if "exact_per_value" not in cls.__dict__:
+            cls.exact_per_value = False
+
+    def extra_inputs(self) -> tuple:
+        """``(name, value)`` pairs the rule's function takes after the relevance (ZBox's bounds): scalars, or
+        tensors the program holds as constants."""
+        return ()
 
     def __post_init__(self):
         """The checks every rule shares (a stabiliser ``eps`` is a float >= 0); rules with parameters of their
