@@ -125,7 +125,7 @@ def test_per_value_form_is_used(name):
     assert "affine.epsilon(" not in code and "stabilize" not in code
     if name == "transformer-attnlrp":
         for step in ("softmax_per_value", "matmul_per_value", "mul_uniform_per_value", "layer_norm_per_value",
-                     "split_sum_per_value"):
+                     "per_value = True"):  # the last: the sum's split in the per-value form
             assert step in code, step
 
 

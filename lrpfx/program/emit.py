@@ -252,9 +252,9 @@ def emit_sum(b, info: NodeInfo, rule: Rule, r: fx.Node) -> None:
     terms, signs = info.facts.terms, info.facts.signs
     if _sum_per_value(b, info, rule):  # every summand gets r / z per value
         per_value_in = b.is_per_value(r)
-        shares = b.call(elementwise.split_sum_per_value,
+        shares = b.call(elementwise.split_sum,
                         [b.described(n) if per_value_in else b.env[n], r, *[b.described(t) for t in terms]],
-                        {"signs": signs, "r_per_value": per_value_in}, name=f"g_{n.name}_in")
+                        {"signs": signs, "per_value": True, "r_per_value": per_value_in}, name=f"g_{n.name}_in")
         for i, term in enumerate(terms):
             b.contribute(term, b.call(operator.getitem, [shares, i]), per_value=True)
         return

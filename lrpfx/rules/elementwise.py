@@ -8,32 +8,28 @@ import torch
 from .stabilize import divide, quotient_into
 
 
-def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float, zero_bias: bool = False,
-              z_is_relu: bool = False) -> Tuple[torch.Tensor, ...]:
+def split_sum(z, r, *terms, signs: Tuple[int, ...], eps: float = 0.0, zero_bias: bool = False,
+              z_is_relu: bool = False, per_value: bool = False, r_per_value: bool = False) -> Tuple[torch.Tensor, ...]:
     """Relevance of each summand of ``z = Σ sign_k · t_k (+ constants)``: ``R_k = sign_k · t_k · r / stab(z)``.
 
     ``signs`` holds -1 for a subtracted term (``a - b``). Constants that are part of ``z`` but not in ``terms``
     act as a bias and keep their share, unless ``zero_bias`` drops them from ``z``. Each result is summed down
     to its term's shape where it was broadcast. ``z_is_relu=True`` (``eps > 0``): the graph proved ``r`` zero
     wherever ``z <= 0`` and passes ``max(z, 0)``; ``stab(z)`` is then ``z + eps`` wherever it matters.
+
+    ``per_value=True`` gives each summand's relevance per value, ``R_k / t_k = ± r / stab(z)`` (the
+    modified-gradient form, exact with ``eps = 0``): the terms are then only read for their shapes, and with
+    ``r_per_value`` ``r`` is already ``R / z``.
     """
-    if zero_bias:
-        z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)).expand(z.shape)
-    if z_is_relu:
-        s = quotient_into(r, z + eps)
+    if r_per_value:
+        s = r
     else:
-        s = divide(r, z, eps)
+        if zero_bias:
+            z = sum(t if sign > 0 else -t for t, sign in zip(terms, signs)).expand(z.shape)
+        s = quotient_into(r, z + eps) if z_is_relu else divide(r, z, eps)
     keep = target_axes(r, z)
-    return tuple(_sum_to(t * s if sign > 0 else -t * s, t.shape, keep) for t, sign in zip(terms, signs))
-
-
-def split_sum_per_value(z, r, *terms, signs: Tuple[int, ...], r_per_value: bool) -> Tuple[torch.Tensor, ...]:
-    """:func:`split_sum` with ``eps = 0`` in the modified-gradient form: each term's relevance divided by the
-    term, ``± r / z`` summed back where it was broadcast (terms and ``z`` are only read for their shapes when
-    ``r_per_value``: ``r`` is then already ``R / z``)."""
-    s = r if r_per_value else divide(r, z, 0.0)
-    keep = target_axes(r, z)
-    return tuple(_sum_to(s if sign > 0 else -s, t.shape, keep) for t, sign in zip(terms, signs))
+    shares = (s if per_value else t * s for t in terms)
+    return tuple(_sum_to(share if sign > 0 else -share, t.shape, keep) for share, t, sign in zip(shares, terms, signs))
 
 
 def mul_uniform_per_value(g, a, b) -> Tuple[torch.Tensor, torch.Tensor]:
