@@ -34,7 +34,8 @@ from .composites import Composite, as_composite
 from .errors import InputError, RuleError, TargetError
 from .program.builder import intermediate_keys
 from .rules import Epsilon, Norm, Pass, WinnerTakesAll
-from .frontend.fx import record_values, trace
+from .frontend.common import record_values
+from .frontend.fx import trace
 from .graph.registry import REGISTRY
 from .kinds import Kind
 

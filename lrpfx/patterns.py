@@ -21,7 +21,8 @@ from torch import nn
 
 from . import graph
 from .errors import InputError, RuleError
-from .frontend.fx import record_values, trace
+from .frontend.common import record_values
+from .frontend.fx import trace
 from .locks import eval_mode, tracing
 from .progress import Progress
 

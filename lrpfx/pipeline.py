@@ -20,8 +20,10 @@ from . import graph
 from .assign import choose_rules, rule_table
 from .composites import AUTO, Composite, as_composite, choose_preset
 from .errors import InputError, LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
-from .frontend.export import decompose_attention, export_graph
-from .frontend.fx import record_values, trace, values_from_export
+from .frontend.attention import decompose_attention
+from .frontend.export import export_graph
+from .frontend.common import record_values, values_from_export
+from .frontend.fx import trace
 from .frontend.normalise import normalise
 from .graph import canonize
 from .graph.nodes import source_line

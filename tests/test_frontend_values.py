@@ -6,7 +6,7 @@ import torch
 
 from lrpfx.frontend.export import export_graph
 from lrpfx.meta_keys import VALUE
-from lrpfx.frontend.fx import record_values, values_from_export
+from lrpfx.frontend.common import record_values, values_from_export
 from tests.helpers.breadth_zoo import ZOO
 
 CASES = ["hf-llama", "hf-gpt2", "hf-mixtral", "hf-bert", "hf-t5", "hf-mamba", "hf-swin", "timm-resnet18",

@@ -126,7 +126,8 @@ def test_clamp_and_clip_pass_relevance_and_clamp_min_0_is_a_relu(frontend):
 
 def test_clamp_with_a_non_negative_lower_bound_is_non_negative():
     from lrpfx import graph as ops
-    from lrpfx.frontend.fx import record_values, trace
+    from lrpfx.frontend.common import record_values
+    from lrpfx.frontend.fx import trace
 
     class M(nn.Module):
         def forward(self, x):
@@ -378,7 +379,7 @@ def test_decomposed_batch_norm_becomes_a_batch_norm_call():
     normalisation turns it back into ``aten.batch_norm``, which classifies as a BatchNorm."""
     from lrpfx import graph as ops
     from lrpfx.frontend.normalise import batch_norm_calls
-    from lrpfx.frontend.fx import record_values
+    from lrpfx.frontend.common import record_values
 
     model = random_statistics(build(lambda: nn.Sequential(nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))))
     x = randn(3, 4)

@@ -25,9 +25,8 @@ from .. import meta_keys
 from ..errors import UnsupportedOpError
 from ..graph.analyses import constant_by_design
 from ..graph.decompose import decompose_unknown_ops
-from ..graph.nodes import op_name
+from ..graph.nodes import op_name, source_line
 from ..graph.registry import REGISTRY
-from .fx import source_line
 
 aten = torch.ops.aten
 

@@ -134,7 +134,7 @@ def _floating(n: fx.Node) -> bool:
 
 
 def _splice(gm: fx.GraphModule, n: fx.Node, traced: fx.GraphModule) -> None:
-    from ..frontend.fx import _describe
+    from ..frontend.common import _describe
     placeholders = [p for p in traced.graph.nodes if p.op == "placeholder"]
     env = dict(zip(placeholders, n.all_input_nodes))
     result = None

@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from .. import meta_keys
-from ..frontend.export import attention_blocked
+from ..frontend.attention import attention_blocked
 from ..kinds import Kind, NodeInfo
 from ..rules import ConstantAttention, MatmulUniform, RecurrentLRP, Rule, Softmax, attention, recurrent
 from .emit import emitter, lrp0
