@@ -238,9 +238,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     out = tmp_path / "run"
     shard = 2
     gate = shard * job.SHARD_SIZE + job.BATCH_SIZE    # shard 2's second batch blocks: the kill lands mid-shard
-    proc = subprocess.Popen([sys.executable, job.__file__, str(out), "--gate", str(gate), "--announce-gate",
-                             "--gate-file", str(tmp_path / "never")], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, job.__file__, str(out), "--gate", str(gate), "--announce-gate"], env=ENV,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)   # the job announces that it reached the gate
         assert ready and proc.poll() is None, proc.poll() is not None and proc.communicate()[1]

@@ -1,8 +1,8 @@
 """A small explain_dataset job shared by the dataset tests: imported for the in-process reference runs, and run
 as a script by ``torchrun`` (two gloo ranks) and by the kill-and-resume test.
 
-``--gate N --gate-file F``: every sample with index >= N blocks until file F exists, so a test can kill the run
-at a known point (after the shards before N are written, in the middle of the shard holding N). With
+``--gate N``: every sample with index >= N blocks until a line arrives on stdin (or stdin closes), so a test can
+kill the run at a known point (after the shards before N are written, in the middle of the shard holding N). With
 ``--announce-gate`` the job first writes one JSON line to stdout, ``{"gate": i, "fetched": [...]}``: the index
 that reached the gate and every index fetched before it, so the test waits on that line instead of a timer.
 """
@@ -10,8 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,11 +34,11 @@ def build_tensors(length: int = LENGTH):
 
 
 class GatedDataset(Dataset):
-    """(x, label) pairs; items at index >= ``gate`` wait for ``gate_file`` to exist (at most two minutes).
+    """(x, label) pairs; items at index >= ``gate`` wait for a line on stdin (the test holds the other end).
     ``on_gate(i, fetched)`` is called once, when the first such item is asked for, before it waits."""
 
-    def __init__(self, x, y, gate=None, gate_file=None, on_gate=None):
-        self.x, self.y, self.gate, self.gate_file, self.on_gate = x, y, gate, gate_file, on_gate
+    def __init__(self, x, y, gate=None, on_gate=None):
+        self.x, self.y, self.gate, self.on_gate = x, y, gate, on_gate
         self.fetched = []
 
     def __len__(self):
@@ -51,9 +49,7 @@ class GatedDataset(Dataset):
             if self.on_gate is not None:
                 self.on_gate(i, list(self.fetched))
                 self.on_gate = None
-            deadline = time.monotonic() + 120
-            while not Path(self.gate_file).exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            sys.stdin.readline()  # blocks: an event the test controls, not a timer
         self.fetched.append(i)
         return self.x[i], self.y[i]
 
@@ -62,7 +58,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--gate", type=int, default=None)
-    parser.add_argument("--gate-file", default=None)
     parser.add_argument("--target", default=None)
     parser.add_argument("--announce-gate", action="store_true")
     args = parser.parse_args(argv)
@@ -72,7 +67,7 @@ def main(argv=None):
     x, y = build_tensors()
     target = args.target if args.target in (None, "label") else int(args.target)
     announce = _announce if args.announce_gate else None
-    result = explain_dataset(build_model(), GatedDataset(x, y, args.gate, args.gate_file, announce), RULE, args.out,
+    result = explain_dataset(build_model(), GatedDataset(x, y, args.gate, announce), RULE, args.out,
                              batch_size=BATCH_SIZE, shard_size=SHARD_SIZE, target=target, store="float64",
                              progress=False)
     s = result.stats
