@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import lrpfx
+from tests.helpers.lrp0 import grad_times_input
 
 FRONTENDS = ["fx", "export"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,12 +41,6 @@ class Binary(nn.Module):
             denominator = q.relu() + 1
             h = p / (denominator.detach() if self.detach else denominator)
         return self.fc(h)
-
-
-def grad_times_input(model, x, target):
-    x = x.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return (g * x).detach()
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)

@@ -11,6 +11,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx.errors import UnsupportedOpError
+from tests.helpers.lrp0 import grad_times_input
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 4
@@ -38,12 +39,6 @@ class Fill(nn.Module):
             else:
                 buf[:, t] = v
         return self.fc(buf.flatten(1))
-
-
-def grad_times_input(model, x, target):
-    x = x.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return (g * x).detach()
 
 
 def build(how):

@@ -16,19 +16,10 @@ from torch import nn
 import lrpfx
 from lrpfx.rules import Norm
 from lrpfx.rules.stabilize import divide
+from tests.helpers.lrp0 import grad_times_input, randn
 
 FRONTENDS = ["fx", "export"]
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def grad_times_input(model, x, target):
-    x = x.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return (g * x).detach()
-
-
-def randn(*shape, seed=1):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def assert_lrp0_is_gradient_times_input(model, x, frontend):

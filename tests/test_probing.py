@@ -11,6 +11,7 @@ from torch import nn
 
 import lrpfx
 from lrpfx.errors import UnsupportedOpError
+from tests.helpers.lrp0 import grad_times_input
 
 FRONTENDS = ["fx", "export"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,12 +33,6 @@ class Unknown(nn.Module):
         else:  # neither linear nor elementwise
             h = torch.cumprod(h, 1)
         return self.fc(h)
-
-
-def grad_times_input(model, x, target):
-    x = x.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return (g * x).detach()
 
 
 def setup(how):
