@@ -49,46 +49,48 @@ def is_function_call(n: fx.Node) -> bool:
 
 
 @contextlib.contextmanager
-def functions_as_nodes(tracer: fx.Tracer):
-    """While tracing with ``tracer``: ``Fn.apply`` on proxies records one :class:`FunctionCall` node."""
+def _apply_replaced(make_apply):
+    """``torch.autograd.Function.apply`` replaced by ``make_apply(original)`` while the block runs."""
     original = _Function.__dict__["apply"]
-
-    def apply(cls, *args, **kwargs):
-        values = list(args) + list(kwargs.values())
-        if not _is_torchs(cls) and any(isinstance(v, fx.Proxy) for v in values):
-            return tracer.create_proxy("call_function", FunctionCall(cls), args, kwargs)
-        return original.__get__(None, cls)(*args, **kwargs)
-
-    _Function.apply = classmethod(apply)
+    _Function.apply = classmethod(make_apply(original.__get__))
     try:
         yield
     finally:
         _Function.apply = original
 
 
-@contextlib.contextmanager
+def functions_as_nodes(tracer: fx.Tracer):
+    """While tracing with ``tracer``: ``Fn.apply`` on proxies records one :class:`FunctionCall` node."""
+    def make_apply(bind):
+        def apply(cls, *args, **kwargs):
+            values = list(args) + list(kwargs.values())
+            if not _is_torchs(cls) and any(isinstance(v, fx.Proxy) for v in values):
+                return tracer.create_proxy("call_function", FunctionCall(cls), args, kwargs)
+            return bind(None, cls)(*args, **kwargs)
+        return apply
+
+    return _apply_replaced(make_apply)
+
+
 def functions_named_on_export():
     """While exporting: a custom Function is traced through its forward (export inlines it), with a warning that
     names its class, once per class: its backward is not used, and the fx front-end keeps it as one node."""
-    original = _Function.__dict__["apply"]
     named = set()
 
-    def apply(cls, *args, **kwargs):
-        if not _is_torchs(cls) and cls not in named and (torch.compiler.is_exporting() or _fake(args)):
-            named.add(cls)
-            warnings.warn(
-                f"the model calls {cls.__qualname__}.apply, a custom torch.autograd.Function: the export front-end "
-                "traces through its forward (its ops get their rules) and does not use its backward. With "
-                f"frontend='fx' it is one node named '{_node_name(cls)}': assign it Gradient() (relevance by its own "
-                f"backward) with Composite(by_name={{'{_node_name(cls)}': Gradient()}}), or teach lrpfx the op with "
-                f"lrpfx.register_op({cls.__name__}, kind=...)", LrpfxWarning, stacklevel=2)
-        return original.__get__(None, cls)(*args, **kwargs)
+    def make_apply(bind):
+        def apply(cls, *args, **kwargs):
+            if not _is_torchs(cls) and cls not in named and (torch.compiler.is_exporting() or _fake(args)):
+                named.add(cls)
+                warnings.warn(
+                    f"the model calls {cls.__qualname__}.apply, a custom torch.autograd.Function: the export "
+                    "front-end traces through its forward (its ops get their rules) and does not use its backward. "
+                    f"With frontend='fx' it is one node named '{_node_name(cls)}': assign it Gradient() (relevance by "
+                    f"its own backward) with Composite(by_name={{'{_node_name(cls)}': Gradient()}}), or teach lrpfx "
+                    f"the op with lrpfx.register_op({cls.__name__}, kind=...)", LrpfxWarning, stacklevel=2)
+            return bind(None, cls)(*args, **kwargs)
+        return apply
 
-    _Function.apply = classmethod(apply)
-    try:
-        yield
-    finally:
-        _Function.apply = original
+    return _apply_replaced(make_apply)
 
 
 def _is_torchs(cls: type) -> bool:
