@@ -95,7 +95,10 @@ def _runner(gm: fx.GraphModule, info: NodeInfo):
     if any(a is not x and a.op != "get_attr" for a in n.all_input_nodes):
         return None
     if n.op == "call_module":
-        fn = copy.deepcopy(gm.get_submodule(n.target)).double()
+        try:  # a copy in float64, so the probe leaves the user's module as it is
+            fn = copy.deepcopy(gm.get_submodule(n.target)).double()
+        except Exception:  # a module holding what cannot be copied (locks, events, handles): not probed
+            return None
     elif n.op == "call_function":
         fn = n.target
     elif n.op == "call_method":
