@@ -90,11 +90,13 @@ class BatchNormStats:
 
 @dataclass(frozen=True)
 class Normalisation:
-    """LayerNorm (centred) or RMSNorm (not) over the last ``ndim`` axes."""
+    """LayerNorm (centred) or RMSNorm (not) over the last ``ndim`` axes; GroupNorm (``groups > 0``) over groups of
+    the channel axis 1 and all axes after it, with a weight and bias per channel."""
 
     ndim: int
     eps: float
     centered: bool = True
+    groups: int = 0
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,8 @@ REFUSED_ROWS = [
             "statistics read it has no rule", "_native_batch_norm_legit_no_training", label="batch norm (fused)"),
     _refuse("LayerNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.layer_norm, "
             "which torch.export keeps", "native_layer_norm", label="layer norm (fused)"),
-    _refuse("group normalisation: no rule yet", "group_norm", "native_group_norm", label="group norm",
-            parametrised=True),
+    _refuse("GroupNorm with its statistics as extra outputs (a decomposed program): lrpfx reads aten.group_norm, "
+            "which torch.export keeps", "native_group_norm", label="group norm (fused)", parametrised=True),
     _refuse("resizes a tensor in place (its elements are undefined): write the tensor a model computes",
             "resize_", label="resize"),
     _refuse(_TRAINING, "native_dropout", "_native_batch_norm_legit", label="training mode"),

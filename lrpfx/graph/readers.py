@@ -239,6 +239,24 @@ def rms_norm_call(info: NodeInfo, call: Call) -> bool:
     return True
 
 
+def group_norm_module(info: NodeInfo, call: Call) -> bool:
+    m = call.module
+    info.facts = Normalisation(0, m.eps, groups=m.num_groups)
+    info.weight = f"{info.name}.weight" if m.weight is not None else None
+    info.bias = f"{info.name}.bias" if m.bias is not None else None
+    return True
+
+
+def group_norm_call(info: NodeInfo, call: Call) -> bool:
+    """``F.group_norm(x, num_groups, weight, bias, eps)`` and ``aten.group_norm`` (same order, then cudnn_enabled)."""
+    groups = call.arg(1, "num_groups")
+    if not isinstance(groups, int):
+        return False
+    info.facts = Normalisation(0, call.arg(4, "eps", 1e-5), groups=groups)
+    info.weight, info.bias = call.arg(2, "weight"), call.arg(3, "bias")
+    return True
+
+
 def softmax_module(info: NodeInfo, call: Call) -> bool:
     if call.module.dim is None:
         return False

@@ -294,13 +294,13 @@ def emit_layer_norm(b, info: NodeInfo, rule: NormIdentity, r: fx.Node) -> None:
         b.contribute(info.x, b.call(
             elementwise.layer_norm_per_value, [b.env[info.x], b.value(info.weight), None if per_value_in else
                                                b.env[info.node], r],
-            {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "centered": f.centered},
+            {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "centered": f.centered, "groups": f.groups},
             name=f"g_{info.node.name}_in"), per_value=True)
         return
     b.contribute(info.x, b.call(
         elementwise.layer_norm, [b.env[info.x], b.value(info.weight), b.value(info.bias), b.env[info.node], r],
         {"normalized_ndim": f.ndim, "ln_eps": float(f.eps), "eps": rule.eps, "zero_bias": rule.zero_bias,
-         "centered": f.centered}, name=f"r_{info.node.name}_in"))
+         "centered": f.centered, "groups": f.groups}, name=f"r_{info.node.name}_in"))
 
 
 @emitter((Norm, Epsilon), Kind.AVG_POOL, per_value=lambda b, info, rule: lrp0(b, rule) and info.layer is not None)

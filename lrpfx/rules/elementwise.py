@@ -78,28 +78,45 @@ def pass_to(r, x, z):
 
 
 def layer_norm(x, w, b, z, r, *, normalized_ndim: int, ln_eps: float, eps: float, zero_bias: bool = False,
-               centered: bool = True):
+               centered: bool = True, groups: int = 0):
     """LayerNorm/RMSNorm as a linear map with the standard deviation held constant.
 
     ``y = (x - mean(x)) / σ · w + b`` is linear in ``x`` once ``σ`` is a constant; the epsilon rule on that map
     is ``R_in = x · Jᵀ(r / stab(y))`` with ``Jᵀ s = c - mean(c)``, ``c = s·w/σ`` (no centring for RMSNorm).
+    GroupNorm (``groups > 0``) is the same map with the mean and ``σ`` taken per group of channels.
     """
-    dims = tuple(range(-normalized_ndim, 0))  # negative: r may carry a leading target axis
     if zero_bias and b is not None:
-        z = z - b
-    c = _norm_transpose(divide(r, z, eps), x, w, dims, ln_eps, centered)
-    return x * c
+        z = z - (_per_channel(b, x) if groups else b)
+    return x * _norm_transpose(divide(r, z, eps), x, w, normalized_ndim, ln_eps, centered, groups)
 
 
-def layer_norm_per_value(x, w, z, r, *, normalized_ndim: int, ln_eps: float, centered: bool = True):
+def layer_norm_per_value(x, w, z, r, *, normalized_ndim: int, ln_eps: float, centered: bool = True,
+                         groups: int = 0):
     """:func:`layer_norm` with ``eps = 0`` in the modified-gradient form: ``Jᵀ(r / y)``, the input's relevance
     divided by the input; ``z=None``: ``r`` is already per output value."""
-    dims = tuple(range(-normalized_ndim, 0))
-    return _norm_transpose(r if z is None else divide(r, z, 0.0), x, w, dims, ln_eps, centered)
+    return _norm_transpose(r if z is None else divide(r, z, 0.0), x, w, normalized_ndim, ln_eps, centered, groups)
 
 
-def _norm_transpose(s, x, w, dims, ln_eps, centered):
+def _per_channel(t, x):
+    """A per-channel tensor (GroupNorm's weight or bias) shaped to broadcast along ``x``'s axis 1."""
+    return t.reshape(-1, *[1] * (x.dim() - 2))
+
+
+def _group_norm_transpose(s, x, w, ln_eps, groups):
+    """``Jᵀ s`` of GroupNorm with each group's standard deviation held constant; ``s`` may carry leading target
+    axes, so the groups are formed from its own leading shape."""
+    sigma = torch.sqrt(x.reshape(x.shape[0], groups, -1).var(dim=-1, keepdim=True, unbiased=False) + ln_eps)
+    c = s if w is None else s * _per_channel(w, x)
+    lead = s.shape[:s.dim() - x.dim() + 1]
+    c = c.reshape(*lead, groups, -1) / sigma
+    return (c - c.mean(dim=-1, keepdim=True)).reshape(s.shape)
+
+
+def _norm_transpose(s, x, w, normalized_ndim, ln_eps, centered, groups=0):
     """``Jᵀ s`` of the normalisation with its standard deviation held constant."""
+    if groups:
+        return _group_norm_transpose(s, x, w, ln_eps, groups)
+    dims = tuple(range(-normalized_ndim, 0))  # negative: s may carry a leading target axis
     if centered:
         sigma = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + ln_eps)
     else:
