@@ -35,6 +35,11 @@ def tiny_model(family: str):
             vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64))
     elif family == "bert":
         model = transformers.BertForSequenceClassification(transformers.BertConfig(**_TINY, num_labels=3))
+    elif family == "qwen3":
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**_TINY, num_key_value_heads=2, head_dim=8))
+    elif family == "gemma3":
+        model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            **_TINY, num_key_value_heads=2, head_dim=8, sliding_window=4, max_position_embeddings=64))
     else:
         raise ValueError(family)
     with torch.no_grad():
@@ -64,7 +69,7 @@ def explained_output(family, model, ids, mask):
     return logits if family == "bert" else logits[:, -1, :]
 
 
-FAMILIES = ["llama", "bert", "qwen2", "gpt2"]
+FAMILIES = ["llama", "bert", "qwen2", "gpt2", "qwen3", "gemma3"]
 CASES = [(family, masked) for family in FAMILIES for masked in (False, True)]
 
 

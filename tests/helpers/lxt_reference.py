@@ -6,7 +6,7 @@ one:
     python tests/helpers/lxt_reference.py IN.pt OUT.pt
 
 IN.pt (``torch.save`` of a dict):
-  family          "llama" | "qwen2" | "gpt2" | "bert"
+  family          "llama" | "qwen2" | "gpt2" | "bert" | "qwen3" | "gemma3"
   config          ``config.to_dict()`` of a transformers 5.x config (keys 4.52.4 does not know are dropped)
   state_dict      the model's weights (cast to ``dtype``)
   input_ids       LongTensor [B, T]
@@ -49,6 +49,8 @@ FAMILIES = {
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2ForCausalLM", "last"),
     "gpt2": ("transformers.models.gpt2.modeling_gpt2", "GPT2Config", "GPT2LMHeadModel", "last"),
     "bert": ("transformers.models.bert.modeling_bert", "BertConfig", "BertForSequenceClassification", "all"),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3Config", "Qwen3ForCausalLM", "last"),
+    "gemma3": ("transformers.models.gemma3.modeling_gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", "last"),
 }
 
 _PATCHED: set = set()
