@@ -261,11 +261,16 @@ class Explainer:
             from .concepts.relevance import explain_conditions
             return explain_conditions(self, x, conditions, target=target, targets=targets,
                                       intermediate=intermediate, batch_size=condition_batch_size)
+        return self._explain(x, target, targets, intermediate)
+
+    def _explain(self, x: Inputs, target, targets, intermediate, plan=None) -> Explanation:
+        """One run of the program for ``x``; ``plan`` (hashable, with ``builder_options(gm, infos)``) chooses
+        what else the program records, as for conditions and unit relevance (:mod:`lrpfx.units`)."""
         inputs = split_inputs(x)
         self._check_inputs(inputs.tensors)
         # build (or fetch) the one program this call needs; its recorded output shape validates the target
         is_relevance = targets is None and isinstance(target, torch.Tensor) and target.is_floating_point()
-        entry = self._entry(inputs, intermediate, is_relevance)
+        entry = self._entry(inputs, bool(intermediate) and plan is None, is_relevance, plan)
         first = inputs.tensors[0]
         batch = first.shape[0]
         if targets is not None:
@@ -278,7 +283,7 @@ class Explainer:
             result = entry.run(*inputs.tensors, target)
         output, relevances = result[0], list(result[1])
         check_output(output, self.allow_nonfinite)
-        inter = dict(result[2]) if intermediate else {}
+        inter = dict(result[2]) if intermediate and len(result) > 2 else {}
         if targets is not None:  # [K, B, ...] -> [B, K, ...]; an input no relevance reached is all zeros
             relevances = [None if r is None else _per_sample(r) for r in relevances]
             inter = {name: _per_sample(r) for name, r in inter.items()}

@@ -55,3 +55,29 @@ def test_lrp0_is_gradient_times_input(how, frontend):
     expected = grad_times_input(model, x, target)
     assert expected.abs().sum() > 0
     torch.testing.assert_close(e.relevance, expected, rtol=0, atol=1e-10 * expected.abs().max())
+
+
+class ClampedScores(nn.Module):
+    """XGLM's clamp of attention scores at the dtype's minimum, written with ``torch.tensor`` of a Python float:
+    eager mode makes a float32 tensor and the value becomes -inf; export records a ``full`` that would raise."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 6, bias=False), nn.Linear(6, 2, bias=False)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.out(torch.max(h, torch.tensor(torch.finfo(h.dtype).min)).relu())
+
+
+@pytest.mark.parametrize("frontend", ["export"])  # fx cannot trace finfo of a traced dtype (a TraceError says so)
+def test_a_fill_beyond_its_dtype_holds_what_eager_mode_holds(frontend):
+    torch.manual_seed(0)
+    model = ClampedScores().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    target = torch.tensor([0, 1, 0])
+    e = lrpfx.Explainer(model, "zero", frontend=frontend)(x, target=target)
+    torch.testing.assert_close(e.output, model(x))
+    expected = grad_times_input(model, x, target)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(e.relevance, expected, rtol=1e-10, atol=1e-12)

@@ -42,7 +42,8 @@ from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
-from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
+from .normalise import (batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, fills_in_range,
+                        functionalize_aten_inplace)
 from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import attribute, source_line
 from ..graph.recurrent import is_recurrent
@@ -175,6 +176,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     gm = program.module()
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
+    fills_in_range(gm)
     inline_autocast_regions(gm)
     fuse_real_spectra(gm)
     functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)

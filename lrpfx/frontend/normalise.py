@@ -6,6 +6,8 @@ Each pass keeps the forward's meaning exactly and only changes how it is spelled
   a view) become their out-of-place overloads, as the fx front-end's in :mod:`lrpfx.frontend.fx`;
 * :func:`batch_norm_calls` — export's ``_native_batch_norm_legit_no_training`` (a tuple) as ``aten.batch_norm``;
 * :func:`named_tuple_fields` — ``torch.max(x, dim).values`` / ``.indices`` as items 0 / 1;
+* :func:`fills_in_range` — a constant filled with a float its dtype cannot hold (``torch.tensor(finfo(float64)
+  .min)`` made in the default float32) holds ``±inf``, as in eager mode, where export's ``full`` would raise;
 * :func:`decompose_baddbmm` — ``baddbmm(c, a, b, beta, alpha)`` (Bloom's ALiBi attention scores) as
   ``alpha·(a @ b) + beta·c``, so the attention rules apply to the product and the bias is a summand;
 * :func:`collapse_spelled_activations` — an elementwise function of one tensor written out in pieces, where
@@ -14,6 +16,7 @@ Each pass keeps the forward's meaning exactly and only changes how it is spelled
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Dict, List, Optional, Set
 
@@ -29,6 +32,27 @@ from ..graph.nodes import op_name, source_line
 from ..graph.registry import REGISTRY
 
 aten = torch.ops.aten
+
+# ---- constants ----------------------------------------------------------------------------------------------
+_FILLS = (aten.full.default, aten.scalar_tensor.default)
+
+
+def fills_in_range(gm: fx.GraphModule) -> bool:
+    """Give constant fills that overflow their dtype the value eager mode gives them, ``±inf`` (see the module
+    docstring); True when the graph changed."""
+    changed = False
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in _FILLS:
+            continue
+        position = 1 if n.target is aten.full.default else 0
+        value = n.args[position] if len(n.args) > position else None
+        dtype = n.kwargs.get("dtype") or getattr(n.meta.get("val"), "dtype", None) or torch.get_default_dtype()
+        if isinstance(value, float) and dtype.is_floating_point and math.isfinite(value) \
+                and abs(value) > torch.finfo(dtype).max:
+            n.args = n.args[:position] + (math.copysign(math.inf, value),) + n.args[position + 1:]
+            changed = True
+    return changed
+
 
 # ---- ATen in-place ops ------------------------------------------------------------------------------------------
 
