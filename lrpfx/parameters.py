@@ -33,7 +33,7 @@ from .locks import eval_mode
 from .program.builder import intermediate_keys
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
 from .rules.stabilize import divide
-from .units import ParameterRelevance, attention_heads, layer_units
+from .units import ParameterRelevance, attention_heads, layer_units, per_head, per_unit  # noqa: F401 (re-exported)
 
 SUPPORTED = (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat, WSquare)
 SUPPORTED_NAMES = ", ".join(r.name for r in SUPPORTED)
