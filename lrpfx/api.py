@@ -42,7 +42,7 @@ class Explanation:
     ``output`` is the explained model output; with ``intermediate=True`` ``intermediate`` holds the relevance at
     every node output keyed by module or node name, in execution order. With ``parameters=True`` ``parameters``
     maps each Linear/Conv weight and bias name to its relevance, with views per unit and per attention head
-    (:class:`lrpfx.units.ParameterRelevance`, docs/pruning.md).
+    (:class:`lrpfx.parameter_units.ParameterRelevance`, docs/pruning.md).
     """
 
     relevance: Any
@@ -51,7 +51,7 @@ class Explanation:
     inputs: Dict[str, Any] = field(default_factory=dict)
     token_ids: Optional[torch.Tensor] = None
     activations: Dict[str, torch.Tensor] = field(default_factory=dict)  # conditional runs: forward values asked for
-    parameters: Optional[Dict[str, torch.Tensor]] = None  # parameters=True: lrpfx.units.ParameterRelevance
+    parameters: Optional[Dict[str, torch.Tensor]] = None  # parameters=True: a ParameterRelevance
 
     @property
     def tokens(self) -> torch.Tensor:

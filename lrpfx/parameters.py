@@ -33,7 +33,8 @@ from .locks import eval_mode
 from .program.builder import intermediate_keys
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
 from .rules.stabilize import divide
-from .units import ParameterRelevance, attention_heads, layer_units, per_head, per_unit  # noqa: F401 (re-exported)
+from .parameter_units import ParameterRelevance, attention_heads, layer_units
+from .parameter_units import per_head, per_unit  # noqa: F401 (lrpfx.parameters.per_unit)
 
 SUPPORTED = (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat, WSquare)
 SUPPORTED_NAMES = ", ".join(r.name for r in SUPPORTED)
@@ -64,9 +65,10 @@ _plans: "weakref.WeakKeyDictionary[Explainer, Dict[tuple, _Plan]]" = weakref.Wea
 
 
 def explain_parameters(explainer: Explainer, x, target=None, intermediate: bool = False) -> Explanation:
-    """``explainer(x, target=target)`` with ``.parameters`` filled in: a :class:`~lrpfx.units.ParameterRelevance`
-    ``{name: relevance}`` for the weight and bias of every Linear and Conv op, shaped like the parameter and
-    summed over the batch (what ``Explainer(...)(x, parameters=True)`` returns)."""
+    """``explainer(x, target=target)`` with ``.parameters`` filled in: a
+    :class:`~lrpfx.parameter_units.ParameterRelevance` ``{name: relevance}`` for the weight and bias of every
+    Linear and Conv op, shaped like the parameter and summed over the batch (what
+    ``Explainer(...)(x, parameters=True)`` returns)."""
     inputs = split_inputs(x)
     plan = _plan(explainer, inputs)
     explanation = explainer(x, target=target, intermediate=True)

@@ -1,7 +1,7 @@
 """Pruning by relevance: a copy of a model with its least relevant units masked.
 
-:func:`prune` scores each unit (output channel, neuron or attention head, :mod:`lrpfx.units`) by a parameter
-relevance ``{name: tensor}`` — from ``Explainer(...)(x, parameters=True)`` or summed over a data set by
+:func:`prune` scores each unit (output channel, neuron or attention head, :mod:`lrpfx.parameter_units`) by a
+parameter relevance ``{name: tensor}`` — from ``Explainer(...)(x, parameters=True)`` or summed over a data set by
 ``explain_dataset(..., parameters=True)`` — and zeroes the weights and bias of the units with the smallest
 ``|relevance|``. The same call prunes by any other per-parameter score: ``{n: p.abs()}`` for weight magnitude,
 random tensors for a random order.
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .units import (UNIT_KINDS, Heads, ParameterRelevance, Unit, attention_heads, head_sums, matching,
-                    module_units, unit_sums)
+from .parameter_units import (UNIT_KINDS, Heads, ParameterRelevance, Unit, attention_heads, head_sums,
+                              matching, module_units, unit_sums)
 
 SCOPES = ("layer", "global")
 
@@ -31,15 +31,15 @@ def prune(model: nn.Module, relevance: Mapping[str, torch.Tensor], fraction: flo
     ``relevance`` maps parameter names of ``model`` to tensors shaped like them (a parameter relevance, or any
     per-parameter score). A unit's score is ``|Σ|`` of its entries: an output ``"channel"`` of a Conv or a
     ``"neuron"`` of a Linear (its weight slice and bias entry), or an attention ``"head"`` (its input columns of
-    the output projection, :mod:`lrpfx.units`). Masking sets those weights and bias entries to zero; shapes stay
-    as they are (nothing is removed), so the copy runs and explains like the model. A zeroed unit outputs 0, or
-    its layer's constant where a normalisation follows it.
+    the output projection, :mod:`lrpfx.parameter_units`). Masking sets those weights and bias entries to zero;
+    shapes stay as they are (nothing is removed), so the copy runs and explains like the model. A zeroed unit
+    outputs 0, or its layer's constant where a normalisation follows it.
 
     ``scope="layer"`` masks ``floor(fraction · n)`` units in each layer of ``n`` units; ``"global"`` ranks all
     units of the kind together (scores of different layers must then be comparable, as relevance is). ``keep``:
     layer names (globs) never pruned; by default the layer called last (the classifier) when ``relevance`` is
     from ``parameters=True``, else the last Linear/Conv module. ``heads`` as for
-    :func:`lrpfx.units.attention_heads`.
+    :func:`lrpfx.parameter_units.attention_heads`.
     """
     if unit not in UNIT_KINDS:
         raise InputError(f"unit must be one of {UNIT_KINDS}, got {unit!r}")

@@ -179,7 +179,8 @@ def test_attention_heads_are_the_output_projection_columns():
 class Attention(nn.Module):
     def __init__(self):
         super().__init__()
-        self.embed, self.att, self.head = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+        self.embed, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
 
     def forward(self, x):
         h = self.embed(x)

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import lrpfx
 from lrpfx.data import DatasetError, explain_dataset, load_explanations
-from lrpfx.units import per_unit
+from lrpfx.parameter_units import per_unit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
