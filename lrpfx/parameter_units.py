@@ -11,7 +11,7 @@ the head into the block's output (the output projection's bias belongs to no hea
 from __future__ import annotations
 
 import fnmatch
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,12 +27,15 @@ _HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 
 
 class Unit(NamedTuple):
-    """The units of one affine layer: ``weight``'s slices along ``axis`` (and ``bias``'s entries)."""
+    """The units of one affine layer: ``weight``'s slices along ``axis`` (and ``bias``'s entries). With a
+    BatchNorm folded in, ``bias`` is the BatchNorm's (it carries the folded bias's relevance) and ``also`` the
+    layer's own bias and the BatchNorm's weight: masking a unit zeroes them too, so its output is 0."""
 
     kind: str  # "channel" or "neuron"
     weight: str  # parameter names
     bias: Optional[str]
     axis: int  # the weight's output axis
+    also: Tuple[str, ...] = ()
 
 
 class Heads(NamedTuple):
@@ -71,7 +74,14 @@ def layer_units(model: nn.Module, uses: Iterable) -> Dict[str, Unit]:
     by_weight = {u.weight: (name, u) for name, u in module_units(model).items()}
     units: Dict[str, Unit] = {}
     for use in uses:
-        if use.weight in by_weight:
+        if use.fold is not None:
+            if isinstance(use.layer, ConvTranspose) and use.layer.groups != 1:
+                continue  # grouped output channels: no single output axis
+            kind = "neuron" if isinstance(use.layer, Linear) else "channel"
+            bias = use.fold.bias or use.bias
+            also = tuple(n for n in (use.bias, use.fold.weight) if n is not None and n != bias)
+            name, unit = layer_name(use.weight), Unit(kind, use.weight, bias, _output_axis(use.layer), also)
+        elif use.weight in by_weight:
             name, unit = by_weight[use.weight]
         elif isinstance(use.layer, Linear) or not isinstance(use.layer, ConvTranspose):
             kind = "neuron" if isinstance(use.layer, Linear) else "channel"
@@ -80,6 +90,10 @@ def layer_units(model: nn.Module, uses: Iterable) -> Dict[str, Unit]:
             continue  # a functional transposed convolution: its output axis depends on the groups
         units.setdefault(name, unit)
     return units
+
+
+def _output_axis(layer) -> int:
+    return 1 if isinstance(layer, ConvTranspose) else 0
 
 
 def attention_heads(model: nn.Module, heads: Optional[Mapping[str, int]] = None) -> Dict[str, Heads]:

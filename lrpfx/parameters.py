@@ -9,7 +9,9 @@ relevance. Under LRP-epsilon ``c_ji = w_ji x_i R_j / stab(z_j)``, so ``R_w = w �
 triple — gamma's ``(w + γw⁺) x⁺``, alpha-beta's ``w⁺x⁺``, ... — and a parameter gets the terms it makes
 (:func:`_terms`). ``R`` is the relevance program's own relevance at the layer's output, and ``x`` comes from a run
 of the recorded graph, so every affine node counts: modules, functional ``F.linear`` calls (the in-projection
-of ``nn.MultiheadAttention``), layers called several times (their uses add up).
+of ``nn.MultiheadAttention``), layers called several times (their uses add up). With a BatchNorm folded into
+a layer's rule the rule splits the folded map: the layer's weights get the folded weights' relevance, the
+BatchNorm's bias the folded bias's (as for the layer fused by ``torch.nn.utils.fusion.fuse_conv_bn_eval``).
 """
 from __future__ import annotations
 
@@ -32,12 +34,24 @@ from .kinds import WEIGHTED_KINDS
 from .locks import eval_mode
 from .program.builder import intermediate_keys
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+from .rules.affine import fold_batchnorm
+from .rules.layers import ConvTranspose
 from .rules.stabilize import divide
 from .parameter_units import ParameterRelevance, attention_heads, layer_units
 from .parameter_units import per_head, per_unit  # noqa: F401 (lrpfx.parameters.per_unit)
 
 SUPPORTED = (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat, WSquare)
 SUPPORTED_NAMES = ", ".join(r.name for r in SUPPORTED)
+
+
+class Fold(NamedTuple):
+    """A BatchNorm folded into an affine node's rule: its statistics (the model's tensors) and parameter names."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    weight: Optional[str]
+    bias: Optional[str]
+    eps: float
 
 
 class AffineUse(NamedTuple):
@@ -50,6 +64,7 @@ class AffineUse(NamedTuple):
     weight: str  # parameter names in the model
     bias: Optional[str]
     rule: object
+    fold: Optional[Fold] = None
 
 
 @dataclass
@@ -82,10 +97,14 @@ def explain_parameters(explainer: Explainer, x, target=None, intermediate: bool 
                             "parameter relevance cannot be taken there")
         w = params[use.weight].detach()
         b = params[use.bias].detach() if use.bias is not None else None
+        bias_name = use.bias
+        if use.fold is not None:  # the rule splits the folded map's contributions (lrpfx.rules.affine)
+            w, b = _folded(use, w, b, params)
+            bias_name = use.fold.bias or use.bias
         rw, rb = use_relevance(use.rule, use.layer, values[use.x.name], w, b, r, node=use.node)
         _add(found, use.weight, rw)
-        if use.bias is not None:
-            _add(found, use.bias, rb)
+        if bias_name is not None:
+            _add(found, bias_name, rb)
     units = layer_units(explainer.model, plan.uses)
     explanation.parameters = ParameterRelevance(found, units, attention_heads(explainer.model))
     if not intermediate:
@@ -97,6 +116,16 @@ def parameter_relevance(model: nn.Module, x: torch.Tensor, target=None, *, eps: 
     """``{name: relevance}`` for the weight and bias of every Linear and Conv op of ``model`` under LRP-epsilon
     with ``eps`` everywhere (LRP-0 by default). ``target`` as for :class:`~lrpfx.Explainer`."""
     return explain_parameters(Explainer(model, single(Epsilon(eps))), x, target).parameters
+
+
+def _folded(use: AffineUse, w, b, params):
+    """Weight and bias of ``BatchNorm(affine(x))`` as one map: ``w_ji·scale_j`` is still one weight's
+    contribution, the folded bias ``(b - μ)·scale + β`` the BatchNorm's bias's."""
+    f = use.fold
+    bn_weight = params[f.weight].detach() if f.weight is not None else None
+    bn_bias = params[f.bias].detach() if f.bias is not None else None
+    return fold_batchnorm(w, b, f.mean, f.var, bn_weight, bn_bias, eps=f.eps,
+                          channel_axis=1 if isinstance(use.layer, ConvTranspose) else 0)
 
 
 def _add(found: Dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
@@ -210,15 +239,27 @@ def _build_plan(explainer: Explainer, inputs, state) -> _Plan:
     for node, info in infos.items():
         if info.kind not in WEIGHTED_KINDS or info.layer is None or node not in rules:
             continue
-        if info.folded_into is not None:
-            raise RuleError(f"BatchNorm '{infos[info.folded_into].name}' is folded into the rule of '{info.name}': "
-                            "parameter relevance is defined for the parameters of unfolded affine layers; fuse "
-                            "the BatchNorm into the layer first (torch.nn.utils.fusion.fuse_conv_bn_eval) and "
-                            "explain the fused model")
         weight = _parameter_name(gm, model, names, info.weight, info.name)
         bias = None if info.bias is None else _parameter_name(gm, model, names, info.bias, info.name)
-        uses.append(AffineUse(node.name, keys[node], info.x, info.layer, weight, bias, rules[node]))
+        fold, key = None, keys.get(node)
+        if info.folded_into is not None:
+            fold, key = _fold(gm, model, names, infos[info.folded_into]), keys[info.folded_into]
+        uses.append(AffineUse(node.name, key, info.x, info.layer, weight, bias, rules[node], fold))
     return _Plan(state, gm, uses)
+
+
+def _fold(gm, model, names: Dict[int, str], bn) -> Fold:
+    stats = bn.facts
+    optional = lambda ref: None if ref is None else _parameter_name(gm, model, names, ref, bn.name)  # noqa: E731
+    return Fold(_tensor(gm, model, stats.mean), _tensor(gm, model, stats.var), optional(stats.weight),
+                optional(stats.bias), float(stats.eps))
+
+
+def _tensor(gm, model, ref) -> torch.Tensor:
+    """A tensor the graph reads: a path in the model, or a get_attr node of the recorded graph."""
+    if isinstance(ref, str):
+        return reduce(getattr, ref.split("."), model).detach()
+    return reduce(getattr, ref.target.split("."), gm).detach()
 
 
 def _parameter_name(gm, model, names: Dict[int, str], ref, layer: str) -> str:

@@ -33,7 +33,8 @@ def prune(model: nn.Module, relevance: Mapping[str, torch.Tensor], fraction: flo
     ``"neuron"`` of a Linear (its weight slice and bias entry), or an attention ``"head"`` (its input columns of
     the output projection, :mod:`lrpfx.parameter_units`). Masking sets those weights and bias entries to zero;
     shapes stay as they are (nothing is removed), so the copy runs and explains like the model. A zeroed unit
-    outputs 0, or its layer's constant where a normalisation follows it.
+    outputs 0 (a BatchNorm folded into its layer is masked with it, :class:`~lrpfx.parameter_units.Unit`); a
+    normalisation that is not folded adds its constant.
 
     ``scope="layer"`` masks ``floor(fraction · n)`` units in each layer of ``n`` units; ``"global"`` ranks all
     units of the kind together (scores of different layers must then be comparable, as relevance is). ``keep``:
@@ -127,5 +128,5 @@ def _mask(params: Dict[str, nn.Parameter], group, indices: torch.Tensor) -> None
         return
     assert isinstance(group, Unit)
     params[group.weight].index_fill_(group.axis, indices.to(params[group.weight].device), 0)
-    if group.bias is not None:
-        params[group.bias].index_fill_(0, indices.to(params[group.bias].device), 0)
+    for name in ((group.bias,) if group.bias is not None else ()) + group.also:
+        params[name].index_fill_(0, indices.to(params[name].device), 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import lrpfx
 from lrpfx.parameters import parameter_relevance
@@ -80,7 +81,7 @@ def layer_values(model, x):
 def loop_reference(w, b, x, r, contribution, bias_contribution):
     """Float64 loops over samples, outputs and inputs: ``R_w[j, i] = Σ_b c_ji R_j / Σ_i' c_ji'`` (bias included)
     for a rule given by its contributions ``c(x_i, w_ji, z_j)``; z_j == 0 passes nothing."""
-    w, b = w.detach(), b.detach()
+    w, b, x = w.detach(), b.detach(), x.detach()
     rw, rb = torch.zeros_like(w), torch.zeros_like(b)
     for n in range(x.shape[0]):
         for j in range(w.shape[0]):
@@ -194,6 +195,31 @@ def test_refusals_name_the_layer_and_the_way_out():
         lrpfx.Explainer(model, lrpfx.Composite(by_name={"2": Gradient()}, default=Epsilon()))(x, parameters=True)
     with pytest.raises(lrpfx.TargetError, match="targets="):
         lrpfx.Explainer(model, "zero")(x, targets=[0, 1], parameters=True)
-    folded = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)).double().eval()
-    with pytest.raises(lrpfx.RuleError, match="BatchNorm '1' is folded.*fuse_conv_bn_eval"):
-        lrpfx.Explainer(folded, "zero")(torch.randn(1, 1, 4, 4, dtype=torch.float64), parameters=True)
+
+
+def conv_bn():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    bn = model[1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.uniform_(-1, 1)
+    return model.double().eval()
+
+
+def test_folded_batchnorm_equals_the_fused_layer():
+    """A BatchNorm folded into the conv's rule: the conv's weights get the fused layer's weight relevance (torch's
+    own fusion, explained separately), the BatchNorm's bias the fused bias's; per unit LRP-0 conserves the
+    relevance at the BatchNorm's output, and pruning a channel zeroes that output."""
+    model, x = conv_bn(), torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    fused = nn.Sequential(fuse_conv_bn_eval(model[0], model[1]), *model[2:]).eval()
+    ours = lrpfx.Explainer(model, "zero")(x, target=1, parameters=True, intermediate=True)
+    reference = lrpfx.Explainer(fused, "zero")(x, target=1, parameters=True).parameters
+    assert set(ours.parameters) == {"0.weight", "1.bias", "4.weight", "4.bias"}
+    assert torch.allclose(ours.parameters["0.weight"], reference["0.weight"], rtol=1e-10, atol=1e-14)
+    assert torch.allclose(ours.parameters["1.bias"], reference["0.bias"], rtol=1e-10, atol=1e-14)
+    channels = ours.parameters.per_unit()["0"]
+    assert torch.allclose(channels, ours.intermediate["1"].sum((0, 2, 3)), rtol=1e-10)
+    pruned = lrpfx.prune(model, ours.parameters, 0.4, unit="channel")
+    weakest = int(channels.abs().argmin())
+    assert pruned[:2](x)[:, weakest].abs().max() == 0 and pruned[:2](x).abs().sum((0, 2, 3)).min() == 0
+    assert torch.equal(model[1].weight, conv_bn()[1].weight)  # the model keeps its BatchNorm
