@@ -10,7 +10,7 @@ layer, ``fraction`` of the units are masked (``lrpfx.prune``, scope "layer") in 
 first, smallest L1 weight norm (weights and bias of the unit) first, and at random (``--seeds`` orders per model)
 — and the test accuracy (360 digits) is measured. The classifier is never pruned. Everything is repeated for
 ``--models`` training seeds (initial weights and batch order); cells are mean ± standard deviation over all runs.
-Run: ``python -m bench.pruning`` (about five minutes on 2 cores).
+Run: ``python -m bench.pruning`` (about six minutes on 2 cores).
 """
 from __future__ import annotations
 
