@@ -12,6 +12,7 @@ from . import targets
 from .bilrp import bilrp
 from .parameters import parameter_relevance
 from .units import unit_relevance
+from .pruning import prune
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
@@ -23,4 +24,5 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
-           "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "unit_relevance", "__version__"]
+           "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "unit_relevance", "prune",
+           "__version__"]

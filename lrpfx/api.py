@@ -40,7 +40,9 @@ class Explanation:
     ``relevance`` is that of the main input (``input_ids``, ``inputs_embeds``, ``pixel_values``, ...) and
     ``inputs`` maps every input name to its relevance (None for inputs such as masks that carry none).
     ``output`` is the explained model output; with ``intermediate=True`` ``intermediate`` holds the relevance at
-    every node output keyed by module or node name, in execution order.
+    every node output keyed by module or node name, in execution order. With ``parameters=True`` ``parameters``
+    maps each Linear/Conv weight and bias name to its relevance, with views per unit and per attention head
+    (:class:`lrpfx.parameter_units.ParameterRelevance`, docs/pruning.md).
     """
 
     relevance: Any
@@ -49,6 +51,7 @@ class Explanation:
     inputs: Dict[str, Any] = field(default_factory=dict)
     token_ids: Optional[torch.Tensor] = None
     activations: Dict[str, torch.Tensor] = field(default_factory=dict)  # conditional runs: forward values asked for
+    parameters: Optional[Dict[str, torch.Tensor]] = None  # parameters=True: a ParameterRelevance
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -249,13 +252,18 @@ class Explainer:
 
     # ---- running --------------------------------------------------------------------------------------------
     def __call__(self, x: Inputs, target=None, intermediate: bool = False, targets=None, conditions=None,
-                 condition_batch_size: Optional[int] = None) -> Explanation:
+                 condition_batch_size: Optional[int] = None, parameters: bool = False) -> Explanation:
         """Explain ``x`` (a tensor, a tuple of tensors, or a dict of named inputs such as
         ``{"input_ids": ids, "attention_mask": mask}``). ``targets=[3, 5, 7]`` (or a LongTensor ``[K]`` or
         ``[B, K]``) gives K explanations per sample from one forward pass: ``relevance`` then has shape
         ``[B, K, ...]`` (``relevance[:, k]`` is target k), and so has every intermediate relevance.
         ``conditions=[{"y": 3, "features.28": [50]}, ...]`` gives K conditional relevances, ``[B, K, ...]``, run
-        ``condition_batch_size`` at a time (:func:`lrpfx.concepts.explain_conditions`)."""
+        ``condition_batch_size`` at a time (:func:`lrpfx.concepts.explain_conditions`). ``parameters=True``
+        adds the relevance of every affine weight and bias, summed over the batch (:mod:`lrpfx.parameters`)."""
+        if parameters:  # the parameter relevance is built on a plain call (lrpfx.parameters imports this module)
+            from .parameters import check_parameter_call, explain_parameters
+            check_parameter_call(targets, conditions)
+            return explain_parameters(self, x, target=target, intermediate=intermediate)
         if conditions is not None:
             # concepts are built on the Explainer (lrpfx.concepts imports this module): the shortcut reaches up
             from .concepts.relevance import explain_conditions

@@ -100,6 +100,8 @@ def fingerprint(run: Dict[str, Any]) -> str:
     """A short hash of the parts of a run that must agree for shards to be reused."""
     core = {k: run[k] for k in RUN_KEYS}
     core["dataset"] = {"length": run["dataset"]["length"]}  # a renamed dataset class is the same data
+    if run.get("parameters"):  # only when asked: runs without it keep their fingerprint
+        core["parameters"] = True
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,6 +120,9 @@ def run_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     for key, what in (("target", "target"), ("store", "store dtype"), ("shard_size", "shard size")):
         if old.get(key) != new[key]:
             out.append(f"a different {what} ({old.get(key)!r}, this is {new[key]!r})")
+    if bool(old.get("parameters")) != bool(new.get("parameters")):
+        out.append(f"parameter relevance {'stored' if old.get('parameters') else 'not stored'} (this run "
+                   f"{'stores' if new.get('parameters') else 'does not store'} it)")
     if old.get("dataset", {}).get("length") != new["dataset"]["length"]:
         out.append(f"a data set of another length ({old.get('dataset', {}).get('length')}, this has "
                    f"{new['dataset']['length']})")

@@ -12,6 +12,8 @@ import torch
 from .stats import RunStats
 from .store import MANIFEST, DatasetError, read_manifest, read_shard
 
+PARAMETERS_PREFIX = "parameters/"  # shard tensors that are sums over the shard (parameters=True), not per sample
+
 
 class Sample(NamedTuple):
     """One explained sample (or, from a slice or index list, a batch of them stacked)."""
@@ -99,6 +101,8 @@ class ExplanationSet:
         for k in (shard_of.unique().tolist() if located else [0]):
             rows = (shard_of == k).nonzero().squeeze(1)
             for name, value in self.shard(k).items():
+                if name.startswith(PARAMETERS_PREFIX):
+                    continue
                 if name not in out:
                     out[name] = value.new_empty((len(located),) + tuple(value.shape[1:]))
                 out[name][rows] = value[within[rows]]
@@ -112,6 +116,20 @@ class ExplanationSet:
         """Each shard's tensors in turn (the cheap way through the whole set)."""
         for k in range(len(self.entries)):
             yield self.shard(k)
+
+    def parameters(self) -> Dict[str, torch.Tensor]:
+        """``{parameter name: relevance}`` summed over the whole data set (a run with ``parameters=True``), in
+        float64: the shards' sums added up."""
+        total: Dict[str, torch.Tensor] = {}
+        for k in range(len(self.entries)):
+            for name, value in self.shard(k).items():
+                if name.startswith(PARAMETERS_PREFIX):
+                    key = name[len(PARAMETERS_PREFIX):]
+                    total[key] = total[key] + value.double() if key in total else value.double()
+        if not total:
+            raise DatasetError(f"{self.out_dir} holds no parameter relevance: run explain_dataset with "
+                               "parameters=True")
+        return total
 
     def verify_all(self) -> None:
         """Read every shard and check it against the manifest (raises :class:`ShardError`)."""

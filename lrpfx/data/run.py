@@ -23,7 +23,7 @@ from ..version import __version__
 from .distributed import Dist
 from .fingerprint import describe_run, describe_target, fingerprint
 from .plan import Shard, assign_shards, plan_shards, resolve_shard_size, shard_batches
-from .reader import ExplanationSet, load_explanations
+from .reader import PARAMETERS_PREFIX, ExplanationSet, load_explanations
 from .sources import DataSource, as_source, batch_targets, split_batch
 from .stats import RunStats
 from .store import (FORMAT, STORE_DTYPES, DatasetError, check_out_dir, our_files, verified_entry, write_manifest,
@@ -34,7 +34,8 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
                     batch_size: Optional[int] = None, target=None, compile: bool = False,
                     shard_size: Optional[int] = None, num_shards: Optional[int] = None, resume: bool = True,
                     overwrite: bool = False, progress: bool = True, store: str = "float16",
-                    num_workers: Optional[int] = None, **explainer_options) -> ExplanationSet:
+                    num_workers: Optional[int] = None, parameters: bool = False,
+                    **explainer_options) -> ExplanationSet:
     """Explain every sample of ``data`` with ``rule`` and write relevance shards plus ``manifest.json``.
 
     ``data`` is a map-style Dataset, a DataLoader (its dataset, collate_fn and workers are used; its sampler is
@@ -50,6 +51,9 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
     refused unless ``overwrite=True``, which deletes its shards first. Under ``torchrun`` (or an initialised
     process group) each rank explains shards ``rank, rank + world_size, ...``; rank 0 writes the manifest after
     a barrier. Returns the lazy :class:`ExplanationSet` of the folder; its ``stats`` say what this process did.
+
+    ``parameters=True`` also sums the relevance of every affine weight and bias (:mod:`lrpfx.parameters`) over
+    each shard's samples and stores the sums in the shard; ``ExplanationSet.parameters()`` adds the shards up.
     """
     if store not in STORE_DTYPES:
         raise InputError(f"store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
@@ -63,10 +67,12 @@ def explain_dataset(model: nn.Module, data, rule, out_dir: Union[str, os.PathLik
         raise TargetError(f"a per-sample target needs one class per sample ({length}), got shape "
                           f"{tuple(torch.as_tensor(target).shape)}")
     run = describe_run(model, explainer.composite, target, store, length, size, type(source.dataset).__name__)
+    if parameters:  # shards without parameter sums are not this run's
+        run["parameters"] = True
 
     def work(mine, run_fp, stats, rank):
         return _explain_shards(explainer, source, mine, target, STORE_DTYPES[store], out_dir, run_fp, resume,
-                               device, stats, progress and rank == 0)
+                               device, stats, progress and rank == 0, parameters)
 
     stats = sharded_run(run, source, size, shards, out_dir, overwrite, device, work)
     result = load_explanations(out_dir, verify=True)
@@ -168,7 +174,7 @@ def run_manifest(run, run_fp, source: DataSource, size, shards, world_size, entr
 
 
 def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, store_dtype, out_dir: Path,
-                    run_fp: str, resume: bool, device, stats: RunStats, show: bool) -> List[Dict]:
+                    run_fp: str, resume: bool, device, stats: RunStats, show: bool, parameters: bool) -> List[Dict]:
     """Explain this rank's shards (keeping verified ones when resuming); returns their manifest entries."""
     start_time = time.perf_counter()
     entries, pending = resume_shards(mine, out_dir, run_fp, resume, stats)
@@ -185,13 +191,13 @@ def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, st
             batch = next(loader)
             stats.load_seconds += time.perf_counter() - t
             t = time.perf_counter()
-            parts.append(_explain_batch(explainer, batch, target, store_dtype, device, shard, parts))
+            parts.append(_explain_batch(explainer, batch, target, store_dtype, device, shard, parts, parameters))
             stats.explain_seconds += time.perf_counter() - t
             n = parts[-1]["index"].shape[0]
             done = sum(p["index"].shape[0] for p in parts)
             if done == shard.stop - shard.start:
                 t = time.perf_counter()
-                tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                tensors = _shard_tensors(parts)
                 entries[shard.index] = write_shard(out_dir, shard, tensors, run_fp)
                 stats.write_seconds += time.perf_counter() - t
                 stats.shards_written += 1
@@ -204,13 +210,20 @@ def _explain_shards(explainer, source: DataSource, mine: List[Shard], target, st
     return [entries[s.index] for s in mine]
 
 
-def _explain_batch(explainer, batch, target, store_dtype, device, shard: Shard, parts) -> Dict[str, torch.Tensor]:
+def _shard_tensors(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """A shard from its batches: per-sample tensors concatenated, parameter relevance summed."""
+    return {k: torch.stack([p[k] for p in parts]).sum(0) if k.startswith(PARAMETERS_PREFIX)
+            else torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _explain_batch(explainer, batch, target, store_dtype, device, shard: Shard, parts,
+                   parameters: bool = False) -> Dict[str, torch.Tensor]:
     offset = shard.start + sum(p["index"].shape[0] for p in parts)
     x, labels = split_batch(batch)
     indices = list(range(offset, offset + x.shape[0]))
     x = x.to(device)
     classes = batch_targets(target, batch, x, labels, indices)
-    result = explainer(x, target=classes)
+    result = explainer(x, target=classes, parameters=parameters)
     relevance, output = result.relevance, result.output
     if not isinstance(relevance, torch.Tensor):
         raise InputError("explain_dataset explains single-input models: the batch's first item is the input")
@@ -223,4 +236,6 @@ def _explain_batch(explainer, batch, target, store_dtype, device, shard: Shard, 
             "target": classes.detach().to("cpu", torch.long)}
     if labels is not None:
         part["label"] = labels.detach().to("cpu", torch.long)
+    for name, value in (result.parameters or {}).items():  # sums over the batch, in the outputs' precision
+        part[PARAMETERS_PREFIX + name] = value.detach().to("cpu", out_dtype)
     return part
