@@ -11,6 +11,7 @@ from .functional import functional
 from . import targets
 from .bilrp import bilrp
 from .parameters import parameter_relevance
+from .guided import relevance_penalty, relevance_share
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
@@ -22,4 +23,5 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "LrpfxError", "TraceError", "UnsupportedOpError", "RuleError", "TargetError", "InputError",
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
-           "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "__version__"]
+           "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "relevance_penalty",
+           "relevance_share", "__version__"]
