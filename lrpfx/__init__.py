@@ -12,6 +12,7 @@ from . import targets
 from .bilrp import bilrp
 from .parameters import parameter_relevance
 from .guided import relevance_penalty, relevance_share
+from .tune import tune
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
@@ -24,4 +25,4 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
            "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "relevance_penalty",
-           "relevance_share", "__version__"]
+           "relevance_share", "tune", "__version__"]

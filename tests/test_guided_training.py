@@ -73,12 +73,16 @@ def test_bad_arguments_name_the_fix():
 
 def test_penalty_removes_the_shortcut_on_confounded_digits():
     """Same seed, data and epochs; only the loss differs. The plain model reads the class off the marker (its
-    accuracy collapses when the marker is random); the penalised one looks elsewhere."""
+    accuracy collapses when the marker is random); the penalised one looks elsewhere (seeds 0-2 give the same
+    picture: plain 0.31-0.36 accurate, penalised 0.66-0.70; shortcut shares 0.38-0.41 against 0.04-0.07)."""
     from bench.guided_training import confounded_digits, evaluate, train
 
-    train_split, test = confounded_digits(seed=0)
-    plain = evaluate(train(train_split.x, train_split.y, train_split.mask, lam=0.0, epochs=6), test)
-    guided = evaluate(train(train_split.x, train_split.y, train_split.mask, lam=1.0, epochs=6), test)
+    train_split, test, shortcut = confounded_digits(seed=0)
+    plain = evaluate(train(train_split.x, train_split.y, train_split.mask, lam=0.0, epochs=6), test, shortcut)
+    guided = evaluate(train(train_split.x, train_split.y, train_split.mask, lam=1.0, epochs=6), test, shortcut)
     assert plain["accuracy"] < 0.5 < guided["accuracy"]          # the confounder was learned / not learned
     assert guided["accuracy"] > plain["accuracy"] + 0.2
-    assert guided["marker share"] < plain["marker share"] - 0.03
+    # where the marker codes the class (as in training) the plain model puts ~40% of the relevance on its 4 of
+    # 64 pixels, the penalised one a few percent; with the marker at random both share less, the penalised less
+    assert guided["shortcut share"] < 0.5 * plain["shortcut share"] and plain["shortcut share"] > 0.25
+    assert guided["marker share"] < plain["marker share"] - 0.02
