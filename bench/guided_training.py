@@ -7,10 +7,11 @@ The data: scikit-learn's 8×8 digits with a 2×2 marker of bright pixels. In tra
 ten border positions chosen by the class (a perfect shortcut); in the test set it sits at a random position,
 independent of the class. The small CNN of :mod:`lrpfx.demo` is trained plainly (cross-entropy) and with a
 relevance penalty, ``CE + λ · share of |R| on the marker`` (:func:`lrpfx.relevance_penalty`, LRP-epsilon of the
-label, through the differentiable program), and, as a reference, on the digits without markers. Reported: the
-accuracy on the random-marker test set and on the clean test set, the share of the label's relevance on the
-marker in the random-marker test set, and the cost of one training step with the penalty against a plain step
-(both timed in turn on the same batch, medians).
+label, through the differentiable program); as references, on the digits without markers, and with the same
+penalty on the plain input gradient (rule ``"gradient"``, "right for the right reasons"). Reported: the accuracy
+on the random-marker test set and on the clean test set, the share of the label's relevance on the marker (at a
+random position, and at the class's position as in training), and the cost of one training step with the
+penalty against a plain step (both timed in turn on the same batch, medians).
 """
 from __future__ import annotations
 
@@ -131,11 +132,14 @@ def run(seeds: Sequence[int], lams: Sequence[float], epochs: int, rounds: int) -
     rows: Dict[str, list] = {}
     for seed in seeds:
         train_split, test, shortcut = confounded_digits(seed)
-        setups = {"trained without markers (reference)": (train_split.clean, 0.0), "plain (CE)": (train_split.x, 0.0)}
-        setups.update({f"guided, λ = {lam:g}": (train_split.x, lam) for lam in lams})
-        for name, (x, lam) in setups.items():
+        setups = {"trained without markers (reference)": (train_split.clean, 0.0, RULE),
+                  "plain (CE)": (train_split.x, 0.0, RULE)}
+        setups.update({f"guided, λ = {lam:g}": (train_split.x, lam, RULE) for lam in lams})
+        # the same penalty on the plain input gradient: "right for the right reasons" (Ross et al. 2017)
+        setups[f"guided by the input gradient, λ = {lams[0]:g}"] = (train_split.x, lams[0], "gradient")
+        for name, (x, lam, rule) in setups.items():
             started = time.perf_counter()
-            model = train(x, train_split.y, train_split.mask, lam, epochs, seed)
+            model = train(x, train_split.y, train_split.mask, lam, epochs, seed, rule=rule)
             result = evaluate(model, test, shortcut)
             result["train seconds"] = time.perf_counter() - started
             rows.setdefault(name, []).append(result)
@@ -155,9 +159,11 @@ def markdown(results: Dict, seeds, epochs: int, rounds: int) -> str:
              f"Digits CNN (lrpfx.demo.digits_cnn), Adam lr 3e-3, batch 64, {epochs} epochs, seeds {list(seeds)} "
              "(mean ± sd over seeds). Training: a 2×2 marker of ones at the position of the class (one of ten "
              "border positions); test: the marker at a random position. Penalty: share of the label's |R| "
-             f"(rule {RULE!r}, differentiable program) on the marker. Marker shares are measured on the test "
-             "digits with the same rule, with the marker at a random position and at the class's position (as "
-             "in training: where a model that uses the shortcut puts relevance). A 2×2 marker of ones takes "
+             f"(rule {RULE!r}, differentiable program) on the marker; the last row puts the same penalty on the "
+             "plain input gradient (rule 'gradient': Ross et al.'s \"right for the right reasons\"). Marker "
+             "shares are measured on the test digits with the same rule, with the marker at a random position "
+             "and at the class's position (as in training: where a model that uses the shortcut puts "
+             "relevance). A 2×2 marker of ones takes "
              "some relevance from any model: the reference, trained without markers, shows how much.", "",
              "| training | test accuracy (random marker) | clean test accuracy | marker share, random marker | "
              "marker share, marker at the class's position | train seconds |", "|---|---|---|---|---|---|"]

@@ -23,7 +23,7 @@ from torch import nn
 from . import graph, pipeline
 from .api import Explainer
 from .assign import choose_rules
-from .composites import Composite, as_composite
+from .composites import AUTO, Composite, as_composite
 from .data.sources import iter_batches
 from .errors import InputError
 from .eval.perturbation import flipping_curve, region_perturbation, resolve_target
@@ -102,12 +102,9 @@ def tune(model: nn.Module, data, family: str = "gamma", per: str = "group", metr
         raise InputError(f"per must be 'layer' or 'group', got {per!r}")
     if not isinstance(groups, int) or groups < 1 or not isinstance(sweeps, int) or sweeps < 1:
         raise InputError(f"groups and sweeps must be positive ints, got groups={groups!r}, sweeps={sweeps!r}")
-    device = model_device(model)
-    batches = [(x.to(device), _target(model, x.to(device), y, target)) for x, y in iter_batches(data, batch_size, limit)]
-    if not batches:
-        raise InputError("tune got no data: pass a tensor, (x, y) tensors, a data set or a DataLoader with samples")
-    base = as_composite(preset if preset is not None else spec.preset)
-    layers = _tuned_layers(model, batches[0][0], base, spec, explainer_options)
+    batches = _batches(model, data, target, batch_size, limit)
+    base, layers = _tuned_layers(model, batches[0][0], as_composite(preset if preset is not None else spec.preset),
+                                 spec, explainer_options)
     named_groups = _groups(layers, per, groups)
     scorer = _Scorer(model, batches, metric, steps, explainer_options)
 
@@ -131,6 +128,24 @@ def tune(model: nn.Module, data, family: str = "gamma", per: str = "group", metr
                       family, trials, scorer.build_seconds, scorer.score_seconds)
 
 
+def faithfulness(model: nn.Module, data, rule, metric: Union[str, Callable] = "pixel-flipping", *, target=None,
+                 batch_size: int = 64, limit: Optional[int] = None, steps: int = 16, **explainer_options) -> float:
+    """The score :func:`tune` gives one rule or composite on ``data`` (same arguments): to compare a tuned
+    composite with others on held-out data."""
+    batches = _batches(model, data, target, batch_size, limit)
+    return _Scorer(model, batches, metric, steps, explainer_options)(as_composite(rule))
+
+
+def _batches(model, data, target, batch_size, limit) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, target)`` per batch on the model's device, read once."""
+    device = model_device(model)
+    batches = [(x.to(device), _target(model, x.to(device), y, target))
+               for x, y in iter_batches(data, batch_size, limit)]
+    if not batches:
+        raise InputError("no data: pass a tensor, (x, y) tensors, a data set or a DataLoader with samples")
+    return batches
+
+
 # ---- what is tuned ------------------------------------------------------------------------------------------
 def _family(family: str) -> Family:
     if family not in FAMILIES:
@@ -146,16 +161,16 @@ def _candidates(spec: Family, candidates) -> Tuple[float, ...]:
                          f"candidates={list(spec.candidates[:4])}")
     for v in values:
         spec.rule(**{spec.parameter: v})  # the rule's own check: a RuleError naming the bad value
-    return values
+    return tuple(float(v) for v in values)
 
 
 def _tuned_layers(model: nn.Module, x: torch.Tensor, base: Composite, spec: Family,
-                  explainer_options) -> List[Tuple[str, str, Rule]]:
-    """``(layer name, node name, preset rule)`` of the conv/linear nodes the preset gives the family's rule,
-    in execution order."""
+                  explainer_options) -> Tuple[Composite, List[Tuple[str, str, Rule]]]:
+    """The preset (``"auto"`` resolved for this model) and ``(layer name, node name, preset rule)`` of the
+    conv/linear nodes it gives the family's rule, in execution order."""
     options = {k: explainer_options[k] for k in ("frontend", "leaf_modules", "output") if k in explainer_options}
     gm = pipeline.graph_of(model, x, composite=base, **options)
-    if base.label == "auto":
+    if base is AUTO:  # tuned entries are added to the preset the model would get, not to "auto"
         base = pipeline.default_composite(gm)[0]
     graph.hold_constant(gm, base.constants, base.constants_must_match)
     infos = graph.classify(gm)
@@ -166,7 +181,7 @@ def _tuned_layers(model: nn.Module, x: torch.Tensor, base: Composite, spec: Fami
         raise InputError(f"the preset {base.label!r} gives no conv or linear layer of this model a "
                          f"{spec.rule.__name__} rule, so there is nothing to tune: pass preset= a composite that "
                          f"does (e.g. preset={spec.preset!r})")
-    return layers
+    return base, layers
 
 
 def _groups(layers, per: str, groups: int) -> Dict[str, List[Tuple[str, str, Rule]]]:

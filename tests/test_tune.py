@@ -104,3 +104,17 @@ def test_bad_inputs_name_the_fix():
         lrpfx.tune(model, x, family="gamma", preset="epsilon")
     with pytest.raises(lrpfx.InputError, match="needs labels"):
         lrpfx.tune(model, x, target="label")
+
+
+def test_auto_preset_is_resolved_for_the_model(digits):
+    """``preset="auto"`` is the CNN preset (epsilon-plus-flat): epsilon lives on the linear layers only, and the
+    tuned composite keeps the preset's z+ convolutions and flat first layer."""
+    from lrpfx.tune import faithfulness
+
+    model, (x, _), _ = digits
+    result = lrpfx.tune(model, x[:32], family="epsilon", preset="auto", candidates=(1e-6, 0.5))
+    assert [layer for layers in result.groups.values() for layer in layers] == ["6", "8"]
+    assert math.isclose(result.preset_score, faithfulness(model, x[:32], "epsilon-plus-flat"), rel_tol=1e-9)
+    table = lrpfx.export(model, x[:2], result.composite).rule_table()
+    rules = {row.module: row.rule for row in table}
+    assert rules["0"].startswith("Flat") and rules["2"].startswith("ZPlus")
