@@ -24,7 +24,7 @@ from lrpfx.tune import faithfulness
 
 HERE = Path(__file__).resolve().parent
 SEARCHES = (("gamma", "group", "pixel-flipping"), ("gamma", "layer", "pixel-flipping"),
-            ("epsilon", "group", "pixel-flipping"), ("gamma", "group", "aopc"))
+            ("epsilon", "group", "pixel-flipping"), ("gamma", "group", "aopc"), ("gamma", "group", "auc-difference"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"{len(held_out)}; target: the predicted class; default candidates; one sweep; batch 64. Presets: "
              "the family's rule on every conv and linear layer (gamma 0.25, epsilon 1e-6). Pixel flipping: area "
              "between random and most-relevant-first deletion (16 steps); AOPC: mean drop of the target logit "
-             "along the most-relevant-first curve. Higher is better for both.", "",
+             "along the most-relevant-first curve; AUC difference: LeRF minus MoRF area (16 steps). Higher is "
+             "better for all.", "",
              "| family | per | metric | preset (tuning) | tuned (tuning) | preset (held out) | tuned (held out) | "
              "chosen | composites | build s | score s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for family, per, metric in SEARCHES:

@@ -93,7 +93,8 @@ def tune(model: nn.Module, data, family: str = "gamma", per: str = "group", metr
     deletion, :func:`lrpfx.eval.pixel_flipping`), ``"aopc"`` (mean drop of the target logit along the
     most-relevant-first curve), ``"auc-difference"`` (LeRF AUC - MoRF AUC, :func:`lrpfx.eval.region_perturbation`)
     or a callable ``metric(model, x, relevance, target) -> float``, averaged over batches by size. ``target``:
-    None (the model's argmax), an int or ``"label"``. ``sweeps`` passes over the groups. ``explainer_options``
+    None (the model's argmax), an int or ``"label"``. ``steps``: deletion steps of the built-in metrics.
+    ``sweeps``: passes over the groups. ``explainer_options``
     go to each :class:`~lrpfx.Explainer`.
     """
     spec = _family(family)
