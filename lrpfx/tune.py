@@ -227,6 +227,10 @@ class _Scorer:
         if not callable(metric) and metric not in METRICS:
             raise InputError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)} or a callable "
                              "metric(model, x, relevance, target) -> float (higher is better)")
+        if metric in ("pixel-flipping", "aopc") and batches[0][0].dim() < 3:
+            raise InputError(f"metric {metric!r} deletes pixels of [B, C, *spatial] inputs; the input has shape "
+                             f"{tuple(batches[0][0].shape)}: use metric='auc-difference' (it takes [B, features]) "
+                             "or a callable")
         self.model, self.batches, self.metric, self.steps = model, batches, metric, steps
         self.options = explainer_options
         self.cache: Dict[Composite, float] = {}

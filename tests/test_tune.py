@@ -104,6 +104,11 @@ def test_bad_inputs_name_the_fix():
         lrpfx.tune(model, x, family="gamma", preset="epsilon")
     with pytest.raises(lrpfx.InputError, match="needs labels"):
         lrpfx.tune(model, x, target="label")
+    mlp, features = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).eval(), torch.rand(6, 5)
+    with pytest.raises(lrpfx.InputError, match="metric='auc-difference'"):
+        lrpfx.tune(mlp, features, family="epsilon")
+    result = lrpfx.tune(mlp, features, family="epsilon", metric="auc-difference", candidates=[0.1])
+    assert math.isfinite(result.score) and list(result.groups) == ["lower", "upper"]
 
 
 def test_auto_preset_is_resolved_for_the_model(digits):
