@@ -94,8 +94,7 @@ def tune(model: nn.Module, data, family: str = "gamma", per: str = "group", metr
     most-relevant-first curve), ``"auc-difference"`` (LeRF AUC - MoRF AUC, :func:`lrpfx.eval.region_perturbation`)
     or a callable ``metric(model, x, relevance, target) -> float``, averaged over batches by size. ``target``:
     None (the model's argmax), an int or ``"label"``. ``steps``: deletion steps of the built-in metrics.
-    ``sweeps``: passes over the groups. ``explainer_options``
-    go to each :class:`~lrpfx.Explainer`.
+    ``sweeps``: passes over the groups. ``explainer_options`` go to each :class:`~lrpfx.Explainer`.
     """
     spec = _family(family)
     values_tried = _candidates(spec, candidates)
@@ -123,10 +122,10 @@ def tune(model: nn.Module, data, family: str = "gamma", per: str = "group", metr
                 trials.append({"group": g, "value": value, "values": trial, "score": score})
                 if score > best:
                     best, state = score, trial
-    return TuneResult(composite_of(state), state, {g: tuple(n for n, _, _ in members)
-                                                    for g, members in named_groups.items()},
-                      best, preset_score, metric if isinstance(metric, str) else getattr(metric, "__name__", "metric"),
-                      family, trials, scorer.build_seconds, scorer.score_seconds)
+    layer_names = {g: tuple(name for name, _, _ in members) for g, members in named_groups.items()}
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+    return TuneResult(composite_of(state), state, layer_names, best, preset_score, metric_name, family, trials,
+                      scorer.build_seconds, scorer.score_seconds)
 
 
 def faithfulness(model: nn.Module, data, rule, metric: Union[str, Callable] = "pixel-flipping", *, target=None,
@@ -250,11 +249,13 @@ class _Scorer:
         total, count = 0.0, 0
         for i, (x, t) in enumerate(self.batches):
             relevance = explainer(x, target=t).relevance
-            value = float(self._batch_score(i, x, relevance, t))
-            if not math.isfinite(value):
-                raise InputError(f"the metric returned {value} for composite {composite.label!r} on batch {i}: "
-                                 "a score must be a finite number (check the metric for divisions by zero or "
-                                 "empty inputs)")
+            raw = self._batch_score(i, x, relevance, t)
+            value = _number(raw)
+            if value is None or not math.isfinite(value):
+                shown = f"a tensor of shape {tuple(raw.shape)}" if value is None and torch.is_tensor(raw) else raw
+                raise InputError(f"the metric returned {shown} for composite {composite.label!r} on batch {i}: "
+                                 "a score must be one finite number (a float or a one-element tensor; check the "
+                                 "metric for divisions by zero or empty inputs)")
             total, count = total + value * x.shape[0], count + x.shape[0]
         self.build_seconds += built - started
         self.score_seconds += time.perf_counter() - built
@@ -277,3 +278,11 @@ class _Scorer:
             scores = torch.rand(relevance.sum(1).shape, generator=torch.Generator().manual_seed(0))
             self.random_curves[i] = flipping_curve(self.model, x, scores.to(x.device), t, self.steps)
         return self.random_curves[i]
+
+
+def _number(value) -> Optional[float]:
+    """A metric's value as a float, or None when it is not one number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None

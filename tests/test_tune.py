@@ -96,6 +96,8 @@ def test_bad_inputs_name_the_fix():
         lrpfx.tune(model, x, candidates=[0.1, -1.0])
     with pytest.raises(lrpfx.InputError, match="returned nan.*finite"):
         lrpfx.tune(model, x, metric=lambda *args: float("nan"), candidates=[0.1])
+    with pytest.raises(lrpfx.InputError, match=r"returned a tensor of shape \(4, 1, 4, 4\).*one finite number"):
+        lrpfx.tune(model, x, metric=lambda model, x, relevance, target: relevance, candidates=[0.1])
     with pytest.raises(lrpfx.InputError, match="unknown metric 'faithfulness'"):
         lrpfx.tune(model, x, metric="faithfulness")
     with pytest.raises(lrpfx.InputError, match="per must be 'layer' or 'group'"):
