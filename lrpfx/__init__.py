@@ -13,6 +13,8 @@ from .bilrp import bilrp
 from .parameters import parameter_relevance
 from .units import unit_relevance
 from .pruning import prune
+from .guided import relevance_penalty, relevance_share
+from .tune import tune
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
@@ -25,4 +27,4 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
            "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "unit_relevance", "prune",
-           "__version__"]
+           "relevance_penalty", "relevance_share", "tune", "__version__"]
