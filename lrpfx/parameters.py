@@ -24,12 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import graph, pipeline, rebind
+from . import pipeline, rebind
 from .api import Explainer, Explanation, split_inputs, _signature
-from .assign import choose_rules
-from .composites import AUTO, single
-from .errors import InputError, RuleError, TargetError
-from .graph import canonize
+from .composites import single
+from .errors import RuleError, TargetError
 from .kinds import WEIGHTED_KINDS
 from .locks import eval_mode
 from .program.builder import intermediate_keys
@@ -219,20 +217,14 @@ def _plan(explainer: Explainer, inputs) -> _Plan:
 
 
 def _build_plan(explainer: Explainer, inputs, state) -> _Plan:
-    """Record, classify and assign as the Explainer's build does (:func:`lrpfx.pipeline.build_program`, up to
-    the BatchNorm folding) to learn each affine node's rule, input and parameters."""
+    """Record, classify and assign as the Explainer's build does (:func:`lrpfx.pipeline.assign`) to learn each
+    affine node's rule, input and parameters."""
     model = explainer.model
     with eval_mode(model):
         gm, _ = pipeline.front_end(model, inputs.tensors, inputs.names, dict(inputs.options), explainer.frontend,
                                    explainer.leaf_modules, explainer.output, explainer.dynamic,
                                    explainer.composite)
-    composite = explainer.composite
-    if composite is AUTO:
-        composite, _ = pipeline.default_composite(gm)
-    graph.hold_constant(gm, composite.constants, composite.constants_must_match)
-    infos = graph.classify(gm)
-    rules, _ = choose_rules(infos, composite)
-    canonize.fold_batchnorms(infos, rules)
+    _, infos, rules, _ = pipeline.assign(gm, explainer.composite)
     keys = intermediate_keys(infos)
     names = {id(t): name for name, t in model.named_parameters()}
     uses = []

@@ -117,6 +117,23 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     its relevance has gradients w.r.t. inputs and parameters: docs/functional.md)."""
     if form not in FORMS:
         raise InputError(f"form must be one of {FORMS}, got {form!r}")
+    composite, infos, rules, reasons = assign(gm, composite)
+    canonize.mark_nonnegative(infos)
+    table = rule_table(infos, rules, reasons)
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    # a float target is an arbitrary initial relevance: the support analysis must not assume ``output * onehot``
+    canonize.mark_positive_only(infos, rules, output,
+                                proportional_start=composite.start == "logit" and not start_is_relevance)
+    options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
+    builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, form=form,
+                             **options)
+    return RelevanceProgram(builder.build(), table, composite, differentiable=form == "differentiable")
+
+
+def assign(gm: fx.GraphModule, composite):
+    """Stages 2-3 on a recorded graph: classify, assign the composite's rules (the preset where it is ``"auto"``)
+    and fold BatchNorms into the affine layers before them. Returns the composite used, the node facts, the
+    rules and the reasons the rule table shows."""
     composite = as_composite(composite)
     chosen = None
     if composite is AUTO:
@@ -128,16 +145,7 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     if chosen is not None:
         reasons = {n: f"{chosen}: {why}" for n, why in reasons.items()}
     canonize.fold_batchnorms(infos, rules)
-    canonize.mark_nonnegative(infos)
-    table = rule_table(infos, rules, reasons)
-    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    # a float target is an arbitrary initial relevance: the support analysis must not assume ``output * onehot``
-    canonize.mark_positive_only(infos, rules, output,
-                                proportional_start=composite.start == "logit" and not start_is_relevance)
-    options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
-    builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, form=form,
-                             **options)
-    return RelevanceProgram(builder.build(), table, composite, differentiable=form == "differentiable")
+    return composite, infos, rules, reasons
 
 
 def default_composite(gm: fx.GraphModule):
