@@ -17,6 +17,7 @@ from torch import nn
 from . import locks, pipeline, rebind
 from .composites import Composite, as_composite
 from .errors import InputError, OutputError, TargetError
+from .frontend import multimodal
 from .frontend.export import input_shape_pattern
 from .locks import eval_mode
 from .pipeline import FRONTENDS
@@ -93,8 +94,13 @@ class ModelInputs(NamedTuple):
 def split_inputs(x: Inputs) -> ModelInputs:
     """A tensor, a tuple of tensors, or a dict of named inputs (tensors, plus fixed options such as flags)."""
     if isinstance(x, Mapping):
-        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor))
-        options = tuple((k, v) for k, v in x.items() if v is not None and not isinstance(v, torch.Tensor))
+        for k, v in x.items():
+            if multimodal.is_static_value(k, v):
+                multimodal.check_static_value(k, v)
+        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor)
+                        and not multimodal.is_static_value(k, v))
+        options = tuple((k, v) for k, v in x.items() if v is not None and not (
+            isinstance(v, torch.Tensor) and not multimodal.is_static_value(k, v)))
         if not tensors:
             raise InputError(f"the input dict has no tensors (keys: {list(x)}): pass e.g. {{'input_ids': ids}}")
         return ModelInputs(tuple(v for _, v in tensors), tuple(k for k, _ in tensors), options)
@@ -110,7 +116,7 @@ def _signature(inputs: ModelInputs, static: bool = False) -> tuple:
         return t.dim() if inputs.names is not None else tuple(t.shape[1:])
 
     shapes = tuple((shape(t), t.dtype, t.device.type) for t in inputs.tensors)
-    return shapes, inputs.names, repr(inputs.options)
+    return shapes, inputs.names, repr(tuple((k, multimodal.option_key(v)) for k, v in inputs.options))
 
 
 def _serves(pattern: tuple, inputs: ModelInputs) -> bool:
@@ -185,7 +191,7 @@ class Explainer:
     def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
         """The relevance program for inputs like ``x`` (built and cached on first use). ``target_is_relevance``
         says the program will be given initial relevances (float targets) rather than class indices."""
-        return self._entry(split_inputs(x), intermediate, target_is_relevance).program
+        return self._entry(split_inputs(self._prepared(x)), intermediate, target_is_relevance).program
 
     def _entry(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
@@ -261,7 +267,7 @@ class Explainer:
             from .concepts.relevance import explain_conditions
             return explain_conditions(self, x, conditions, target=target, targets=targets,
                                       intermediate=intermediate, batch_size=condition_batch_size)
-        inputs = split_inputs(x)
+        inputs = split_inputs(self._prepared(x))
         self._check_inputs(inputs.tensors)
         # build (or fetch) the one program this call needs; its recorded output shape validates the target
         is_relevance = targets is None and isinstance(target, torch.Tensor) and target.is_floating_point()
@@ -289,6 +295,10 @@ class Explainer:
         main = _primary_input(named)
         return Explanation(named[main], output, inter, inputs=named,
                            token_ids=_token_ids(dict(zip(inputs.names, inputs.tensors))[main], named[main]))
+
+    def _prepared(self, x: Inputs) -> Inputs:
+        """Named inputs completed with what the model would compute from values in Python (3-D positions)."""
+        return multimodal.with_positions(self.model, x) if isinstance(x, Mapping) else x
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
         param = next(iter(self.model.parameters()), None)

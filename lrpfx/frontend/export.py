@@ -40,6 +40,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, to
 from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
+from .multimodal import static_options
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
@@ -72,15 +73,21 @@ class _Call(nn.Module):
 
 def default_output(out):
     """The tensor to explain: a tensor as is; a model output's ``logits`` — for ``[B, T, V]`` logits (a causal
-    language model) those of the last position."""
+    language model) those of the last position; a two-tower model's ``logits_per_image`` (CLIP, SigLIP:
+    ``[images, texts]``, so the class is a text)."""
     logits = out
     if not isinstance(out, torch.Tensor):
-        logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+        logits = next((_field(out, name) for name in ("logits", "logits_per_image") if _field(out, name) is not None),
+                      None)
     if not isinstance(logits, torch.Tensor):
         raise OutputError(
             f"the model returns {type(out).__name__}, not a tensor or an output with .logits: pass an output= "
             "selector, e.g. output=lambda out: out.last_hidden_state[:, 0].sum(-1, keepdim=True)")
     return logits[:, -1] if logits.dim() == 3 else logits
+
+
+def _field(out, name: str):
+    return out.get(name) if isinstance(out, dict) else getattr(out, name, None)
 
 
 def fixed_options(model: nn.Module) -> Dict[str, Any]:
@@ -157,7 +164,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                  dynamic: Optional[bool] = None) -> fx.GraphModule:
     """``model`` exported on ``inputs`` and normalised for classification (see the module docstring);
     ``dynamic`` says which input axes may vary (:func:`dynamic_axes`)."""
-    wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
+    wrapper = _Call(model, names, {**fixed_options(model), **static_options(options)}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
         with quiet_torch(), functions_named_on_export():

@@ -91,7 +91,7 @@ def qwen2_vl(cls=transformers.Qwen2VLForConditionalGeneration, config_cls=transf
     vision = vision or transformers.Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=32, num_heads=4,
                                                         patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
     text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, vocab_size=VOCAB,
+                intermediate_size=64, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2,
                 rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0})
     config = config_cls(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, video_token_id=62,
                         vision_start_token_id=60, vision_end_token_id=61)
@@ -99,7 +99,8 @@ def qwen2_vl(cls=transformers.Qwen2VLForConditionalGeneration, config_cls=transf
     ids = _token_ids(n_text=4, n_image=4, start=2)
     ids[:, 1] = 60
     x = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-         "pixel_values": _pixels(B * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid}
+         "pixel_values": _pixels(B * 16, 3 * 2 * 4 * 4), "image_grid_thw": grid,
+         "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
     return _build(cls, config), x
 
 
@@ -112,7 +113,7 @@ def qwen2_5_vl():
 
 def _siglip_text():
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
-                max_position_embeddings=16)
+                max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 def siglip():
