@@ -40,7 +40,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, to
 from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
-from .multimodal import static_options
+from .multimodal import static_options, static_tracing
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
@@ -167,7 +167,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     wrapper = _Call(model, names, {**fixed_options(model), **static_options(options)}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
-        with quiet_torch(), functions_named_on_export():
+        with quiet_torch(), functions_named_on_export(), static_tracing(options):
             try:
                 program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
                                               strict=False)

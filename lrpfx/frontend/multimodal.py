@@ -9,18 +9,22 @@ control flow. The answers:
   to their values, and their values are part of the program's cache key, so another grid gets a program of its
   own (as another image size does). While exporting they are :class:`StaticValues`: what the model computes from
   them alone (split sizes, sequence offsets, rotary positions) is computed for real, outside the tracer, so
-  ``.tolist()`` and ``.item()`` give numbers and the results enter the graph as constants;
+  ``.tolist()`` and ``.item()`` give numbers and the results enter the graph as constants; so do tensors made
+  from Python numbers alone meanwhile (``torch.arange(h * w)``, ``torch.tensor(offsets)``: Qwen2.5-VL's window
+  index), as :func:`static_tracing` arranges;
 * the 3-D positions are computed before tracing, by the model's own ``get_rope_index``, and passed as
   ``position_ids`` (integers: they carry no relevance, and one program serves any token ids).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import _disable_current_modes
 
 from ..errors import InputError
@@ -103,3 +107,34 @@ def _static(t: torch.Tensor) -> torch.Tensor:
 def static_options(options: Dict[str, Any]) -> Dict[str, Any]:
     """Fixed options with the static-valued tensors (image grids) wrapped for tracing."""
     return {k: _static(v.detach()) if is_static_value(k, v) else v for k, v in options.items()}
+
+
+# tensors made from Python values: with no traced argument, their values are known
+_FACTORIES = (torch.arange, torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.linspace)
+
+
+class _StaticFactories(TorchFunctionMode):
+    """While tracing with static values: a factory call whose arguments are all plain Python values (no tensor, no
+    symbolic size) makes a :class:`StaticValues` tensor, computed for real."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES and all(_plain_value(v) for v in pytree.tree_leaves((args, kwargs))):
+            with _disable_current_modes():
+                return _static(func(*args, **kwargs))
+        return func(*args, **kwargs)
+
+
+def _plain_value(v: Any) -> bool:
+    return isinstance(v, (bool, int, float, str, torch.dtype, torch.device, type(None))) and not isinstance(
+        v, torch.SymInt)
+
+
+@contextlib.contextmanager
+def static_tracing(options: Dict[str, Any]):
+    """Around an export with static-valued options: tensors made from Python values are static too."""
+    if not any(is_static_value(k, v) for k, v in options.items()):
+        yield
+        return
+    with _StaticFactories():
+        yield
