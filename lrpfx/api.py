@@ -204,8 +204,17 @@ class Explainer:
         with locks.tracing():  # exclusive: building traces; another thread may have built it meanwhile
             entry, full_key = self._lookup(key, inputs)
             if entry is None:
-                entry = self._cache[full_key] = self._build(inputs, intermediate, target_is_relevance, plan)
+                entry = self._build(inputs, intermediate, target_is_relevance, plan)
+                self._settle_model()
+                self._cache[full_key] = entry
             return entry
+
+    def _settle_model(self) -> None:
+        """After a build: a model that changed itself while traced (Hugging Face installs its output-recording
+        hooks on the first call) is taken as it is now; programs built before that change go."""
+        state = rebind.model_state(self.model)
+        if not state.same(self._state):
+            self._state, self._cache = state, {}
 
     def _follow_model(self) -> None:
         """Keep the cache to programs of the model as it is now: after a parameter or buffer was replaced, the

@@ -12,12 +12,12 @@ def _build(cls, config):
 
 
 def _llama_text(**extra):
-    return transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    return transformers.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                     intermediate_size=64, vocab_size=VOCAB, **extra)
 
 
 def _siglip_vision(image_size=16, patch_size=8, **extra):
-    return transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    return transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                            num_attention_heads=4, image_size=image_size, patch_size=patch_size, **extra)
 
 
@@ -33,12 +33,13 @@ def _pixels(*shape, seed=2):
     return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
-def llava():
+def llava(projector_act="gelu", projector_bias=True):
     """LLaVA: a CLIP vision tower (with its class token), a two-layer projector, LLaMA."""
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                            num_attention_heads=4, image_size=16, patch_size=8)
     config = transformers.LlavaConfig(vision_config=vision, text_config=_llama_text(), image_token_index=IMAGE_TOKEN,
-                                      vision_feature_select_strategy="full", vision_feature_layer=-1)
+                                      vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                      projector_hidden_act=projector_act, multimodal_projector_bias=projector_bias)
     ids = _token_ids(n_text=4, n_image=5)  # 4 patches and the class token
     x = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": _pixels(B, 3, 16, 16)}
     return _build(transformers.LlavaForConditionalGeneration, config), x
@@ -46,7 +47,7 @@ def llava():
 
 def paligemma():
     """PaliGemma: SigLIP (no class token), a linear projector, Gemma; image tokens first."""
-    text = transformers.GemmaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    text = transformers.GemmaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                     intermediate_size=64, vocab_size=VOCAB, head_dim=8)
     config = transformers.PaliGemmaConfig(vision_config=_siglip_vision(projection_dim=32), text_config=text,
                                           image_token_index=IMAGE_TOKEN, vocab_size=VOCAB, projection_dim=32,
@@ -58,7 +59,7 @@ def paligemma():
 
 def gemma3():
     """Gemma 3: SigLIP, an average-pooling projector to ``mm_tokens_per_image`` tokens, Gemma 3 text."""
-    text = transformers.Gemma3TextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    text = transformers.Gemma3TextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                          num_key_value_heads=2, intermediate_size=64, vocab_size=VOCAB, head_dim=8,
                                          query_pre_attn_scalar=8, sliding_window=4)
     config = transformers.Gemma3Config(vision_config=_siglip_vision(image_size=16, patch_size=4), text_config=text,
@@ -74,7 +75,7 @@ def gemma3():
 
 def idefics3(cls=transformers.Idefics3ForConditionalGeneration, config_cls=transformers.Idefics3Config):
     """Idefics3 / SmolVLM: a SigLIP-like tower, pixel shuffle and a linear connector, LLaMA; one image each."""
-    vision = transformers.Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    vision = transformers.Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                num_attention_heads=4, image_size=16, patch_size=4)
     config = config_cls(vision_config=vision, text_config=_llama_text(), image_token_id=IMAGE_TOKEN, scale_factor=2)
     ids = _token_ids(n_text=4, n_image=4)  # 16 patches shuffled by 2 x 2
@@ -88,9 +89,9 @@ def smolvlm():
 
 def qwen2_vl(cls=transformers.Qwen2VLForConditionalGeneration, config_cls=transformers.Qwen2VLConfig, vision=None):
     """Qwen2-VL: patches flattened to ``[N, C·T·P·P]`` with their grid ``image_grid_thw``, multimodal RoPE."""
-    vision = vision or transformers.Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=32, num_heads=4,
+    vision = vision or transformers.Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=32, num_heads=4,
                                                         patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
-    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=64, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2,
                 rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0})
     config = config_cls(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, video_token_id=62,
@@ -105,14 +106,14 @@ def qwen2_vl(cls=transformers.Qwen2VLForConditionalGeneration, config_cls=transf
 
 
 def qwen2_5_vl():
-    vision = transformers.Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,
+    vision = transformers.Qwen2_5_VLVisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=4,
                                                  patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
-                                                 out_hidden_size=32, window_size=8, fullatt_block_indexes=[1])
+                                                 out_hidden_size=32, window_size=8, fullatt_block_indexes=[0])
     return qwen2_vl(transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig, vision)
 
 
 def _siglip_text():
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=VOCAB,
                 max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
@@ -125,7 +126,7 @@ def siglip():
 
 def siglip2():
     """SigLIP 2 (NaFlex): patches flattened to ``[B, N, C·P·P]`` with a patch mask and their spatial shape."""
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=4,
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, patch_size=4,
                   num_patches=16)
     config = transformers.Siglip2Config(text_config=_siglip_text(), vision_config=vision)
     ids = _token_ids(n_text=6, n_image=0, start=0)
