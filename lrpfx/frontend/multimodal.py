@@ -54,6 +54,9 @@ def option_key(value: Any) -> Any:
 def with_positions(model: nn.Module, named: Mapping[str, Any]) -> Mapping[str, Any]:
     """``named`` with ``position_ids`` from the model's ``get_rope_index`` where the model computes 3-D positions
     from token ids and image grids and the caller gave none; otherwise ``named`` unchanged."""
+    for name in STATIC_VALUE_INPUTS:
+        if is_static_value(name, named.get(name)):
+            check_static_value(name, named[name])
     if named.get("position_ids") is not None or not any(named.get(k) is not None for k in STATIC_VALUE_INPUTS):
         return named
     owner = _rope_index_owner(model)

@@ -61,11 +61,11 @@ def gemma3():
     """Gemma 3: SigLIP, an average-pooling projector to ``mm_tokens_per_image`` tokens, Gemma 3 text."""
     text = transformers.Gemma3TextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                          num_key_value_heads=2, intermediate_size=64, vocab_size=VOCAB, head_dim=8,
-                                         query_pre_attn_scalar=8, sliding_window=4)
+                                         query_pre_attn_scalar=8, sliding_window=8)
     config = transformers.Gemma3Config(vision_config=_siglip_vision(image_size=16, patch_size=4), text_config=text,
                                        mm_tokens_per_image=4, image_token_index=IMAGE_TOKEN, boi_token_index=61,
                                        eoi_token_index=62)
-    ids = _token_ids(n_text=4, n_image=4)
+    ids = _token_ids(n_text=4, n_image=4)  # 9 tokens: the sliding window of 8 still reaches the image
     x = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": _pixels(B, 3, 16, 16)}
     model = _build(transformers.Gemma3ForConditionalGeneration, config)
     with torch.no_grad():  # Hugging Face starts the projection at zero: the image would not reach the logits
