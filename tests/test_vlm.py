@@ -8,7 +8,7 @@ a learned constant); the pixels get relevance (never a silent zero). On LLaVA wi
 the relevance crosses the projector and the patch embedding as gradient × input of those linear pieces (LRP-0's
 theory), and the image positions of the token sequence hand their relevance to the projector unchanged.
 Qwen-VL image grids are static values: another grid gets its own program. ``explain_generation`` on LLaVA's
-generated tokens gives per token what one explanation of the cut sequence gives.
+generated tokens gives per token what one explanation of the cut sequence gives (batch 1, an axis LLaVA fixes).
 """
 import pytest
 import torch
@@ -152,14 +152,16 @@ def test_qwen2_vl_inputs_that_cannot_be_traced_get_clear_errors():
 
 
 def test_llava_explain_generation_gives_pixel_and_token_relevance_per_generated_token():
+    """One sample: LLaVA splits its image features into a Python list per image, so export fixes the batch axis
+    and the program must be recorded on batch 1 itself, not on a widened example."""
     model, x = vlm.llava()
-    ids, mask, pixels = x["input_ids"], x["attention_mask"], x["pixel_values"]
+    ids, mask, pixels = x["input_ids"][:1], x["attention_mask"][:1], x["pixel_values"][:1]
     res = lrpfx.explain_generation(model, ids, max_new_tokens=2, rule=CONSERVING, attention_mask=mask,
                                    inputs={"pixel_values": pixels})
     prompt = ids.shape[1]
-    assert res.ids.shape == (B, prompt + 2) and res.matrix.shape == (B, 2, prompt + 2)
+    assert res.ids.shape == (1, prompt + 2) and res.matrix.shape == (1, 2, prompt + 2)
     per_token = res.input_relevance["pixel_values"]
-    assert per_token.shape == (B, 2) + pixels.shape[1:]
+    assert per_token.shape == (1, 2) + pixels.shape[1:]
     explainer = lrpfx.Explainer(model, CONSERVING)
     for k in range(2):  # generated token k, explained alone on the sequence that predicted it
         cut = res.ids[:, :prompt + k]

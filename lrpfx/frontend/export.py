@@ -171,6 +171,8 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
             try:
                 program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
                                               strict=False)
+                if not _serves_inputs(program, inputs):  # the model fixed an axis the example widened from 1
+                    program = torch.export.export(wrapper, tuple(inputs), strict=False)
             except LrpfxError:
                 raise
             except Exception:  # some models only export for fixed shapes
@@ -253,10 +255,28 @@ def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], 
     pattern = []
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            value = n.meta.get("val")
-            shape = getattr(value, "shape", ())
-            pattern.append(tuple(d if isinstance(d, int) else None for d in shape))
+            pattern.append(_shape_pattern(n.meta.get("val")))
     return tuple(pattern)
+
+
+def _shape_pattern(value) -> Tuple[Optional[int], ...]:
+    """A shape with ``None`` for symbolic sizes; a size export specialised (a symbol fixed to a number, e.g. a
+    batch axis the model splits into a Python list) counts as fixed."""
+    def fixed(d):
+        if isinstance(d, torch.SymInt) and d.node.expr.is_number:
+            return int(d.node.expr)
+        return d if isinstance(d, int) else None
+    return tuple(fixed(d) for d in getattr(value, "shape", ()))
+
+
+def _serves_inputs(program, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether an exported program takes inputs of these shapes (its user inputs' fixed axes match)."""
+    by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = [by_name.get(name) for name in program.graph_signature.user_inputs]
+    return len(specs) == len(inputs) and all(
+        spec is not None and all(d is None or d == size for d, size in zip(_shape_pattern(spec.meta.get("val")),
+                                                                           t.shape))
+        for spec, t in zip(specs, inputs))
 
 
 def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
