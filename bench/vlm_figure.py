@@ -36,9 +36,10 @@ def tiny_llava():
 
 
 def synthetic_image() -> torch.Tensor:
-    """``[1, 3, 32, 32]``: a bright square (top left) and a disc (bottom right) on a dark background."""
+    """``[1, 3, 32, 32]``: a bright square (top left) and a disc (bottom right) on a zero background (a zero
+    pixel takes no relevance: the patch embedding has no bias)."""
     y, x = torch.meshgrid(torch.arange(IMAGE_SIZE), torch.arange(IMAGE_SIZE), indexing="ij")
-    image = torch.full((3, IMAGE_SIZE, IMAGE_SIZE), -1.0, dtype=torch.float64)
+    image = torch.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float64)
     square = (y >= 4) & (y < 14) & (x >= 4) & (x < 14)
     disc = (y - 22) ** 2 + (x - 22) ** 2 < 36
     image[0][square], image[1][square], image[2][square] = 1.0, 0.2, -0.6
@@ -69,10 +70,10 @@ def explain(rule: str):
     e = lrpfx.Explainer(model, rule)({"input_ids": ids, "attention_mask": torch.ones_like(ids),
                                       "pixel_values": pixels})
     target = int(e.output.argmax(1))
-    return pixels[0], e.inputs["pixel_values"][0], e.tokens[0], words, target
+    return pixels[0], e.inputs["pixel_values"][0], e.tokens[0], words, target, float(e.output[0, target])
 
 
-def draw(pixels, pixel_relevance, token_relevance, words, target, rule: str, out: Path) -> Path:
+def draw(pixels, pixel_relevance, token_relevance, words, target, logit, rule: str, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,18 +85,19 @@ def draw(pixels, pixel_relevance, token_relevance, words, target, rule: str, out
     ax_img = fig.add_axes([0.02, 0.30, 0.26, 0.6])
     ax_heat = fig.add_axes([0.30, 0.30, 0.26, 0.6])
     ax_text = fig.add_axes([0.58, 0.30, 0.40, 0.6])
-    ax_img.imshow(((pixels.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+    ax_img.imshow(pixels.permute(1, 2, 0).numpy().clip(0, 1))
     ax_img.set_title("image (synthetic)", fontsize=9)
     ax_heat.imshow(heat, cmap="bwr", norm=TwoSlopeNorm(0.0, -bound, bound))
     ax_heat.set_title("pixel relevance", fontsize=9)
     for ax in (ax_img, ax_heat, ax_text):
         ax.set_xticks([]), ax.set_yticks([])
     _draw_tokens(ax_text, token_relevance, words, plt.get_cmap("bwr"))
-    ax_text.set_title("token relevance (image positions take none: the features replace them)", fontsize=9)
-    share = float(pixel_relevance.sum()) / (float(pixel_relevance.sum()) + float(token_relevance.sum()))
-    fig.text(0.02, 0.08, f"Tiny LLaVA with RANDOM weights (CLIP 32 px + LLaMA), rule {rule}, explained token "
-                         f"id {target}: one call gives both. Pixels carry {share:.0%} of the relevance. Random "
-                         "weights: the layout shows the mechanics, not meaning.", fontsize=8, wrap=True)
+    ax_text.set_title("token relevance (colour: signed square root)", fontsize=9)
+    fig.text(0.02, 0.06, f"Tiny LLaVA with RANDOM weights (CLIP 32 px + LLaMA), rule {rule}, explained: token "
+                         f"{target} (logit {logit:.3f}), one call. Sums: pixels {float(pixel_relevance.sum()):.3f}, "
+                         f"tokens {float(token_relevance.sum()):.3f}. The <image> positions take none (the image "
+                         "features replace their embeddings). Random weights: the layout shows the mechanics, "
+                         "not meaning.", fontsize=8, wrap=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -104,6 +106,7 @@ def draw(pixels, pixel_relevance, token_relevance, words, target, rule: str, out
 
 def _draw_tokens(ax, relevance, words, cmap) -> None:
     """The prompt as coloured word boxes, the 17 ``<image>`` positions folded into one box."""
+    relevance = relevance.sign() * relevance.abs().sqrt()  # the explained position would outshine the rest
     bound = float(relevance.abs().max()) or 1.0
     x, y, row_height = 0.02, 0.88, 0.16
     shown = []
