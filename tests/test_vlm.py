@@ -151,6 +151,7 @@ def test_qwen2_vl_inputs_that_cannot_be_traced_get_clear_errors():
         lrpfx.Explainer(model, CONSERVING)(dict(x, image_grid_thw=x["image_grid_thw"].double()))
 
 
+@pytest.mark.slow
 def test_llava_explain_generation_gives_pixel_and_token_relevance_per_generated_token():
     """One sample: LLaVA splits its image features into a Python list per image, so export fixes the batch axis
     and the program must be recorded on batch 1 itself, not on a widened example."""

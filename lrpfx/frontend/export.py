@@ -172,7 +172,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                 program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
                                               strict=False)
                 if not _serves_inputs(program, inputs):  # the model fixed an axis the example widened from 1
-                    program = torch.export.export(wrapper, tuple(inputs), strict=False)
+                    program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
             except LrpfxError:
                 raise
             except Exception:  # some models only export for fixed shapes
