@@ -94,13 +94,12 @@ class ModelInputs(NamedTuple):
 def split_inputs(x: Inputs) -> ModelInputs:
     """A tensor, a tuple of tensors, or a dict of named inputs (tensors, plus fixed options such as flags)."""
     if isinstance(x, Mapping):
-        for k, v in x.items():
-            if multimodal.is_static_value(k, v):
-                multimodal.check_static_value(k, v)
-        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor)
-                        and not multimodal.is_static_value(k, v))
-        options = tuple((k, v) for k, v in x.items() if v is not None and not (
-            isinstance(v, torch.Tensor) and not multimodal.is_static_value(k, v)))
+        static = {k for k, v in x.items() if multimodal.is_static_value(k, v)}  # image grids: options by value
+        for k in static:
+            multimodal.check_static_value(k, x[k])
+        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor) and k not in static)
+        options = tuple((k, v) for k, v in x.items()
+                        if v is not None and (k in static or not isinstance(v, torch.Tensor)))
         if not tensors:
             raise InputError(f"the input dict has no tensors (keys: {list(x)}): pass e.g. {{'input_ids': ids}}")
         return ModelInputs(tuple(v for _, v in tensors), tuple(k for k, _ in tensors), options)
