@@ -143,6 +143,25 @@ def test_qwen2_vl_grid_is_static_a_new_grid_gets_its_own_program():
     assert len(explainer._cache) == 2
 
 
+@pytest.mark.slow
+def test_qwen2_vl_video_takes_the_same_path():
+    model, _ = vlm.qwen2_vl()
+    video = 62
+    ids = vlm._token_ids(n_text=4, n_image=8, start=2)  # 2 x 4 x 4 patches merged 2 x 2: 8 video tokens
+    ids[:, 1] = 60
+    ids[ids == vlm.IMAGE_TOKEN] = video
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": vlm._pixels(2 * 32, 96),
+         "video_grid_thw": torch.tensor([[2, 4, 4]] * B), "mm_token_type_ids": (ids == video).int() * 2}
+    expected = model_output(model, x)
+    target = expected.argmax(1)
+    e = lrpfx.Explainer(model, CONSERVING)(x, target=target)
+    torch.testing.assert_close(e.output, expected, rtol=1e-10, atol=1e-12)
+    frames = per_sample(e.inputs["pixel_values_videos"])
+    assert frames.abs().min() > 0
+    torch.testing.assert_close(frames + e.tokens.sum(1), expected.gather(1, target[:, None])[:, 0], rtol=1e-6,
+                               atol=1e-10)
+
+
 def test_qwen2_vl_inputs_that_cannot_be_traced_get_clear_errors():
     model, x = vlm.qwen2_vl()
     with pytest.raises(InputError, match="mm_token_type_ids"):
