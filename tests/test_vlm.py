@@ -97,7 +97,11 @@ def _lrp0_reference(layer, x, relevance_out):
 
 def test_llava_relevance_crosses_projector_and_patch_embedding_as_gradient_times_input():
     model, x = vlm.llava(projector_act="relu", projector_bias=False)
-    e = lrpfx.Explainer(model, CONSERVING)(x, intermediate=True)
+    explainer = lrpfx.Explainer(model, CONSERVING)
+    e = explainer(x, intermediate=True)
+    built = list(explainer._cache.values())
+    explainer(x, intermediate=True)  # the hooks Hugging Face installed while tracing do not renew the program
+    assert list(explainer._cache.values()) == built
     inner = model.model
     projected = e.intermediate["model.multi_modal_projector.linear_2"]
     # the image positions of the sequence pass their relevance to the projector's output unchanged (a copy)
