@@ -17,6 +17,7 @@ from torch import nn
 from . import locks, pipeline, rebind
 from .composites import Composite, as_composite
 from .errors import InputError, OutputError, TargetError
+from .frontend import multimodal
 from .frontend.export import input_shape_pattern
 from .locks import eval_mode
 from .pipeline import FRONTENDS
@@ -96,8 +97,12 @@ class ModelInputs(NamedTuple):
 def split_inputs(x: Inputs) -> ModelInputs:
     """A tensor, a tuple of tensors, or a dict of named inputs (tensors, plus fixed options such as flags)."""
     if isinstance(x, Mapping):
-        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor))
-        options = tuple((k, v) for k, v in x.items() if v is not None and not isinstance(v, torch.Tensor))
+        static = {k for k, v in x.items() if multimodal.is_static_value(k, v)}  # image grids: options by value
+        for k in static:
+            multimodal.check_static_value(k, x[k])
+        tensors = tuple((k, v) for k, v in x.items() if isinstance(v, torch.Tensor) and k not in static)
+        options = tuple((k, v) for k, v in x.items()
+                        if v is not None and (k in static or not isinstance(v, torch.Tensor)))
         if not tensors:
             raise InputError(f"the input dict has no tensors (keys: {list(x)}): pass e.g. {{'input_ids': ids}}")
         return ModelInputs(tuple(v for _, v in tensors), tuple(k for k, _ in tensors), options)
@@ -113,7 +118,7 @@ def _signature(inputs: ModelInputs, static: bool = False) -> tuple:
         return t.dim() if inputs.names is not None else tuple(t.shape[1:])
 
     shapes = tuple((shape(t), t.dtype, t.device.type) for t in inputs.tensors)
-    return shapes, inputs.names, repr(inputs.options)
+    return shapes, inputs.names, repr(tuple((k, multimodal.option_key(v)) for k, v in inputs.options))
 
 
 def _serves(pattern: tuple, inputs: ModelInputs) -> bool:
@@ -188,7 +193,7 @@ class Explainer:
     def program(self, x: Inputs, intermediate: bool = False, target_is_relevance: bool = False) -> RelevanceProgram:
         """The relevance program for inputs like ``x`` (built and cached on first use). ``target_is_relevance``
         says the program will be given initial relevances (float targets) rather than class indices."""
-        return self._entry(split_inputs(x), intermediate, target_is_relevance).program
+        return self._entry(split_inputs(self._prepared(x)), intermediate, target_is_relevance).program
 
     def _entry(self, inputs: ModelInputs, intermediate: bool, target_is_relevance: bool, plan=None) -> "_Entry":
         # a float target is an arbitrary initial relevance: the relevance-support analysis must not assume
@@ -201,8 +206,17 @@ class Explainer:
         with locks.tracing():  # exclusive: building traces; another thread may have built it meanwhile
             entry, full_key = self._lookup(key, inputs)
             if entry is None:
-                entry = self._cache[full_key] = self._build(inputs, intermediate, target_is_relevance, plan)
+                entry = self._build(inputs, intermediate, target_is_relevance, plan)
+                self._settle_model()
+                self._cache[full_key] = entry
             return entry
+
+    def _settle_model(self) -> None:
+        """After a build: a model that changed itself while traced (Hugging Face installs its output-recording
+        hooks on the first call) is taken as it is now; programs built before that change go."""
+        state = rebind.model_state(self.model)
+        if not state.same(self._state):
+            self._state, self._cache = state, {}
 
     def _follow_model(self) -> None:
         """Keep the cache to programs of the model as it is now: after a parameter or buffer was replaced, the
@@ -274,7 +288,7 @@ class Explainer:
     def _explain(self, x: Inputs, target, targets, intermediate, plan=None) -> Explanation:
         """One run of the program for ``x``; ``plan`` (hashable, with ``builder_options(gm, infos)``) chooses
         what else the program records, as for conditions and unit relevance (:mod:`lrpfx.units`)."""
-        inputs = split_inputs(x)
+        inputs = split_inputs(self._prepared(x))
         self._check_inputs(inputs.tensors)
         # build (or fetch) the one program this call needs; its recorded output shape validates the target
         is_relevance = targets is None and isinstance(target, torch.Tensor) and target.is_floating_point()
@@ -302,6 +316,10 @@ class Explainer:
         main = _primary_input(named)
         return Explanation(named[main], output, inter, inputs=named,
                            token_ids=_token_ids(dict(zip(inputs.names, inputs.tensors))[main], named[main]))
+
+    def _prepared(self, x: Inputs) -> Inputs:
+        """Named inputs completed with what the model would compute from values in Python (3-D positions)."""
+        return multimodal.with_positions(self.model, x) if isinstance(x, Mapping) else x
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
         param = next(iter(self.model.parameters()), None)

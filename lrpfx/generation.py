@@ -14,11 +14,15 @@ makes the explanation of position ``t`` inside the longer sequence the one of th
 
 With ``batch_size=c`` the N tokens are explained ``c`` at a time, each chunk on the sequence cut after its last
 target (a shorter forward), all chunks through one cached program.
+
+A vision-language model takes its image with the prompt: ``inputs={"pixel_values": px}`` (and whatever else the
+model needs with the ids: ``image_grid_thw``, ...) goes with every forward, and ``input_relevance`` holds each
+such input's relevance per generated token.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -43,7 +47,9 @@ class GenerationExplanation:
     ``ids`` ``[B, P + N]`` holds the prompt then the N generated tokens; ``matrix`` ``[B, N, P + N]`` the
     relevance of every token for each generated token (row k explains the logit of ``ids[:, P + k]`` at position
     ``P + k - 1``; it is zero from column ``P + k`` on). ``target_logits`` ``[B, N]`` are the explained logits;
-    ``attention_mask`` ``[B, P + N]`` marks left padding (None when none was given).
+    ``attention_mask`` ``[B, P + N]`` marks left padding (None when none was given). ``input_relevance`` maps each
+    further model input given with the prompt (``pixel_values`` of a vision-language model) to its relevance per
+    generated token, ``[B, N, ...]`` (the generated tokens' axis second, as with several targets).
     """
 
     ids: torch.Tensor
@@ -51,6 +57,7 @@ class GenerationExplanation:
     prompt_length: int
     target_logits: torch.Tensor
     attention_mask: Optional[torch.Tensor] = None
+    input_relevance: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def generated(self) -> torch.Tensor:
@@ -86,18 +93,22 @@ class GenerationExplainer:
         self._vocab: Optional[int] = None  # the logits' size, once the model passed check_causal_lm
 
     def __call__(self, input_ids: torch.Tensor, max_new_tokens: int = 16, attention_mask=None,
-                 batch_size: Optional[int] = None) -> GenerationExplanation:
-        """Greedy continuation of ``input_ids`` by ``max_new_tokens`` tokens, explained."""
+                 batch_size: Optional[int] = None, inputs: Optional[Dict[str, Any]] = None) -> GenerationExplanation:
+        """Greedy continuation of ``input_ids`` by ``max_new_tokens`` tokens, explained; ``inputs``: further model
+        inputs given with the prompt (``{"pixel_values": px}``)."""
         _check_new_tokens(max_new_tokens)
         input_ids, attention_mask = _check_ids(self.model, input_ids, attention_mask)
+        extra = _check_extra(inputs)
         self._check_model(input_ids)
-        ids, mask = greedy_generate(self.model, input_ids, max_new_tokens, attention_mask)
-        return self.explain(ids, input_ids.shape[1], mask, batch_size)
+        ids, mask = greedy_generate(self.model, input_ids, max_new_tokens, attention_mask, extra)
+        return self.explain(ids, input_ids.shape[1], mask, batch_size, extra)
 
     def explain(self, ids: torch.Tensor, prompt_length: int, attention_mask=None,
-                batch_size: Optional[int] = None) -> GenerationExplanation:
+                batch_size: Optional[int] = None, inputs: Optional[Dict[str, Any]] = None) -> GenerationExplanation:
         """Explain the tokens of ``ids`` from ``prompt_length`` on, each from the tokens before it.
-        ``attention_mask`` covers the prompt (``[B, P]``) or the whole sequence (``[B, P + N]``)."""
+        ``attention_mask`` covers the prompt (``[B, P]``) or the whole sequence (``[B, P + N]``); ``inputs`` as
+        in :meth:`__call__`."""
+        extra = _check_extra(inputs)
         if isinstance(prompt_length, bool) or not isinstance(prompt_length, int):
             raise InputError(f"prompt_length must be an int, got {type(prompt_length).__name__}")
         ids, _ = _check_ids(self.model, ids, None)
@@ -115,13 +126,18 @@ class GenerationExplainer:
         explainer = self._explainer(window)
         matrix = ids.new_zeros((ids.shape[0], new, ids.shape[1]), dtype=_float_dtype(self.model))
         logits = matrix.new_zeros((ids.shape[0], new))
+        chunks: Dict[str, list] = {}
         for first in range(0, new, window):
             last = min(first + window, new) - 1
-            rows, values = self._explain_chunk(explainer, ids, mask, prompt_length, first, last, window)
+            rows, values, relevances = self._explain_chunk(explainer, ids, mask, prompt_length, first, last, window,
+                                                           extra)
             for j, k in enumerate(range(first, last + 1)):
                 matrix[:, k, :prompt_length + k] = rows[:, j, :prompt_length + k]
             logits[:, first:last + 1] = values
-        return GenerationExplanation(ids, matrix, prompt_length, logits, mask)
+            for name, r in relevances.items():
+                chunks.setdefault(name, []).append(r)
+        per_input = {name: torch.cat(rs, 1) for name, rs in chunks.items()}
+        return GenerationExplanation(ids, matrix, prompt_length, logits, mask, per_input)
 
     # ---- internals ------------------------------------------------------------------------------------------
     def _explainer(self, window: int) -> Explainer:
@@ -131,19 +147,20 @@ class GenerationExplainer:
         return self._explainers[window]
 
     def _explain_chunk(self, explainer: Explainer, ids, mask, prompt_length: int, first: int, last: int,
-                       window: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                       window: int, extra: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
         """Generated tokens ``first..last`` explained on the sequence cut after the last one's input position.
         The window holds the logits of the ``window`` positions before the cut; token k is predicted at
         position ``prompt_length + k - 1``, i.e. window index ``k - last - 1 + window``."""
         length = prompt_length + last  # tokens 0 .. P + last - 1: the last target's context
-        inputs = _model_inputs(self.model, ids[:, :length], None if mask is None else mask[:, :length])
+        inputs = {**_model_inputs(self.model, ids[:, :length], None if mask is None else mask[:, :length]), **extra}
         if "logits_to_keep" in _forward_parameters(self.model):
             inputs["logits_to_keep"] = window  # the LM head runs on the window only
         vocab = self._vocab
         ks = torch.arange(first, last + 1, device=ids.device)
         classes = (ks - last - 1 + window) * vocab + ids[:, prompt_length + ks]  # [B, K]
         e = explainer(inputs, targets=classes)
-        return e.tokens, e.output.gather(1, classes)
+        relevances = {name: r for name, r in e.inputs.items() if name in extra and r is not None}
+        return e.tokens, e.output.gather(1, classes), relevances
 
     def _check_model(self, ids: torch.Tensor) -> None:
         """The ids fit the vocabulary; once per explainer: the model returns per-position logits and no position
@@ -157,28 +174,35 @@ class GenerationExplainer:
 
 def explain_generation(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 16,
                        rule: Union[str, Rule, Composite] = "attnlrp", attention_mask=None,
-                       batch_size: Optional[int] = None, **options) -> GenerationExplanation:
+                       batch_size: Optional[int] = None, inputs: Optional[Dict[str, Any]] = None,
+                       **options) -> GenerationExplanation:
     """Generate ``max_new_tokens`` tokens greedily after ``input_ids`` ``[B, P]`` (left-padded batches need
     ``attention_mask``) and explain each generated token's logit with ``rule``: ``.matrix`` ``[B, N, P + N]``,
     ``.ids`` ``[B, P + N]``. ``batch_size`` caps how many generated tokens share one relevance pass (None: all);
-    ``options`` go to :class:`lrpfx.Explainer`."""
-    return GenerationExplainer(model, rule, **options)(input_ids, max_new_tokens, attention_mask, batch_size)
+    ``inputs`` are further model inputs given with the prompt (a VLM's ``{"pixel_values": px}``: their relevance
+    per generated token is ``.input_relevance``); ``options`` go to :class:`lrpfx.Explainer`."""
+    return GenerationExplainer(model, rule, **options)(input_ids, max_new_tokens, attention_mask, batch_size, inputs)
 
 
 def explain_generated(model: nn.Module, ids: torch.Tensor, prompt_length: int,
                       rule: Union[str, Rule, Composite] = "attnlrp", attention_mask=None,
-                      batch_size: Optional[int] = None, **options) -> GenerationExplanation:
+                      batch_size: Optional[int] = None, inputs: Optional[Dict[str, Any]] = None,
+                      **options) -> GenerationExplanation:
     """Explain tokens that were already generated: ``ids[:, prompt_length:]``, each from the tokens before it
     (whichever way they were chosen). Same result object as :func:`explain_generation`."""
-    return GenerationExplainer(model, rule, **options).explain(ids, prompt_length, attention_mask, batch_size)
+    return GenerationExplainer(model, rule, **options).explain(ids, prompt_length, attention_mask, batch_size,
+                                                               inputs)
 
 
 # ---- generation ---------------------------------------------------------------------------------------------
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
-                    attention_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                    attention_mask: Optional[torch.Tensor] = None, inputs: Optional[Dict[str, Any]] = None
+                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``max_new_tokens`` argmax tokens after ``input_ids`` (no end-of-sequence stop, no logits processors, so
     each generated token is the argmax of the logits that get explained); the key/value cache when the model
-    takes one. Returns the ids and the attention mask grown by ones (None if none was given)."""
+    takes one. ``inputs`` (an image) go with the prompt: with every forward, or with the first only when the
+    cache holds the prompt. Returns the ids and the attention mask grown by ones (None if none was given)."""
+    extra = inputs or {}
     params = _forward_parameters(model)
     # the cache argument and output field: ``cache`` in recent transformers, ``past_key_values`` before
     cache = next((name for name in ("cache", "past_key_values") if name in params), None)
@@ -187,6 +211,8 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     with eval_mode(model), torch.no_grad():
         for _ in range(max_new_tokens):
             inputs = _model_inputs(model, step, mask)
+            if past is None:
+                inputs.update(extra)
             if "logits_to_keep" in params:
                 inputs["logits_to_keep"] = 1
             if cached:
@@ -238,6 +264,20 @@ def _check_vocabulary(model: nn.Module, ids: torch.Tensor) -> None:
     rows = getattr(embeddings, "num_embeddings", None)
     if rows is not None and bool((ids >= rows).any()):
         raise InputError(f"token ids up to {int(ids.max())} but the model's vocabulary has {rows} entries")
+
+
+def _check_extra(inputs) -> Dict[str, Any]:
+    """Further model inputs given with the prompt: a dict keyed by input name, without the ids and the mask."""
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, dict) or not all(isinstance(k, str) for k in inputs):
+        raise InputError(f"inputs must be a dict of further model inputs, e.g. {{'pixel_values': px}}, got "
+                         f"{type(inputs).__name__}")
+    taken = sorted(set(inputs) & {"input_ids", "attention_mask", "position_ids"})
+    if taken:
+        raise InputError(f"inputs must not hold {taken}: pass the ids and attention_mask as arguments (positions "
+                         "follow from the mask)")
+    return dict(inputs)
 
 
 def _check_new_tokens(max_new_tokens) -> None:

@@ -40,6 +40,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, to
 from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
+from .multimodal import static_options, static_tracing
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import (batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, fills_in_range,
@@ -73,15 +74,21 @@ class _Call(nn.Module):
 
 def default_output(out):
     """The tensor to explain: a tensor as is; a model output's ``logits`` — for ``[B, T, V]`` logits (a causal
-    language model) those of the last position."""
+    language model) those of the last position; a two-tower model's ``logits_per_image`` (CLIP, SigLIP:
+    ``[images, texts]``, so the class is a text)."""
     logits = out
     if not isinstance(out, torch.Tensor):
-        logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+        logits = next((_field(out, name) for name in ("logits", "logits_per_image") if _field(out, name) is not None),
+                      None)
     if not isinstance(logits, torch.Tensor):
         raise OutputError(
             f"the model returns {type(out).__name__}, not a tensor or an output with .logits: pass an output= "
             "selector, e.g. output=lambda out: out.last_hidden_state[:, 0].sum(-1, keepdim=True)")
     return logits[:, -1] if logits.dim() == 3 else logits
+
+
+def _field(out, name: str):
+    return out.get(name) if isinstance(out, dict) else getattr(out, name, None)
 
 
 def fixed_options(model: nn.Module) -> Dict[str, Any]:
@@ -158,13 +165,15 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                  dynamic: Optional[bool] = None) -> fx.GraphModule:
     """``model`` exported on ``inputs`` and normalised for classification (see the module docstring);
     ``dynamic`` says which input axes may vary (:func:`dynamic_axes`)."""
-    wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
+    wrapper = _Call(model, names, {**fixed_options(model), **static_options(options)}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
-        with quiet_torch(), functions_named_on_export():
+        with quiet_torch(), functions_named_on_export(), static_tracing(options):
             try:
                 program = torch.export.export(wrapper, widen_unit_axes(inputs, dynamic), dynamic_shapes=dynamic,
                                               strict=False)
+                if not _serves_inputs(program, inputs):  # the model fixed an axis the example widened from 1
+                    program = torch.export.export(wrapper, tuple(inputs), dynamic_shapes=dynamic, strict=False)
             except LrpfxError:
                 raise
             except Exception:  # some models only export for fixed shapes
@@ -248,10 +257,28 @@ def input_shape_pattern(gm: fx.GraphModule) -> Tuple[Tuple[Optional[int], ...], 
     pattern = []
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            value = n.meta.get("val")
-            shape = getattr(value, "shape", ())
-            pattern.append(tuple(d if isinstance(d, int) else None for d in shape))
+            pattern.append(_shape_pattern(n.meta.get("val")))
     return tuple(pattern)
+
+
+def _shape_pattern(value) -> Tuple[Optional[int], ...]:
+    """A shape with ``None`` for symbolic sizes; a size export specialised (a symbol fixed to a number, e.g. a
+    batch axis the model splits into a Python list) counts as fixed."""
+    def fixed(d):
+        if isinstance(d, torch.SymInt) and d.node.expr.is_number:
+            return int(d.node.expr)
+        return d if isinstance(d, int) else None
+    return tuple(fixed(d) for d in getattr(value, "shape", ()))
+
+
+def _serves_inputs(program, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether an exported program takes inputs of these shapes (its user inputs' fixed axes match)."""
+    by_name = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = [by_name.get(name) for name in program.graph_signature.user_inputs]
+    return len(specs) == len(inputs) and all(
+        spec is not None and all(d is None or d == size for d, size in zip(_shape_pattern(spec.meta.get("val")),
+                                                                           t.shape))
+        for spec, t in zip(specs, inputs))
 
 
 def _export_failure_message(model: nn.Module, exc: BaseException) -> str:
