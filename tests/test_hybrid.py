@@ -1,0 +1,113 @@
+"""MambaLRP on the hybrid families: Mamba2-style mixers (state-space duality), Gated DeltaNet, RWKV.
+
+``rule="auto"`` must pick MambaLRP from what the graph computes (a scan's step sizes, keys, normalised
+weights), and the rule must be what docs/hybrid.md derives: with the scan's parameters held, the layer is linear
+in its signal, so the relevance is gradient × input of the model with those values detached (and the identity on
+SiLU, the normalisers held, gates split half-half). The references below are written as recurrences, step by
+step, while the models compute chunked forms: they agree only if exactly the parameters are held.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lrpfx
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _randomise(model):
+    """Every parameter matters (norms near 1, decays and steps moderate), float64."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model.double().eval()
+
+
+def _pass(f, x):
+    """``f(x)`` whose gradient × input is ``f(x)`` itself: the identity rule as a modified backward."""
+    return x * (f(x) / torch.where(x == 0, torch.ones_like(x), x)).detach()
+
+
+def _half(a, b):
+    """``a · b`` with the product's relevance split half-half between the factors."""
+    return 0.5 * (a * b.detach()) + 0.5 * (a.detach() * b)
+
+
+def _rms(x, eps, weight=None):
+    """RMS normalisation with the normaliser held constant."""
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps).detach()
+    return x if weight is None else weight * x
+
+
+def _relevance_of(model, forward, ids):
+    """Gradient × input at the embedding output of ``forward`` (the modified model), for the top logit."""
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = forward(emb)[:, -1]
+    (grad,) = torch.autograd.grad(logits.gather(1, logits.argmax(-1, keepdim=True)).sum(), emb)
+    return grad * emb, logits
+
+
+def _explain_auto(model, ids, caplog):
+    with caplog.at_level("INFO", logger="lrpfx"):
+        e = lrpfx.Explainer(model)({"input_ids": ids})
+    assert "using 'mamba-lrp'" in caplog.text
+    return e
+
+
+def _check(e, reference, logits, name, tol):
+    """The reference computes the model's logits; the relevance equals it and is conserved (no biases, ε = 0);
+    ``tol``: the models compute their norms and scans in float32."""
+    assert ((e.output.double() - logits.detach()).abs().max() / logits.abs().max()) < tol
+    err = ((e.relevance - reference).abs().max() / reference.abs().max()).item()
+    top = e.output.max(1).values
+    conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
+    print(f"\n[{name}] vs recurrent reference: {err:.1e}, conservation: {conservation:.1e}")
+    assert err < tol
+    assert conservation < tol
+
+
+# ---- Mamba2 (state-space duality) --------------------------------------------------------------------------------
+def tiny_mamba2():
+    config = transformers.Mamba2Config(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2,
+                                       head_dim=4, num_heads=8, n_groups=1, conv_kernel=3, chunk_size=4,
+                                       use_bias=False, use_conv_bias=False)
+    torch.manual_seed(0)
+    return _randomise(transformers.Mamba2ForCausalLM(config))
+
+
+def _ssd_mixer(m, h):
+    """Mamba2's mixer as a recurrence, with Δ, B, C held: ``S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_tᵀ``,
+    ``y_t = S_t C_t + D x_t``."""
+    batch, steps, _ = h.shape
+    gate, xbc, dt = m.in_proj(h).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)
+    xbc = _pass(F.silu, m.conv1d(xbc.transpose(1, 2))[..., :steps]).transpose(1, 2)
+    x, B, C = xbc.split([m.intermediate_size, m.ssm_state_size, m.ssm_state_size], dim=-1)
+    B, C = B.detach(), C.detach()
+    dt = F.softplus(dt + m.dt_bias).detach()
+    A = -torch.exp(m.A_log)
+    x = x.reshape(batch, steps, m.num_heads, m.head_dim)
+    state = x.new_zeros(batch, m.num_heads, m.head_dim, m.ssm_state_size)
+    ys = []
+    for t in range(steps):
+        decay = torch.exp(dt[:, t] * A)[:, :, None, None]
+        state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]
+        ys.append(state @ C[:, t, None, :, None])
+    y = torch.stack(ys, 1)[..., 0] + m.D[:, None] * x
+    y = _half(y.reshape(batch, steps, -1), _pass(F.silu, gate))
+    return m.out_proj(_rms(y, m.norm.variance_epsilon, m.norm.weight))
+
+
+def test_mamba2_is_gradient_times_input_with_delta_b_c_held(caplog):
+    model, ids = tiny_mamba2(), torch.randint(0, 50, (2, 7))  # two chunks of 4
+
+    def forward(h):
+        for block in model.backbone.layers:
+            h = h + _ssd_mixer(block.mixer, _rms(h, block.norm.variance_epsilon, block.norm.weight))
+        return model.lm_head(_rms(h, model.backbone.norm_f.variance_epsilon, model.backbone.norm_f.weight))
+
+    reference, logits = _relevance_of(model, forward, ids)
+    _check(_explain_auto(model, ids, caplog), reference, logits, "mamba2", 1e-5)
