@@ -111,3 +111,61 @@ def test_mamba2_is_gradient_times_input_with_delta_b_c_held(caplog):
 
     reference, logits = _relevance_of(model, forward, ids)
     _check(_explain_auto(model, ids, caplog), reference, logits, "mamba2", 1e-5)
+
+
+# ---- Gated DeltaNet (Qwen3.5's linear attention) -----------------------------------------------------------------
+def tiny_qwen3_5():
+    config = transformers.Qwen3_5TextConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                            linear_conv_kernel_dim=3, linear_key_head_dim=4, linear_value_head_dim=4,
+                                            linear_num_key_heads=2, linear_num_value_heads=4,
+                                            layer_types=["linear_attention"])
+    torch.manual_seed(0)
+    return _randomise(transformers.Qwen3_5ForCausalLM(config))
+
+
+def _delta_mixer(m, h):
+    """Gated DeltaNet as a recurrence, with q, k, β and the decay g held:
+    ``S_t = exp(g_t) S_{t-1} + β_t k_t (v_t − S_{t-1}ᵀ k_t exp(g_t))ᵀ``, ``o_t = S_tᵀ q_t``."""
+    batch, steps, _ = h.shape
+    qkv = _pass(F.silu, m.conv1d(m.in_proj_qkv(h).transpose(1, 2))[..., :steps]).transpose(1, 2)
+    q, k, v = qkv.split([m.key_dim, m.key_dim, m.value_dim], dim=-1)
+    repeat = m.num_v_heads // m.num_k_heads
+    q, k = (t.detach().reshape(batch, steps, -1, m.head_k_dim).repeat_interleave(repeat, 2) for t in (q, k))
+    q, k = (t * torch.rsqrt((t * t).sum(-1, keepdim=True) + 1e-6) for t in (q, k))
+    q = q / m.head_k_dim ** 0.5
+    v = v.reshape(batch, steps, -1, m.head_v_dim)
+    beta = m.in_proj_b(h).sigmoid().detach()
+    g = (-m.A_log.exp() * F.softplus(m.in_proj_a(h) + m.dt_bias)).detach()
+    state = v.new_zeros(batch, m.num_v_heads, m.head_k_dim, m.head_v_dim)
+    outputs = []
+    for t in range(steps):
+        state = state * torch.exp(g[:, t])[..., None, None]
+        remembered = (state * k[:, t, ..., None]).sum(-2)
+        state = state + k[:, t, ..., None] * ((v[:, t] - remembered) * beta[:, t, :, None])[..., None, :]
+        outputs.append((state * q[:, t, ..., None]).sum(-2))
+    o = _rms(torch.stack(outputs, 1), m.norm.variance_epsilon, m.norm.weight)
+    o = _half(o, _pass(F.silu, m.in_proj_z(h).reshape(batch, steps, -1, m.head_v_dim)))
+    return m.out_proj(o.reshape(batch, steps, -1))
+
+
+def _swiglu(mlp, h):
+    return mlp.down_proj(_half(_pass(F.silu, mlp.gate_proj(h)), mlp.up_proj(h)))
+
+
+def _zero_centred(norm, h):
+    return _rms(h, norm.eps, 1 + norm.weight)
+
+
+@pytest.mark.slow
+def test_gated_deltanet_is_gradient_times_input_with_q_k_beta_g_held(caplog):
+    model, ids = tiny_qwen3_5(), torch.randint(0, 50, (2, 6))
+
+    def forward(h):
+        for layer in model.model.layers:
+            h = h + _delta_mixer(layer.linear_attn, _zero_centred(layer.input_layernorm, h))
+            h = h + _swiglu(layer.mlp, _zero_centred(layer.post_attention_layernorm, h))
+        return model.lm_head(_zero_centred(model.model.norm, h))
+
+    reference, logits = _relevance_of(model, forward, ids)
+    _check(_explain_auto(model, ids, caplog), reference, logits, "gated deltanet", 1e-5)
