@@ -72,7 +72,7 @@ def _check(e, reference, logits, name, tol):
 
 # ---- Mamba2 (state-space duality) --------------------------------------------------------------------------------
 def tiny_mamba2():
-    config = transformers.Mamba2Config(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2,
+    config = transformers.Mamba2Config(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=1, expand=2,
                                        head_dim=4, num_heads=8, n_groups=1, conv_kernel=3, chunk_size=4,
                                        use_bias=False, use_conv_bias=False)
     torch.manual_seed(0)
@@ -169,3 +169,54 @@ def test_gated_deltanet_is_gradient_times_input_with_q_k_beta_g_held(caplog):
 
     reference, logits = _relevance_of(model, forward, ids)
     _check(_explain_auto(model, ids, caplog), reference, logits, "gated deltanet", 1e-5)
+
+
+# ---- the other families: one mixer layer each, chosen by rule="auto" ---------------------------------------------
+def _ssd_config(cls, **extra):
+    """Mamba2-style mixer settings shared by Bamba, Falcon-H1 and Granite 4 (no biases)."""
+    return cls(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4,
+               mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4, mamba_conv_bias=False, **extra)
+
+
+FAMILIES = {
+    "bamba": lambda: transformers.BambaForCausalLM(_ssd_config(transformers.BambaConfig, attn_layer_indices=[])),
+    # Granite 4 with no attention layer fails in transformers itself (its cache looks for one): two layers
+    "granite-4": lambda: transformers.GraniteMoeHybridForCausalLM(_ssd_config(
+        transformers.GraniteMoeHybridConfig, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
+        shared_intermediate_size=16)),
+    "zamba2": lambda: transformers.Zamba2ForCausalLM(transformers.Zamba2Config(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, layers_block_type=["mamba"], mamba_d_state=4,
+        mamba_d_conv=3, mamba_expand=2, n_mamba_heads=4, use_conv_bias=False, chunk_size=4, intermediate_size=32,
+        num_attention_heads=2, num_key_value_heads=2)),
+    # every Falcon-H1 layer runs attention beside its mixer: the softmax rule does not conserve
+    "falcon-h1": lambda: transformers.FalconH1ForCausalLM(_ssd_config(transformers.FalconH1Config, mamba_d_ssm=32)),
+    # RWKV's WKV: exp weights less a running maximum, normalised; layer norms with biases
+    "rwkv": lambda: transformers.RwkvForCausalLM(transformers.RwkvConfig(
+        vocab_size=50, context_length=16, hidden_size=16, num_hidden_layers=1, attention_hidden_size=16,
+        intermediate_size=32)),
+}
+CONSERVING = {"bamba", "zamba2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hybrid_families_are_explained_with_their_scans_held(family, caplog):
+    torch.manual_seed(0)
+    model = _randomise(FAMILIES[family]())
+    with torch.no_grad():  # no biases (Zamba2's convolution has one whatever its config says); Δ's is held
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and not name.endswith("dt_bias"):
+                p.zero_()
+    model.config._experts_implementation = "batched_mm"  # the experts' code path torch.export can record
+    ids = torch.randint(0, 50, (2, 6))
+    e = _explain_auto(model, ids, caplog)
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits[:, -1]
+    assert ((e.output.double() - logits).abs().max() / logits.abs().max()) < 1e-6
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+    top = e.output.max(1).values
+    conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
+    print(f"\n[{family}] conservation: {conservation:.1e}")
+    if family in CONSERVING:
+        assert conservation < 1e-5  # no biases, epsilon 0; the mixers compute in float32
