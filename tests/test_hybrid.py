@@ -172,9 +172,9 @@ def test_gated_deltanet_is_gradient_times_input_with_q_k_beta_g_held(caplog):
 
 
 # ---- the other families: one mixer layer each, chosen by rule="auto" ---------------------------------------------
-def _ssd_config(cls, **extra):
+def _ssd_config(cls, layers=1, **extra):
     """Mamba2-style mixer settings shared by Bamba, Falcon-H1 and Granite 4 (no biases)."""
-    return cls(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    return cls(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
                num_key_value_heads=1, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4,
                mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4, mamba_conv_bias=False, **extra)
 
@@ -183,7 +183,7 @@ FAMILIES = {
     "bamba": lambda: transformers.BambaForCausalLM(_ssd_config(transformers.BambaConfig, attn_layer_indices=[])),
     # Granite 4 with no attention layer fails in transformers itself (its cache looks for one): two layers
     "granite-4": lambda: transformers.GraniteMoeHybridForCausalLM(_ssd_config(
-        transformers.GraniteMoeHybridConfig, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
+        transformers.GraniteMoeHybridConfig, layers=2, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
         shared_intermediate_size=16)),
     "zamba2": lambda: transformers.Zamba2ForCausalLM(transformers.Zamba2Config(
         vocab_size=50, hidden_size=16, num_hidden_layers=1, layers_block_type=["mamba"], mamba_d_state=4,
@@ -191,12 +191,12 @@ FAMILIES = {
         num_attention_heads=2, num_key_value_heads=2)),
     # every Falcon-H1 layer runs attention beside its mixer: the softmax rule does not conserve
     "falcon-h1": lambda: transformers.FalconH1ForCausalLM(_ssd_config(transformers.FalconH1Config, mamba_d_ssm=32)),
-    # RWKV's WKV: exp weights less a running maximum, normalised; layer norms with biases
+    # RWKV's WKV: exp weights less a running maximum, normalised (two layers: its initialisation needs them)
     "rwkv": lambda: transformers.RwkvForCausalLM(transformers.RwkvConfig(
-        vocab_size=50, context_length=16, hidden_size=16, num_hidden_layers=1, attention_hidden_size=16,
+        vocab_size=50, context_length=16, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
         intermediate_size=32)),
 }
-CONSERVING = {"bamba", "zamba2"}
+CONSERVING = {"bamba", "rwkv", "zamba2"}
 
 
 @pytest.mark.slow
@@ -220,3 +220,11 @@ def test_hybrid_families_are_explained_with_their_scans_held(family, caplog):
     print(f"\n[{family}] conservation: {conservation:.1e}")
     if family in CONSERVING:
         assert conservation < 1e-5  # no biases, epsilon 0; the mixers compute in float32
+
+
+def test_without_mamba_lrp_the_rwkv_weights_are_refused_by_name():
+    """Another composite does not hold the recurrence's parameters: its exp is named, never explained silently."""
+    torch.manual_seed(0)
+    model, ids = _randomise(FAMILIES["rwkv"]()), torch.randint(0, 50, (1, 5))
+    with pytest.raises(lrpfx.UnsupportedOpError, match="exp"):
+        lrpfx.Explainer(model, "attnlrp")({"input_ids": ids})
