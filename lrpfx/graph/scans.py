@@ -16,7 +16,7 @@ coefficients), so the recurrence is linear in the signal.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Set
+from typing import Dict, FrozenSet, Iterable, Set
 
 import torch.fx as fx
 
@@ -35,9 +35,12 @@ _SPLITS = {"split_with_sizes", "split", "chunk"}
 _CARRY = {"view", "reshape", "_unsafe_view", "permute", "transpose", "expand", "clone", "contiguous", "to",
           "_to_copy", "repeat_interleave", "pad", "constant_pad_nd", "slice", "select", "unsqueeze", "squeeze",
           "alias", "t", "flatten", "unflatten", "tensor_split", "getitem", "float", "type_as"}
+# besides: products and sums with fixed values, and the pieces of an L2 normalisation's scale
+_THROUGH = {"mul", "div", "rsqrt", "sum", "pow", "add", "mean", "clamp", "clamp_min"}
 _CONTRACTIONS = {"bmm", "mm", "matmul", "einsum"}
 _CONVOLUTIONS = {"conv1d", "convolution", "conv2d"}
 _REACH = 40  # ops between a step size and its exp (casts, padding, chunking, cumulative sums)
+_LOOK_BACK = 24  # ops between a split chunk and the contraction that reads it
 
 
 def scan_parameters(gm: fx.GraphModule) -> Dict[fx.Node, str]:
@@ -52,17 +55,18 @@ def scan_parameters(gm: fx.GraphModule) -> Dict[fx.Node, str]:
         if op_name(n) == "exp" and n.args and isinstance(n.args[0], fx.Node) and n.args[0] not in fixed:
             found[n] = WEIGHT if _less_a_maximum(n.args[0]) else DECAY
     fixed = _fixed(nodes, found)
-    signals = _scaled_by_steps(nodes, found, fixed)
+    memo: Dict[fx.Node, FrozenSet[fx.Node]] = {}
+    signals = _scaled_by_steps(nodes, found, fixed, memo)
     for n in nodes:
         if op_name(n) in _CONTRACTIONS:
-            for chunk in _contracted_chunks(n, fixed) - signals:
+            for chunk in _contracted_chunks(n, fixed, memo) - signals:
                 found.setdefault(chunk, KEY)
     keys = {n for n, what in found.items() if what == KEY}
     for n in nodes:  # Gated DeltaNet's β scales the keys it writes with (and the values)
         if op_name(n) == "mul" and len(n.all_input_nodes) == 2:
             for a, b in (n.all_input_nodes, reversed(n.all_input_nodes)):
                 gate = _carried_from(b, "sigmoid")
-                if gate is not None and gate not in fixed and _chunks(a, fixed) & keys:
+                if gate is not None and gate not in fixed and _chunks(a, fixed, memo) & keys:
                     found.setdefault(gate, STRENGTH)
     return found
 
@@ -111,22 +115,20 @@ def _fixed(nodes: Iterable[fx.Node], held) -> Set[fx.Node]:
     return fixed
 
 
-def _chunks(n, fixed: Set[fx.Node], depth: int = 0) -> Set[fx.Node]:
+def _chunks(n, fixed: Set[fx.Node], memo: Dict[fx.Node, FrozenSet[fx.Node]], depth: int = 0) -> FrozenSet[fx.Node]:
     """The chunks of a split of a convolution's output that ``n`` carries, through views, casts, padding, index
-    selections and products with fixed values (a normalisation's scale counts: it is a statistic of the chunk)."""
-    if not isinstance(n, fx.Node) or n in fixed or depth > 24:
-        return set()
-    name = op_name(n)
-    if name == "getitem" and isinstance(n.args[0], fx.Node) and op_name(n.args[0]) in _SPLITS:
-        return {n} if _from_convolution(n.args[0].args[0]) else set()
-    if name in _CARRY or name in ("mul", "div", "rsqrt", "sum", "pow", "add", "mean", "clamp", "clamp_min"):
-        operands = n.args[0] if name == "getitem" else n.all_input_nodes
-        operands = [operands] if isinstance(operands, fx.Node) else operands
-        found: Set[fx.Node] = set()
-        for a in operands:
-            found |= _chunks(a, fixed, depth + 1)
-        return found
-    return set()
+    selections and products with fixed values (a normalisation's scale counts: it is a statistic of the chunk),
+    looking back a few dozen ops (a scan's operands are that close to their split)."""
+    if not isinstance(n, fx.Node) or n in fixed or depth > _LOOK_BACK:
+        return frozenset()
+    if n not in memo:
+        memo[n] = frozenset()  # a node met again on its own path carries nothing new
+        name = op_name(n)
+        if name == "getitem" and isinstance(n.args[0], fx.Node) and op_name(n.args[0]) in _SPLITS:
+            memo[n] = frozenset({n}) if _from_convolution(n.args[0].args[0]) else frozenset()
+        elif name in _CARRY or name in _THROUGH:
+            memo[n] = frozenset().union(*(_chunks(a, fixed, memo, depth + 1) for a in n.all_input_nodes))
+    return memo[n]
 
 
 def _from_convolution(n, depth: int = 0) -> bool:
@@ -141,17 +143,17 @@ def _from_convolution(n, depth: int = 0) -> bool:
     return False
 
 
-def _contracted_chunks(n: fx.Node, fixed: Set[fx.Node]) -> Set[fx.Node]:
+def _contracted_chunks(n: fx.Node, fixed: Set[fx.Node], memo) -> Set[fx.Node]:
     """The chunks of one split that meet in the contraction ``n`` (none if its operands come from elsewhere)."""
     operands = [a for a in n.all_input_nodes if a not in fixed]
     if len(operands) != 2:
         return set()
-    left, right = (_chunks(a, fixed) for a in operands)
+    left, right = (_chunks(a, fixed, memo) for a in operands)
     splits = {c.args[0] for c in left} & {c.args[0] for c in right}
     return {c for c in left | right if c.args[0] in splits}
 
 
-def _scaled_by_steps(nodes, found: Dict[fx.Node, str], fixed: Set[fx.Node]) -> Set[fx.Node]:
+def _scaled_by_steps(nodes, found: Dict[fx.Node, str], fixed: Set[fx.Node], memo) -> Set[fx.Node]:
     """Chunks multiplied by a step size itself (through casts, views and clamps): the signal of a scan
     (``x·Δ``); a product with a decay computed from the step (``B·exp(...)``) does not count."""
     steps = {n for n, what in found.items() if what == STEP}
@@ -164,5 +166,5 @@ def _scaled_by_steps(nodes, found: Dict[fx.Node, str], fixed: Set[fx.Node]) -> S
         if op_name(n) == "mul" and any(a in steps for a in n.all_input_nodes):
             for a in n.all_input_nodes:
                 if a not in fixed:
-                    signals |= _chunks(a, fixed)
+                    signals |= _chunks(a, fixed, memo)
     return signals
