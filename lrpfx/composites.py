@@ -221,10 +221,10 @@ def choose_preset(kinds, names, scan_parts=()) -> Tuple[str, str]:
     """The preset for a graph of these node kinds and qualified names, with the parts of a scan
     :func:`lrpfx.graph.scans.scan_parameters` found in it, and why: Mamba's ``x_proj``, or a scan's step sizes,
     keys or normalised weights (Mamba2-style mixers, Gated DeltaNet, RWKV) make a state-space or hybrid model
-    (MambaLRP), attention or
-    normalisation layers a transformer (AttnLRP; a Flat first layer would land on one projection), convolutions
-    a CNN (epsilon-plus-flat: z+ in the convolutions, a flat first layer), anything else an MLP or a recurrent
-    net (epsilon: a Flat first layer would give every input feature the same relevance)."""
+    (MambaLRP), attention or normalisation layers a transformer (AttnLRP; a Flat first layer would land on one
+    projection), and so do token embeddings with gated convolutions (LFM2's blocks), convolutions a CNN
+    (epsilon-plus-flat: z+ in the convolutions, a flat first layer), anything else an MLP or a recurrent net
+    (epsilon: a Flat first layer would give every input feature the same relevance)."""
     kinds = set(kinds)
     if any(fnmatch.fnmatchcase(name, "*.x_proj") or name == "x_proj" for name in names) and Kind.MATMUL in kinds:
         return "mamba-lrp", "a selective state-space model (x_proj found)"
@@ -234,6 +234,8 @@ def choose_preset(kinds, names, scan_parts=()) -> Tuple[str, str]:
     if Kind.SOFTMAX in kinds or Kind.LAYER_NORM in kinds:
         found = "attention" if Kind.SOFTMAX in kinds else "normalisation layers"
         return "attnlrp", f"a transformer ({found} found)"
+    if {Kind.EMBEDDING, Kind.MUL} <= kinds and kinds & _CONV_KINDS:  # LFM2's blocks: C ⊙ conv(B ⊙ x)
+        return "attnlrp", "a gated convolutional language model (token embeddings, gates and convolutions found)"
     if kinds & _CONV_KINDS:
         return "epsilon-plus-flat", "a CNN (convolutions found)"
     return "epsilon", "a network of linear layers (no convolution, attention or normalisation found)"

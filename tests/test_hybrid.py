@@ -225,3 +225,20 @@ def test_without_mamba_lrp_the_rwkv_weights_are_refused_by_name():
     model, ids = _randomise(FAMILIES["rwkv"]()), torch.randint(0, 50, (1, 5))
     with pytest.raises(lrpfx.UnsupportedOpError, match="exp"):
         lrpfx.Explainer(model, "attnlrp")({"input_ids": ids})
+
+
+def test_lfm2_short_convolutions_are_gates_under_attnlrp(caplog):
+    """LFM2's convolution block ``C ⊙ conv(B ⊙ x)`` has no recurrence: its products are gates AttnLRP splits
+    half-half, and without biases the relevance is conserved."""
+    config = transformers.Lfm2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, layer_types=["conv"],
+                                     block_auto_adjust_ff_dim=False)
+    torch.manual_seed(0)
+    model, ids = _randomise(transformers.Lfm2ForCausalLM(config)), torch.randint(0, 50, (2, 6))
+    with caplog.at_level("INFO", logger="lrpfx"):
+        e = lrpfx.Explainer(model)({"input_ids": ids})
+    assert "using 'attnlrp'" in caplog.text
+    top = e.output.max(1).values
+    conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
+    print(f"\n[lfm2] conservation: {conservation:.1e}")
+    assert conservation < 1e-9
