@@ -242,3 +242,26 @@ def test_lfm2_short_convolutions_are_gates_under_attnlrp(caplog):
     conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
     print(f"\n[lfm2] conservation: {conservation:.1e}")
     assert conservation < 1e-9
+
+
+def test_auto_needs_a_scan_not_just_an_exp():
+    """An exp of an activation alone is not a scan: such a model keeps its default preset, which refuses the exp
+    by name; a scan's step size, keys or normalised weights choose MambaLRP."""
+    from lrpfx.composites import choose_preset
+    from lrpfx.graph import scans
+    from lrpfx.kinds import Kind
+
+    class Exponential(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(torch.exp(self.fc(x)))
+
+    with pytest.raises(lrpfx.UnsupportedOpError, match="exp"):
+        lrpfx.explain(Exponential().eval(), torch.randn(3, 4))
+    kinds = [Kind.LINEAR, Kind.MATMUL]
+    assert choose_preset(kinds, [], [scans.DECAY])[0] == "epsilon"
+    for part in (scans.STEP, scans.KEY, scans.WEIGHT):
+        assert choose_preset(kinds, [], [scans.DECAY, part])[0] == "mamba-lrp"
