@@ -6,10 +6,12 @@ Mamba2, Bamba, Zamba2, Falcon-H1, Granite 4) and Gated DeltaNet (Qwen3-Next, Qwe
 mixer, so they are recognised by what they do:
 
 - a **step size** is a ``softplus`` whose value reaches an ``exp`` (Δ, from which the decays ``exp(A·Δ)`` come);
-- a **decay or normalising weight** is an ``exp`` of an activation (the decays of a scan, RWKV's weights);
+- a **decay or normalised weight** is an ``exp`` of an activation not computed from held values alone (RWKV's
+  weights ``exp(k + u - max)``);
 - **keys and queries** (B and C of a state-space mixer) are chunks of one split of a convolution's output that
   are contracted with each other (``C·Bᵀ``, ``q·kᵀ``, ``k·kᵀ``); the chunk scaled by a step size is the signal
-  (``x·Δ``) and stays explained.
+  (``x·Δ``) and stays explained;
+- a **write strength** is a sigmoid that scales the keys (Gated DeltaNet's β).
 
 Everything computed only from held values is constant as well (the cumulative sums, a triangular solve's
 coefficients), so the recurrence is linear in the signal.
@@ -21,6 +23,7 @@ from typing import Dict, FrozenSet, Iterable, Set
 import torch.fx as fx
 
 from .nodes import op_name
+from .. import meta_keys
 
 STEP = "scan step size (softplus feeding an exp)"
 DECAY = "scan decay (exp of an activation)"
@@ -107,12 +110,21 @@ def _reaches_exp(start: fx.Node) -> bool:
 
 
 def _fixed(nodes: Iterable[fx.Node], held) -> Set[fx.Node]:
-    """Nodes whose value depends on no input except through held ones (parameters, constants, held values)."""
+    """Nodes whose value depends on no input except through held ones (parameters, constants, held values);
+    sizes count as fixed."""
     fixed: Set[fx.Node] = set()
     for n in nodes:
-        if n.op == "get_attr" or n in held or (n.op == "call_function" and all(a in fixed for a in n.all_input_nodes)):
+        if n.op == "get_attr" or n in held or _no_relevance(n) or (
+                n.op == "call_function" and all(a in fixed for a in n.all_input_nodes)):
             fixed.add(n)
     return fixed
+
+
+def _no_relevance(n: fx.Node) -> bool:
+    """A size or another Python number (not a tensor: an integer tensor may hold token ids)."""
+    value = n.meta.get(meta_keys.VALUE)
+    return n.op == "call_function" and value is not None and not value.is_tensor and value.tuple_len is None \
+        and not value.holds_float
 
 
 def _chunks(n, fixed: Set[fx.Node], memo: Dict[fx.Node, FrozenSet[fx.Node]], depth: int = 0) -> FrozenSet[fx.Node]:
