@@ -10,7 +10,7 @@ import torch.fx as fx
 
 from .composites import Composite
 from .errors import RuleError, UnsupportedOpError, unmatched_pattern
-from .graph.nodes import source_line
+from .graph.nodes import op_name, source_line
 from .kinds import WEIGHTED_KINDS, Kind, NodeInfo
 from .program.program import RuleRow, RuleTable
 from .rules import Pass, Rule, applies_to
@@ -96,6 +96,12 @@ def _unsupported_message(info: NodeInfo) -> str:
         f"no relevance rule for node '{info.name}' ({info.op}){source_line(n)}. {_why_unknown(info)} "
         f"Assign a rule with {key}: " + "; or ".join(ways) +
         ". Or keep the module that contains it whole with leaf_modules=[...] and assign that module's rule by name."
+        + _SCAN_HINT.get(op_name(n), "")
     )
+
+
+# an exp of an activation is most often a recurrence's decay or weight (docs/hybrid.md)
+_SCAN_HINT = {"exp": " If it is the decay or weight of a state-space or linear-attention layer, rule='mamba-lrp' "
+                     "holds the layer's parameters constant (MambaLRP)."}
 
 

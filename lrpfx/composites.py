@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import RuleError
+from .graph.scans import SCAN_PARTS, scan_parameters
 from .kinds import Kind
 from .rules import (RULE_CLASSES, AlphaBeta, ConstantAttention, Epsilon, Flat, Gamma, Gradient, MatmulUniform,
                     MulUniform, Norm, NormIdentity, Pass, PatternAttribution, PatternNet, RecurrentLRP, Rule, Softmax,
@@ -160,13 +161,21 @@ def _transformer_rules(epsilon: float, zero_bias: bool, matmul: Rule) -> Dict[st
 
 
 def MambaLRP(epsilon: float = 0.0, zero_bias: bool = False) -> Composite:
-    """MambaLRP (Jafari et al., NeurIPS 2024) for Mamba's selective state-space blocks: the scan's data-dependent
-    parameters (Δ, B, C from ``x_proj``, hence A̅ and B̅) are held constant, so relevance flows through the
-    state recurrence as through a linear map; SiLU and Softplus pass relevance on, RMSNorm keeps its scale fixed,
-    the gate ``y · silu(z)`` splits half-half, linear and conv maps take epsilon (0 by default: with
-    ``zero_bias=True`` the relevance is conserved, and it equals gradient × input of the modified backward)."""
+    """MambaLRP (Jafari et al., NeurIPS 2024) for selective state-space and linear-attention blocks: the scan's
+    data-dependent parameters are held constant, so relevance flows through the state recurrence as through a
+    linear map of the signal. Mamba's Δ, B, C come out of ``x_proj`` (held by name); Mamba2-style mixers (Bamba,
+    Zamba2, Falcon-H1, Granite 4), Gated DeltaNet (Qwen3-Next, Qwen3.5) and RWKV compute them inside the mixer and
+    :func:`lrpfx.graph.scans.scan_parameters` recognises them: step sizes Δ (and DeltaNet's β), decays and
+    normalising weights (``exp`` of activations), keys and queries (B and C). SiLU and Softplus pass relevance
+    on, RMSNorm keeps its scale fixed, gates such as ``y · silu(z)`` split half-half, linear and conv maps take
+    epsilon (0 by default: with ``zero_bias=True`` the relevance is conserved, and it equals gradient × input
+    of the modified backward). docs/hybrid.md derives the rule for each family."""
     base = _transformer_rules(epsilon, zero_bias, MatmulUniform(epsilon))
-    return Composite(**base, constants=("*.x_proj",), constants_must_match=False, label="mamba-lrp")
+    return Composite(**base, constants=SCAN_CONSTANTS, constants_must_match=False, label="mamba-lrp")
+
+
+# Mamba's x_proj (Δ, B, C) by name; everything else a mixer computes by what it does
+SCAN_CONSTANTS = ("*.x_proj", scan_parameters)
 
 
 def _proportional_steps(eps: float, zero_bias: bool = False) -> Tuple[Tuple[str, Rule], ...]:
@@ -208,21 +217,29 @@ PATTERN_PRESETS = ("patternnet", "patternattribution")
 AUTO = Composite(label="auto")
 
 
-def choose_preset(kinds, names) -> Tuple[str, str]:
-    """The preset for a graph of these node kinds and qualified names, and why: attention or normalisation
-    layers make a transformer (AttnLRP; a Flat first layer would land on one projection), Mamba's ``x_proj`` a
-    selective state-space model (MambaLRP), convolutions a CNN (epsilon-plus-flat: z+ in the convolutions, a
-    flat first layer), anything else an MLP or a recurrent net (epsilon: a Flat first layer would give every
-    input feature the same relevance)."""
+def choose_preset(kinds, names, scan_parts=()) -> Tuple[str, str]:
+    """The preset for a graph of these node kinds and qualified names, with the parts of a scan
+    :func:`lrpfx.graph.scans.scan_parameters` found in it, and why: Mamba's ``x_proj``, or a scan's step sizes,
+    keys or normalised weights (Mamba2-style mixers, Gated DeltaNet, RWKV) make a state-space or hybrid model
+    (MambaLRP), attention or normalisation layers a transformer (AttnLRP; a Flat first layer would land on one
+    projection), and so do token embeddings with gated convolutions (LFM2's blocks), convolutions a CNN
+    (epsilon-plus-flat: z+ in the convolutions, a flat first layer), anything else an MLP or a recurrent net
+    (epsilon: a Flat first layer would give every input feature the same relevance)."""
     kinds = set(kinds)
     if any(fnmatch.fnmatchcase(name, "*.x_proj") or name == "x_proj" for name in names) and Kind.MATMUL in kinds:
         return "mamba-lrp", "a selective state-space model (x_proj found)"
+    found = sorted(set(scan_parts) & SCAN_PARTS)
+    if found:
+        return "mamba-lrp", f"a state-space or linear-attention model ({found[0].split(' (')[0]} found)"
     if Kind.SOFTMAX in kinds or Kind.LAYER_NORM in kinds:
         found = "attention" if Kind.SOFTMAX in kinds else "normalisation layers"
         return "attnlrp", f"a transformer ({found} found)"
+    if {Kind.EMBEDDING, Kind.MUL} <= kinds and kinds & _CONV_KINDS:  # LFM2's blocks: C ⊙ conv(B ⊙ x)
+        return "attnlrp", "a gated convolutional language model (token embeddings, gates and convolutions found)"
     if kinds & _CONV_KINDS:
         return "epsilon-plus-flat", "a CNN (convolutions found)"
     return "epsilon", "a network of linear layers (no convolution, attention or normalisation found)"
+
 
 PRESETS: Dict[str, Callable[[], Composite]] = {
     "epsilon-plus": EpsilonPlus,

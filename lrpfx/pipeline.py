@@ -19,6 +19,7 @@ from torch import nn
 from . import graph
 from .assign import choose_rules, rule_table
 from .composites import AUTO, Composite, as_composite, choose_preset
+from .graph.scans import scan_parameters
 from .errors import InputError, LrpfxError, LrpfxWarning, TraceError, UnsupportedOpError
 from .frontend.attention import decompose_attention
 from .frontend.export import export_graph
@@ -152,7 +153,8 @@ def default_composite(gm: fx.GraphModule):
     """The preset for a model explained without a rule (:func:`lrpfx.composites.choose_preset`), and the words
     the rule table shows for it; logged once per built program."""
     infos = graph.classify(gm)
-    name, why = choose_preset((info.kind for info in infos.values()), (info.name for info in infos.values()))
+    name, why = choose_preset((info.kind for info in infos.values()), (info.name for info in infos.values()),
+                              scan_parameters(gm).values())
     log.info("no rule given: using %r, the default for %s; pass rule= to choose another", name, why)
     return as_composite(name), f"default for {why.split(' (')[0]}"
 

@@ -54,10 +54,15 @@ def activation_nodes(gm: fx.GraphModule) -> Dict[fx.Node, bool]:
 
 
 def hold_constant(gm: fx.GraphModule, patterns, must_match: bool = True) -> None:
-    """Mark the nodes matching ``patterns`` (qualified-name globs) as constants; a glob that matches nothing is an
-    error naming close matches (a pattern written for another model would otherwise do nothing)."""
+    """Mark the nodes matching ``patterns`` (qualified-name globs, or functions of the graph that return the
+    nodes to hold with what they are: :func:`lrpfx.graph.scans.scan_parameters`) as constants; a glob that matches
+    nothing is an error naming close matches (a pattern written for another model would otherwise do nothing)."""
     names = {n: node_path(n) for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
     for pattern in patterns:
+        if callable(pattern):  # a recogniser: a function of the graph giving the nodes to hold, with what they are
+            for n, what in pattern(gm).items():
+                n.meta[meta_keys.HELD] = what
+            continue
         matched = [n for n, name in names.items() if fnmatch.fnmatchcase(name, pattern)]
         if not matched and must_match:
             raise unmatched_pattern("constants", pattern, names.values())
