@@ -8,6 +8,7 @@ for anything else (``Gradient`` rule, winner-takes-all max pooling). In ``norm``
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -88,7 +89,7 @@ class Replay(nn.Module):
             first = r[0] if isinstance(r, tuple) else r
             first_z = z[0] if isinstance(z, tuple) else z
             if first.dim() > first_z.dim():  # several targets at once: pull each back (vmap over the target axis)
-                pullback = torch.func.vmap(pullback)
+                pullback = _quietly(torch.func.vmap(pullback))
             if self.norm_eps is None:
                 return tuple(pullback(r))
             grads = pullback(divide(r, z, self.norm_eps))
@@ -97,6 +98,16 @@ class Replay(nn.Module):
                 f"the relevance step of {self.describe} replays the op to differentiate it, and PyTorch could not: "
                 f"{exc}. Assign this node another rule (Pass() for an elementwise op) or rewrite the op") from exc
         return tuple(a * g for a, g in zip(active_values, grads))
+
+
+def _quietly(fn: Callable) -> Callable:
+    """``fn`` without torch's notice that an op (``masked_scatter``'s backward) has no batching rule: vmap then
+    loops over the targets, which is correct, and the user has nothing to act on."""
+    def call(*args):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+            return fn(*args)
+    return call
 
 
 def _float_parts(value):
