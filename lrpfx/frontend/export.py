@@ -40,6 +40,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, to
 from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
+from .quantized import dequantize_export
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
@@ -180,6 +181,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)
     functionalize_aten_inplace(gm)
     batch_norm_calls(gm)
+    dequantize_export(gm, model, _module_path, _ROOT)
     _name_module_ops(gm, model)
     collapse_leaves(gm, model, leaf_modules)
     collapse_spelled_activations(gm)

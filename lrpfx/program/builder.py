@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from .. import meta_keys
 from ..errors import RuleError
+from ..frontend.quantized import is_dequantized
 from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
 from ..rules import Rule, structural
@@ -75,6 +76,7 @@ class ProgramBuilder:
         self.contrib_per_value: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
         self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
+        self.recomputed: Dict[tuple, fx.Node] = {}  # (step, node): a dense weight computed where the step reads it
         self.target: Optional[fx.Node] = None
         self.tuple_contrib: Dict[fx.Node, Dict[int, List[fx.Node]]] = defaultdict(lambda: defaultdict(list))
 
@@ -100,10 +102,18 @@ class ProgramBuilder:
         if source is None:
             return None
         if isinstance(source, fx.Node):
-            return self.env[source]
+            return self.recompute(source) if is_dequantized(source) else self.env[source]
         if isinstance(source, str):
             return self.attr("params." + source, attribute(self.gm, source))
         raise TypeError(f"unexpected parameter source {source!r}")
+
+    def recompute(self, n: fx.Node) -> fx.Node:
+        """Original node ``n`` computed once more for the step being written: a quantized layer's dense weight
+        (:mod:`lrpfx.frontend.quantized`), so the forward frees its copy and one layer's is alive at a time."""
+        key = (self.emitting, n)
+        if key not in self.recomputed:
+            self.recomputed[key] = self.graph.node_copy(n, lambda a: self.env[a])
+        return self.recomputed[key]
 
     def contribute(self, node: fx.Node, relevance: fx.Node, per_value: bool = False) -> None:
         """Hand ``node`` a share of relevance; ``per_value=True``: the share is relevance divided by ``node``'s
