@@ -291,7 +291,9 @@ class Explainer:
                            token_ids=_token_ids(dict(zip(inputs.names, inputs.tensors))[main], named[main]))
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
-        param = next(iter(self.model.parameters()), None)
+        params = list(self.model.parameters())
+        # the dtype to match is a float parameter's: a quantized weight may be stored as integers (bitsandbytes)
+        param = next((p for p in params if p.is_floating_point()), params[0] if params else None)
         for i, t in enumerate(inputs):
             if t.dim() == 0 or t.shape[0] == 0:
                 raise InputError(f"input {i} has an empty batch (shape {tuple(t.shape)}): pass at least one sample")

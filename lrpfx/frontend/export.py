@@ -40,7 +40,7 @@ from ..errors import LrpfxError, OutputError, TraceError, UnsupportedOpError, to
 from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
-from .quantized import dequantize_export
+from .quantized import check_exportable, dequantize_export
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, functionalize_aten_inplace
@@ -158,6 +158,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                  dynamic: Optional[bool] = None) -> fx.GraphModule:
     """``model`` exported on ``inputs`` and normalised for classification (see the module docstring);
     ``dynamic`` says which input axes may vary (:func:`dynamic_axes`)."""
+    check_exportable(model)
     wrapper = _Call(model, names, {**fixed_options(model), **options}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:

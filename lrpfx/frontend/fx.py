@@ -20,7 +20,7 @@ from ..graph.registry import REGISTRY
 from .common import failure_location
 from .functions import functions_as_nodes
 from .inplace import functionalize_fx_writes, item_assignment_recorded
-from .quantized import dequantize_fx
+from .quantized import dequantize_fx, is_quantized_layer
 from .spectral import fuse_real_spectra
 
 class LrpfxTracer(fx.Tracer):
@@ -36,6 +36,8 @@ class LrpfxTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        if is_quantized_layer(m):  # one call, rewritten into a linear layer of its dequantized weight
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

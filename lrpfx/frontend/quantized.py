@@ -30,7 +30,11 @@ _INPUT_TRANSFORMS = ("act_quant_kwargs", "activation_quantization", "act_pre_sca
 
 
 def dequantized(weight: torch.Tensor) -> torch.Tensor:
-    """The dense weight a quantized weight stands for (the quantized tensor's own ``dequantize()``)."""
+    """The dense weight a quantized weight stands for: the quantized tensor's own ``dequantize()``, or
+    bitsandbytes' ``dequantize_4bit`` for its 4-bit parameters."""
+    if _is_bitsandbytes(weight):
+        import bitsandbytes.functional as bnb_functional  # optional: only a model quantized with it gets here
+        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
     return weight.dequantize()
 
 
@@ -39,18 +43,27 @@ def is_dequantized(node) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is dequantized
 
 
+def _is_bitsandbytes(tensor) -> bool:
+    return type(tensor).__module__.startswith("bitsandbytes")
+
+
 def is_quantized(tensor) -> bool:
-    """A tensor subclass standing for a weight (torchao's ``Int8Tensor``, ``IntxUnpackedToInt8Tensor`` ...), not a
-    plain tensor or parameter."""
+    """A tensor subclass standing for a weight (torchao's ``Int8Tensor``, ``IntxUnpackedToInt8Tensor``,
+    bitsandbytes' ``Params4bit`` ...), not a plain tensor or parameter."""
     return isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, nn.Parameter) \
-        and hasattr(type(tensor), "__tensor_flatten__")
+        and (hasattr(type(tensor), "__tensor_flatten__") or _is_bitsandbytes(tensor))
+
+
+def is_quantized_layer(module: nn.Module) -> bool:
+    """A module that owns a quantized parameter (the fx front-end keeps it whole)."""
+    return any(is_quantized(p) for p in module._parameters.values())
 
 
 def quantized_layers(model: nn.Module) -> Dict[str, nn.Module]:
     """The model's modules that own a quantized parameter, by path; each is checked (:func:`check_layer`)."""
     layers = {}
     for path, module in model.named_modules():
-        if any(is_quantized(p) for p in module._parameters.values()):
+        if is_quantized_layer(module):
             check_layer(path, module)
             layers[path] = module
     return layers
@@ -60,16 +73,29 @@ def check_layer(path: str, module: nn.Module) -> None:
     """Refuse a quantized layer lrpfx cannot explain as a linear layer with a dense weight, saying what to do."""
     weight = module._parameters.get("weight")
     name = f"layer '{path or type(module).__name__}' ({type(module).__name__})"
+    leave_out = f"leave it out of quantize_ with filter_fn=lambda module, name: name != '{path}'"
     fix = ("Fix: quantize that layer weight-only (torchao's Int8WeightOnlyConfig, or IntxWeightOnlyConfig for int4 "
-           "on CPU), or leave it out of quantize_ with filter_fn=lambda module, name: name != " f"'{path}'")
-    if type(module).forward is not nn.Linear.forward or not isinstance(module, nn.Linear):
+           f"on CPU), or {leave_out}")
+    if _is_bitsandbytes(weight):
+        _check_bitsandbytes(name, module, weight, leave_out)
+    else:
+        _check_torchao(name, module, weight, fix, leave_out)
+    dense, shape = dequantized(weight), (module.out_features, module.in_features)
+    if type(dense) is not torch.Tensor or tuple(dense.shape) != shape or not dense.is_floating_point():
+        raise UnsupportedOpError(f"{name}: its {type(weight).__name__} weight dequantizes to "
+                                 f"{type(dense).__name__} of shape {tuple(dense.shape)}, not a float tensor of the "
+                                 f"layer's shape {shape}. {fix}")
+
+
+def _check_torchao(name: str, module: nn.Module, weight, fix: str, leave_out: str) -> None:
+    if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
         raise UnsupportedOpError(f"{name} holds a quantized parameter; lrpfx explains quantized torch.nn.Linear "
-                                 f"layers only. {fix}")
+                                 f"layers (with Linear's own forward) only. Fix: {leave_out}")
     others = [k for k, p in module._parameters.items() if k != "weight" and is_quantized(p)]
     if others:
         raise UnsupportedOpError(f"{name} has a quantized {others[0]}; lrpfx reads quantized weights only. {fix}")
     kind = type(weight).__name__
-    if not callable(getattr(weight, "dequantize", None)):
+    if not callable(getattr(weight, "dequantize", None)) or type(weight).dequantize is torch.Tensor.dequantize:
         raise UnsupportedOpError(f"{name} has a weight of type {kind}, a tensor subclass without dequantize(): "
                                  f"lrpfx cannot read it as a dense weight. {fix}")
     for attribute in _INPUT_TRANSFORMS:
@@ -77,11 +103,17 @@ def check_layer(path: str, module: nn.Module) -> None:
             raise UnsupportedOpError(
                 f"{name} has a weight of type {kind} with {attribute} set: the layer quantizes or rescales its "
                 f"input, so it is not the linear map of a dense weight that LRP's linear rule explains. {fix}")
-    dense = weight.dequantize()
-    if type(dense) is not torch.Tensor or dense.shape != weight.shape or not dense.is_floating_point():
-        raise UnsupportedOpError(f"{name}: the {kind} weight's dequantize() gives {type(dense).__name__} of shape "
-                                 f"{tuple(dense.shape)}, not a float tensor of the weight's shape "
-                                 f"{tuple(weight.shape)}. {fix}")
+
+
+def _check_bitsandbytes(name: str, module: nn.Module, weight, leave_out: str) -> None:
+    """bitsandbytes' 4-bit Linear dequantizes its weight and multiplies in float: a linear layer. Its 8-bit
+    Linear (LLM.int8) quantizes the input as well."""
+    if getattr(weight, "quant_state", None) is None or not isinstance(module, nn.Linear):
+        raise UnsupportedOpError(
+            f"{name} has a bitsandbytes weight of type {type(weight).__name__}: lrpfx explains bitsandbytes' 4-bit "
+            "Linear (Linear4bit: the weight dequantized for a float matmul) only; the 8-bit Linear quantizes its "
+            "input too, which is not the linear map of a dense weight. Fix: load the model in 4 bit "
+            "(load_in_4bit), or keep that layer in float (llm_int8_skip_modules)")
 
 
 # ---- fx: a quantized Linear is one call_module node --------------------------------------------------------------
@@ -112,6 +144,16 @@ def _replace(gm: fx.GraphModule, n: fx.Node, x: fx.Node, path: str, module: nn.L
     n.replace_all_uses_with(new)
     gm.graph.erase_node(n)
     return dense
+
+
+def check_exportable(model: nn.Module) -> None:
+    """bitsandbytes' parameters cannot be traced by torch.export (they are rebuilt on fake tensors): say so."""
+    for path, module in quantized_layers(model).items():
+        if _is_bitsandbytes(module.weight):
+            raise UnsupportedOpError(
+                f"layer '{path}' ({type(module).__name__}) holds a bitsandbytes weight, which torch.export cannot "
+                "trace: explain this model with frontend='fx' (the layer is kept whole there), or quantize it with "
+                "torchao (Int8WeightOnlyConfig, IntxWeightOnlyConfig), which both front-ends read")
 
 
 # ---- torch.export: a quantized Linear is its kernel on the subclass's inner tensors ------------------------------
