@@ -141,13 +141,15 @@ class Explainer:
     ``differentiable=True`` builds the program in the differentiable form and runs it with autograd on, so the
     relevance has gradients w.r.t. the input and the parameters (docs/functional.md); ``form`` names the form
     directly (``"per-value"``, the default, or ``"relevance"``: :func:`lrpfx.pipeline.build_program`).
+    ``checkpoint=True`` (the decoder layers) or a glob of module paths (``"model.layers.*"``): the relevance pass
+    runs each block's forward again before its steps, so only the values between blocks are kept (long contexts).
     """
 
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "auto", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
                  patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None,
-                 differentiable: bool = False, form: Optional[str] = None):
+                 differentiable: bool = False, form: Optional[str] = None, checkpoint=None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if frontend not in FRONTENDS:
@@ -172,6 +174,7 @@ class Explainer:
             raise InputError(f"form must be one of {pipeline.FORMS} (and 'differentiable' with differentiable=True), "
                              f"got {form!r}")
         self.differentiable = self.form == "differentiable"
+        self.checkpoint = checkpoint  # blocks whose forward the relevance pass runs again (lrpfx.program.checkpoint)
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
@@ -236,7 +239,8 @@ class Explainer:
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         program = pipeline.build_program(gm, self.composite, intermediate=intermediate,
-                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form)
+                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form,
+                                         checkpoint=self.checkpoint)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),

@@ -175,6 +175,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     except Exception as exc:  # export raises many types from deep inside the user's code
         raise TraceError(_export_failure_message(model, exc)) from exc
     gm = program.module()
+    gm.meta[meta_keys.MODULE_ROOT] = _ROOT  # module paths in nn_module_stack start with the wrapper's name
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
     inline_autocast_regions(gm)
