@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU run (installs nothing): correctness on CUDA against the CPU first, then the CNN report at batch 32 and the
-# transformer benchmark on CUDA; the tables are printed last. Budget: about 8 minutes on an H100.
+# GPU run (installs nothing): correctness on CUDA against the CPU first (bitsandbytes 4-bit too, where it imports),
+# then the CNN report at batch 32 and the transformer benchmark on CUDA; the tables are printed last.
+# Budget: about 8 minutes on an H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,7 +1,8 @@
 """GPU correctness check, run by bench/gpu.sh before the GPU benchmarks (never by CI: CI has no GPU).
 
 The same explanations on CUDA and on the CPU must agree: a CNN (ResNet18, epsilon-gamma-box) and a tiny LLaMA
-(AttnLRP through the torch.export front-end), eager and compiled. Exits non-zero on a mismatch.
+(AttnLRP through the torch.export front-end), eager and compiled. Where bitsandbytes imports (it is never a CI
+dependency), an MLP of its 4-bit Linears is explained as its dequantized float twin. Exits non-zero on a mismatch.
 
     python -m bench.gpu_check            # needs torch.cuda.is_available()
     python -m bench.gpu_check --device cpu   # the same comparisons against itself (a dry run of the script)
@@ -58,8 +59,51 @@ def main(argv=None) -> int:
         got = lrpfx.Explainer(llm_dev, "attnlrp", compile=compiled)(inputs).relevance
         results.append(compare(f"llama attnlrp float64 {'compiled' if compiled else 'eager'}", got, reference,
                                1e-5))
+    results.extend(check_bitsandbytes(args.device))
     print(f"{sum(results)}/{len(results)} GPU checks passed", flush=True)
     return 0 if all(results) else 1
+
+
+def check_bitsandbytes(device: str) -> list:
+    """A 4-bit bitsandbytes MLP against the float twin whose weights are its dequantized weights (equal: the same
+    float ops run on the same weights); an 8-bit Linear (it quantizes its input) must be refused by name."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:  # not installed, or no kernels for this machine
+        print(f"skip bitsandbytes: {type(exc).__name__}: {exc}", flush=True)
+        return []
+    import copy
+
+    import lrpfx
+    from lrpfx.errors import UnsupportedOpError
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    quantized = copy.deepcopy(model)
+    for i in (0, 2):
+        layer = bnb.nn.Linear4bit(64 if i == 0 else 128, model[i].out_features, compute_dtype=torch.float32,
+                                  quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(model[i].weight.data.clone(), requires_grad=False, quant_type="nf4")
+        layer.bias = nn.Parameter(model[i].bias.data.clone())
+        quantized[i] = layer
+    quantized = quantized.to(device).eval()
+    twin = copy.deepcopy(model).to(device)
+    for i in (0, 2):
+        weight = quantized[i].weight
+        twin[i].weight = nn.Parameter(bnb.functional.dequantize_4bit(weight.data, weight.quant_state))
+    x = torch.randn(8, 64, device=device)
+    got = lrpfx.Explainer(quantized, "epsilon", frontend="fx")(x, target=3).relevance
+    expected = lrpfx.Explainer(twin, "epsilon", frontend="fx")(x, target=3).relevance
+    results = [compare("bitsandbytes Linear4bit nf4 = dequantized twin", got, expected.cpu(), 1e-6)]
+    eight = nn.Sequential(bnb.nn.Linear8bitLt(64, 10, has_fp16_weights=False)).to(device)
+    try:
+        lrpfx.Explainer(eight, "epsilon", frontend="fx")(x)
+        refused = False
+    except UnsupportedOpError as exc:
+        refused = "'0' (Linear8bitLt)" in str(exc)
+    print(f"{'ok  ' if refused else 'FAIL'} bitsandbytes Linear8bitLt refused by name", flush=True)
+    return results + [refused]
 
 
 if __name__ == "__main__":

@@ -149,13 +149,15 @@ class Explainer:
     ``differentiable=True`` builds the program in the differentiable form and runs it with autograd on, so the
     relevance has gradients w.r.t. the input and the parameters (docs/functional.md); ``form`` names the form
     directly (``"per-value"``, the default, or ``"relevance"``: :func:`lrpfx.pipeline.build_program`).
+    ``checkpoint=True`` (the decoder layers) or a glob of module paths (``"model.layers.*"``): the relevance pass
+    runs each block's forward again before its steps, so only the values between blocks are kept (long contexts).
     """
 
     def __init__(self, model: nn.Module, rule: Union[str, Rule, Composite] = "auto", *,
                  compile: bool = False, mode: Optional[str] = None, leaf_modules: Iterable = (),
                  output: Optional[Callable] = None, start: Optional[str] = None, allow_nonfinite: bool = False,
                  patterns=None, frontend: str = "auto", dynamic: Optional[bool] = None,
-                 differentiable: bool = False, form: Optional[str] = None):
+                 differentiable: bool = False, form: Optional[str] = None, checkpoint=None):
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if frontend not in FRONTENDS:
@@ -180,6 +182,7 @@ class Explainer:
             raise InputError(f"form must be one of {pipeline.FORMS} (and 'differentiable' with differentiable=True), "
                              f"got {form!r}")
         self.differentiable = self.form == "differentiable"
+        self.checkpoint = checkpoint  # blocks whose forward the relevance pass runs again (lrpfx.program.checkpoint)
 
     @property
     def compiled_choice(self) -> Dict[str, Optional[str]]:
@@ -253,7 +256,8 @@ class Explainer:
         if not out_info.is_float_tensor:
             raise TargetError(f"the model's output is not a float tensor ({out_info}); pass output= to select one")
         program = pipeline.build_program(gm, self.composite, intermediate=intermediate,
-                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form)
+                                         start_is_relevance=target_is_relevance, plan=plan, form=self.form,
+                                         checkpoint=self.checkpoint)
         run = program.graph_module
         if self.compile:  # compiled unless eager proves faster on the first calls (lrpfx.program.faster)
             run = FasterOf(run, compile_program(run, self.mode, inputs.tensors[0].device),
@@ -322,7 +326,9 @@ class Explainer:
         return multimodal.with_positions(self.model, x) if isinstance(x, Mapping) else x
 
     def _check_inputs(self, inputs: Tuple[torch.Tensor, ...]) -> None:
-        param = next(iter(self.model.parameters()), None)
+        params = list(self.model.parameters())
+        # the dtype to match is a float parameter's: a quantized weight may be stored as integers (bitsandbytes)
+        param = next((p for p in params if p.is_floating_point()), params[0] if params else None)
         for i, t in enumerate(inputs):
             if t.dim() == 0 or t.shape[0] == 0:
                 raise InputError(f"input {i} has an empty batch (shape {tuple(t.shape)}): pass at least one sample")

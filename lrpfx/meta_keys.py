@@ -11,6 +11,8 @@ WHOLE_MODULE = "lrpfx_whole_module"  # a call of a module kept whole (a leaf), r
 SDPA = "lrpfx_sdpa"  # the A·V node of an attention split out of scaled_dot_product_attention
 HELD = "lrpfx_held"  # the composite's ``constants`` glob that holds this node's value constant
 DECOMPOSED = "lrpfx_decomposed"  # a Core ATen piece: the name of the op it was decomposed from
+# in ``GraphModule.meta``: the path under which the user's model sits in ``nn_module_stack`` (export's wrapper)
+MODULE_ROOT = "lrpfx_module_root"
 
 # a user's module class may say ``lrpfx_zero_at_zero = False`` (its output is not 0 at input 0)
 ZERO_AT_ZERO_ATTRIBUTE = "lrpfx_zero_at_zero"

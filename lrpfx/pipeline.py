@@ -31,6 +31,7 @@ from .graph.nodes import source_line
 from .kinds import Kind
 from .locks import eval_mode
 from .program.builder import FORMS, ProgramBuilder
+from .program.checkpoint import blocks_of
 from .program.program import RelevanceProgram
 from . import meta_keys
 
@@ -109,13 +110,15 @@ def unexplained(gm: fx.GraphModule, composite: Composite) -> bool:
 
 
 def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is_relevance: bool = False,
-                  plan=None, form: str = "per-value") -> RelevanceProgram:
+                  plan=None, form: str = "per-value", checkpoint=None) -> RelevanceProgram:
     """Stages 2-5 on a recorded graph (:func:`graph_of`): classify, assign, canonize, build. ``composite`` is a
     :class:`~lrpfx.composites.Composite`, a rule or a rule string; ``start_is_relevance``: the program will be
     given initial relevances rather than class indices; ``plan``: conditions of concept relevance
     (:mod:`lrpfx.concepts`); ``form``: ``"per-value"`` (relevance per value where that is exact, the fastest),
     ``"relevance"`` (relevance at every step) or ``"differentiable"`` (a program that runs with autograd on, so
-    its relevance has gradients w.r.t. inputs and parameters: docs/functional.md)."""
+    its relevance has gradients w.r.t. inputs and parameters: docs/functional.md); ``checkpoint``: True, a glob of
+    module paths or a list of globs naming blocks whose forward the relevance pass runs again, so the forward
+    keeps only the values between blocks (:mod:`lrpfx.program.checkpoint`)."""
     if form not in FORMS:
         raise InputError(f"form must be one of {FORMS}, got {form!r}")
     composite, infos, rules, reasons = assign(gm, composite)
@@ -126,6 +129,8 @@ def build_program(gm: fx.GraphModule, composite, *, intermediate=False, start_is
     canonize.mark_positive_only(infos, rules, output,
                                 proportional_start=composite.start == "logit" and not start_is_relevance)
     options = {"intermediate": intermediate, **({} if plan is None else plan.builder_options(gm, infos))}
+    if checkpoint:
+        options["blocks"] = blocks_of(gm, checkpoint)
     builder = ProgramBuilder(gm, infos, rules, start=composite.start, times_input=composite.times_input, form=form,
                              **options)
     return RelevanceProgram(builder.build(), table, composite, differentiable=form == "differentiable")

@@ -41,6 +41,7 @@ from .attention import decompose_attention
 from .functions import functions_named_on_export
 from .inplace import functionalize_view_writes
 from .multimodal import static_options, static_tracing
+from .quantized import check_exportable, dequantize_export
 from .spectral import fuse_real_spectra
 from .normalise import _depending_on_inputs as depending_on_inputs, _out_of_place as out_of_place
 from .normalise import (batch_norm_calls, collapse_spelled_activations, decompose_baddbmm, fills_in_range,
@@ -165,6 +166,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
                  dynamic: Optional[bool] = None) -> fx.GraphModule:
     """``model`` exported on ``inputs`` and normalised for classification (see the module docstring);
     ``dynamic`` says which input axes may vary (:func:`dynamic_axes`)."""
+    check_exportable(model)
     wrapper = _Call(model, names, {**fixed_options(model), **static_options(options)}, output)
     dynamic = dynamic_axes(inputs, dynamic)
     try:
@@ -183,6 +185,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     except Exception as exc:  # export raises many types from deep inside the user's code
         raise TraceError(_export_failure_message(model, exc)) from exc
     gm = program.module()
+    gm.meta[meta_keys.MODULE_ROOT] = _ROOT  # module paths in nn_module_stack start with the wrapper's name
     gm.graph._codegen = fx.graph.CodeGen()  # plain positional inputs and one output, no pytree wrapping
     _drop_guards(gm)
     fills_in_range(gm)
@@ -191,6 +194,7 @@ def export_graph(model: nn.Module, names: Optional[Sequence[str]], inputs: Seque
     functionalize_view_writes(gm, depending_on_inputs(gm), out_of_place)
     functionalize_aten_inplace(gm)
     batch_norm_calls(gm)
+    dequantize_export(gm, model, _module_path, _ROOT)
     _name_module_ops(gm, model)
     collapse_leaves(gm, model, leaf_modules)
     collapse_spelled_activations(gm)

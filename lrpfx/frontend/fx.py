@@ -20,6 +20,7 @@ from ..graph.registry import REGISTRY
 from .common import failure_location
 from .functions import functions_as_nodes
 from .inplace import functionalize_fx_writes, item_assignment_recorded
+from .quantized import dequantize_fx, is_quantized_layer
 from .spectral import fuse_real_spectra
 
 class LrpfxTracer(fx.Tracer):
@@ -35,6 +36,8 @@ class LrpfxTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        if is_quantized_layer(m):  # one call, rewritten into a linear layer of its dequantized weight
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -61,6 +64,7 @@ def trace(model: nn.Module, num_inputs: int, leaf_modules: Iterable = (),
     finally:
         _remove_added_attributes(model, before)
     _inline_fixed_arguments(gm, concrete)
+    dequantize_fx(gm, model)  # quantized Linears: linear layers of a weight dequantized where it is read
     functionalize_fx_writes(gm, REGISTRY.is_view)  # buf[i] = v: a new buffer, before in-place ops are read as such
     functionalize_inplace(gm)  # first: dead-code elimination would drop in-place statements whose result is unused
     fuse_real_spectra(gm)

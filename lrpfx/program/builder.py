@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from .. import meta_keys
 from ..errors import RuleError
+from ..frontend.quantized import is_dequantized
 from ..graph.nodes import OUT_OF_PLACE_FUNCTIONS, attribute, out_of_place_method
 from ..kinds import Kind, NodeInfo
 from ..rules import Rule, structural
@@ -47,14 +48,17 @@ class ProgramBuilder:
 
     def __init__(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo], rules: Dict[fx.Node, Rule], *,
                  start: str, times_input: bool, intermediate, form: str = "per-value", masked: Sequence[fx.Node] = (),
-                 gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = ()):
+                 gated_edges: Sequence[tuple] = (), gated_nodes: Sequence[fx.Node] = (), values: Sequence[fx.Node] = (),
+                 blocks: Optional[Dict[fx.Node, str]] = None):
         """``form`` (:data:`FORMS`): ``"per-value"``, LRP-0-type steps hand on relevance per value (the modified
         gradient) where exact; ``"relevance"`` everywhere; ``"differentiable"``, that to run with autograd on.
         ``intermediate``: True (every node), False, or a set of nodes whose relevance is returned. The rest is
         for conditional relevance (:mod:`lrpfx.concepts`): the program then takes an input ``conditions``, a tuple
         of one mask per ``masked`` node (multiplied into the relevance arriving there), then one gate ``[K]`` per
         ``gated_edges`` (consumer, producer) contribution and one per ``gated_nodes`` relevance; ``values`` are
-        nodes whose forward values are returned as a last output."""
+        nodes whose forward values are returned as a last output. ``blocks`` (node -> block,
+        :mod:`lrpfx.program.checkpoint`): the relevance pass runs each block's forward again before its steps, so
+        the forward keeps only the values that leave a block."""
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.gm, self.infos, self.rules, self.form = gm, infos, rules, form
@@ -75,6 +79,9 @@ class ProgramBuilder:
         self.contrib_per_value: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
         self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
+        self.blocks, self.entered = blocks or {}, set()
+        self.rerun: List[fx.Node] = []  # program nodes that run a block's forward again
+        self.recomputed: Dict[tuple, fx.Node] = {}  # (step, node): a dense weight computed where the step reads it
         self.target: Optional[fx.Node] = None
         self.tuple_contrib: Dict[fx.Node, Dict[int, List[fx.Node]]] = defaultdict(lambda: defaultdict(list))
 
@@ -100,10 +107,18 @@ class ProgramBuilder:
         if source is None:
             return None
         if isinstance(source, fx.Node):
-            return self.env[source]
+            return self.recompute(source) if is_dequantized(source) else self.env[source]
         if isinstance(source, str):
             return self.attr("params." + source, attribute(self.gm, source))
         raise TypeError(f"unexpected parameter source {source!r}")
+
+    def recompute(self, n: fx.Node) -> fx.Node:
+        """Original node ``n`` computed once more for the step being written: a quantized layer's dense weight
+        (:mod:`lrpfx.frontend.quantized`), so the forward frees its copy and one layer's is alive at a time."""
+        key = (self.emitting, n)
+        if key not in self.recomputed:
+            self.recomputed[key] = self.graph.node_copy(n, lambda a: self.env[a])
+        return self.recomputed[key]
 
     def contribute(self, node: fx.Node, relevance: fx.Node, per_value: bool = False) -> None:
         """Hand ``node`` a share of relevance; ``per_value=True``: the share is relevance divided by ``node``'s
@@ -159,23 +174,40 @@ class ProgramBuilder:
             self.conditions = self.graph.placeholder("conditions")
         target = self.target = self.graph.placeholder("target", default_value=None)
         output = None
-        fused = fused_attentions(self)  # attentions whose relevance is one step: one kernel call forward, too
-        split_steps = {s for f in fused.values() for s in f.chain}
+        self.fused = fused_attentions(self)  # attentions whose relevance is one step: one kernel call forward, too
+        self.split_steps = {s for f in self.fused.values() for s in f.chain}
         for n in self.gm.graph.nodes:
-            if n.op == "placeholder" or n in split_steps:
+            if n.op == "placeholder" or n in self.split_steps:
                 continue
-            elif n in fused:
-                new = forward_fused(self, fused[n])
-            elif n.op == "get_attr":
-                new = self.attr("params." + n.target, attribute(self.gm, n.target))
-            elif n.op == "output":
+            if n.op == "output":
                 output = n.args[0]
                 continue
-            else:
-                new = self.graph.node_copy(n, lambda a: self.env[a])
-                self._make_out_of_place(new)
-            self.env[n] = new
+            self.env[n] = self._forward_copy(n)
         return inputs, target, output
+
+    def _forward_copy(self, n: fx.Node) -> fx.Node:
+        if n in self.fused:
+            return forward_fused(self, self.fused[n])
+        if n.op == "get_attr":
+            return self.attr("params." + n.target, attribute(self.gm, n.target))
+        new = self.graph.node_copy(n, lambda a: self.env[a])
+        self._make_out_of_place(new)
+        return new
+
+    def enter_block(self, block: str) -> None:
+        """Run a checkpointed block's forward once more, here in the relevance pass, and point its nodes at the
+        new values: the forward's are freed after their last forward use, the new ones after the block's steps."""
+        self.entered.add(block)
+        for n in self.gm.graph.nodes:
+            if self.blocks.get(n) == block and n not in self.split_steps and n.op != "get_attr":
+                self.env[n] = self._forward_copy(n)
+                self.rerun.append(self.env[n])
+
+    def _drop_unused_reruns(self) -> None:
+        """A block's values no step reads (statistics held constant, what relevance never reaches) need not run."""
+        for node in reversed(self.rerun):
+            if not node.users:
+                self.graph.erase_node(node)
 
     def reapply(self, n: fx.Node, replace: Dict[fx.Node, fx.Node], name: str) -> fx.Node:
         """Original node ``n``'s op once more, out of place, on ``replace``d arguments (the rest: forward values)."""
@@ -268,6 +300,9 @@ class ProgramBuilder:
                 if info is not None:
                     recorded[n] = r
                 continue
+            block = self.blocks.get(n)
+            if block is not None and block not in self.entered and self.reached(n):
+                self.enter_block(block)
             if info is None or not self.reached(n):
                 continue
             step = None if info.kind == Kind.EMBEDDING else self.step_for(info)
@@ -291,6 +326,7 @@ class ProgramBuilder:
             keys = intermediate_keys(self.infos)
             outputs = outputs + ({keys[n]: self.env[n] for n in self.values},)
         self.graph.output(outputs)
+        self._drop_unused_reruns()
         self.graph.lint()
         return fx.GraphModule(self.attrs, self.graph, class_name="RelevanceProgram")
 
