@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 
 from . import locks
-from .api import Explainer, Inputs, split_inputs
+from .api import Explainer, Inputs, _primary_input, split_inputs
 from .errors import TargetError
 from .locks import eval_mode
 
@@ -20,16 +20,16 @@ from .locks import eval_mode
 def several(explainer: Explainer, x: Inputs, initial) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance)`` for ``K`` initial relevances at once: ``initial`` is a tensor ``[B, K, *out]`` (or a
     function of the output giving one) and ``relevance`` is ``[B, K, *x]``, one explanation per initial relevance,
-    from one forward pass and one relevance pass over a leading target axis. ``x`` is one float tensor."""
+    from one forward pass and one relevance pass over a leading target axis. ``x`` is one tensor or a dict of
+    named inputs (then ``relevance`` is that of the main input, as ``Explanation.relevance``)."""
     inputs = split_inputs(x)
-    if len(inputs.tensors) != 1 or inputs.names is not None:
-        raise TargetError("several initial relevances take one positional input tensor")
+    if inputs.names is None and len(inputs.tensors) != 1:
+        raise TargetError("several initial relevances take one positional input tensor or a dict of named inputs")
     explainer._check_inputs(inputs.tensors)
     entry = explainer._entry(inputs, False, True)  # the program for float initial relevances
     first = inputs.tensors[0]
     if callable(initial):  # held constant: no gradient flows through the choice of initial relevance
-        with torch.no_grad(), eval_mode(explainer.model):
-            initial = initial(explainer.model(first))
+        initial = initial(_output(explainer, entry, inputs))
     expected = (first.shape[0], None, *entry.out_shape[1:])
     if not isinstance(initial, torch.Tensor) or not initial.is_floating_point() or initial.dim() != len(expected) \
             or any(e is not None and e != n for e, n in zip(expected, initial.shape)):
@@ -37,9 +37,28 @@ def several(explainer: Explainer, x: Inputs, initial) -> Tuple[torch.Tensor, tor
                           f"[{first.shape[0]}, K, {', '.join(map(str, entry.out_shape[1:]))}], got "
                           f"{tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__}")
     grad = torch.enable_grad() if explainer.differentiable else torch.no_grad()
+    start = initial.to(first if first.is_floating_point() else _float_dtype(explainer)).movedim(1, 0)
     with locks.running(), eval_mode(explainer.model), grad:
-        output, (relevance, *_) = entry.run(first, initial.to(first).movedim(1, 0))[:2]
+        output, relevances = entry.run(*inputs.tensors, start)[:2]
+    named = dict(zip(inputs.names or (), relevances))
+    relevance = relevances[0] if inputs.names is None else named[_primary_input(named)]
     return output, relevance.movedim(0, 1)
+
+
+def _float_dtype(explainer: Explainer) -> torch.dtype:
+    """The dtype of the model's float parameters: initial relevances of a model of token ids take it."""
+    return next((p.dtype for p in explainer.model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
+def _output(explainer: Explainer, entry, inputs) -> torch.Tensor:
+    """The output the program explains: the model's on one tensor; for named inputs, the program's own forward
+    (it applies the inputs' options and the output selection) with a zero initial relevance."""
+    with torch.no_grad(), eval_mode(explainer.model):
+        if inputs.names is None:
+            return explainer.model(inputs.tensors[0])
+        zero = torch.zeros(1, inputs.tensors[0].shape[0], *entry.out_shape[1:], dtype=_float_dtype(explainer))
+        with locks.running():
+            return entry.run(*inputs.tensors, zero)[0]
 
 
 def _target_index(output: torch.Tensor, target) -> torch.Tensor:

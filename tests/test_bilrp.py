@@ -68,3 +68,41 @@ def test_bilrp_refuses_mismatched_pairs():
     model = embedding()
     with pytest.raises(lrpfx.InputError, match="same number of samples"):
         lrpfx.bilrp(model, images(2, 1), images(3, 2))
+
+
+def tiny_clip():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tower = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    config = transformers.CLIPConfig(text_config={**tower, "vocab_size": 30, "max_position_embeddings": 8},
+                                     vision_config={**tower, "image_size": 8, "patch_size": 4}, projection_dim=6)
+    return transformers.CLIPModel(config).double().eval()
+
+
+def test_two_towers_image_and_text_equal_a_loop_over_dimensions():
+    """CLIP's image-text similarity by pairs of (pixel, token): each tower explained per embedding dimension in a
+    loop, token relevance summed over the hidden axis, paired, summed over dimensions."""
+    clip = tiny_clip()
+    from lrpfx.bilrp import Tower
+    image, text = Tower(clip, "get_image_features"), Tower(clip, "get_text_features")
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    tokens = {"input_ids": torch.randint(1, 30, (2, 5), generator=torch.Generator().manual_seed(2))}
+    ours = lrpfx.bilrp(image, pixels, tokens, rule="attnlrp", model_b=text, chunk=4,
+                       pool=(lambda r: r.sum(2), None))  # pixels: channels summed; tokens: hidden summed (default)
+    ea, eb = lrpfx.Explainer(image, "attnlrp"), lrpfx.Explainer(text, "attnlrp")
+    reference = 0
+    for d in range(6):
+        ra = ea(pixels, target=d).relevance.sum(1).flatten(1)
+        rb = eb(tokens, target=d).relevance.sum(-1)
+        reference = reference + ra[:, :, None] * rb[:, None, :]
+    assert ours.shape == (2, 8, 8, 5)
+    assert reference.abs().max() > 0
+    assert (ours.flatten(1, 2) - reference).abs().max() <= 1e-8 * reference.abs().max()
+
+
+def test_towers_of_different_sizes_and_missing_methods_are_refused():
+    with pytest.raises(lrpfx.InputError, match="different sizes"):
+        lrpfx.bilrp(embedding(dims=16), images(2, 1), images(2, 2), model_b=embedding(dims=8))
+    with pytest.raises(lrpfx.InputError, match="no method"):
+        from lrpfx.bilrp import Tower
+        Tower(embedding(), "get_text_features")
