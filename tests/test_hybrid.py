@@ -179,9 +179,13 @@ def _ssd_config(cls, layers=1, **extra):
                mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=4, mamba_conv_bias=False, **extra)
 
 
-# Bamba's and Zamba2's mixers are transformers' subclasses of Mamba2's, as Granite 4's is (Bamba's): Mamba2 and
-# Granite 4 stand for them here (each conserves to 1e-7 as well, with one mixer layer and no biases)
 FAMILIES = {
+    # Bamba's and Zamba2's mixers are transformers' subclasses of Mamba2's: one mixer layer, no biases, conserving
+    "bamba": lambda: transformers.BambaForCausalLM(_ssd_config(transformers.BambaConfig, attn_layer_indices=[])),
+    "zamba2": lambda: transformers.Zamba2ForCausalLM(transformers.Zamba2Config(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_headdim=8, n_mamba_heads=4,
+        mamba_ngroups=1, chunk_size=4, layers_block_type=["mamba"], use_mem_rope=False, add_bias_linear=False)),
     # Granite 4 with no attention layer fails in transformers itself (its cache looks for one): two layers
     "granite-4": lambda: transformers.GraniteMoeHybridForCausalLM(_ssd_config(
         transformers.GraniteMoeHybridConfig, layers=2, layer_types=["mamba", "attention"], num_local_experts=2,
@@ -193,7 +197,7 @@ FAMILIES = {
         vocab_size=50, context_length=16, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
         intermediate_size=32)),
 }
-CONSERVING = {"rwkv"}
+CONSERVING = {"rwkv", "bamba", "zamba2"}
 
 
 @pytest.mark.slow
