@@ -245,3 +245,21 @@ def test_functional_on_a_program_of_the_export_front_end():
     assert set(f.aliases) == set(dict(model.named_parameters()))
     w = model.attention.in_proj_weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda w: f({"attention.in_proj_weight": w}, {}, x, 1), (w,))
+
+
+def test_compiled_differentiable_program_gives_the_eager_gradients():
+    """compile=True runs the compiled program on the first call: its relevance and the gradients of a loss on it
+    (input and weights, create_graph) equal the eager program's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    results = []
+    for compile in (False, True):
+        explainer = lrpfx.Explainer(model, "epsilon", differentiable=True, compile=compile)
+        r = explainer(x, target=1).relevance
+        results.append((r, *torch.autograd.grad(r.pow(2).sum(), (x, model[0].weight))))
+        if compile:
+            run = next(iter(explainer._cache.values())).run
+            assert run.choice is None and run._first_shapes is not None  # the first call: the compiled program
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
