@@ -222,7 +222,8 @@ def choose_preset(kinds, names, scan_parts=()) -> Tuple[str, str]:
     :func:`lrpfx.graph.scans.scan_parameters` found in it, and why: Mamba's ``x_proj``, or a scan's step sizes,
     keys or normalised weights (Mamba2-style mixers, Gated DeltaNet, RWKV) make a state-space or hybrid model
     (MambaLRP), attention or normalisation layers a transformer (AttnLRP; a Flat first layer would land on one
-    projection), and so do token embeddings with gated convolutions (LFM2's blocks), convolutions a CNN
+    projection), and so do token embeddings with gated convolutions (LFM2's blocks) or with products of
+    activations (linear attention without softmax, MiniMax's lightning attention), convolutions a CNN
     (epsilon-plus-flat: z+ in the convolutions, a flat first layer), anything else an MLP or a recurrent net
     (epsilon: a Flat first layer would give every input feature the same relevance)."""
     kinds = set(kinds)
@@ -236,6 +237,8 @@ def choose_preset(kinds, names, scan_parts=()) -> Tuple[str, str]:
         return "attnlrp", f"a transformer ({found} found)"
     if {Kind.EMBEDDING, Kind.MUL} <= kinds and kinds & _CONV_KINDS:  # LFM2's blocks: C ⊙ conv(B ⊙ x)
         return "attnlrp", "a gated convolutional language model (token embeddings, gates and convolutions found)"
+    if {Kind.EMBEDDING, Kind.MATMUL} <= kinds:  # linear attention without softmax or a norm module (MiniMax)
+        return "attnlrp", "a linear-attention language model (token embeddings and products of activations found)"
     if kinds & _CONV_KINDS:
         return "epsilon-plus-flat", "a CNN (convolutions found)"
     return "epsilon", "a network of linear layers (no convolution, attention or normalisation found)"

@@ -269,3 +269,30 @@ def test_auto_needs_a_scan_not_just_an_exp():
     assert choose_preset(kinds, [], [scans.DECAY])[0] == "epsilon"
     for part in (scans.STEP, scans.KEY, scans.WEIGHT):
         assert choose_preset(kinds, [], [scans.DECAY, part])[0] == "mamba-lrp"
+
+
+def test_minimax_lightning_attention_is_bilinear_under_attnlrp(caplog):
+    """MiniMax's lightning attention is linear attention with fixed per-head decays (constants): its products of
+    activations (q·kᵀ, then with v) take AttnLRP's bilinear rule, its output gate the half split; without biases
+    and with only linear-attention layers the relevance is conserved (its norms compute in float32)."""
+    config = transformers.MiniMaxConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=2,
+                                        num_experts_per_tok=1, layer_types=["linear_attention"], block_size=4)
+    torch.manual_seed(0)
+    model = _randomise(transformers.MiniMaxForCausalLM(config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    model.config._experts_implementation = "batched_mm"
+    ids = torch.randint(0, 50, (2, 6))
+    with caplog.at_level("INFO", logger="lrpfx"):
+        explainer = lrpfx.Explainer(model)
+        e = explainer({"input_ids": ids})
+    assert "using 'attnlrp'" in caplog.text
+    kinds = {row.kind.value: row.rule for row in explainer.program({"input_ids": ids}).rule_table()}
+    assert kinds["matmul"].startswith("MatmulUniform")
+    top = e.output.max(1).values
+    conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
+    print(f"\n[minimax] conservation: {conservation:.1e}")
+    assert conservation < 1e-4
