@@ -274,7 +274,7 @@ def test_auto_needs_a_scan_not_just_an_exp():
 def test_minimax_lightning_attention_is_bilinear_under_attnlrp(caplog):
     """MiniMax's lightning attention is linear attention with fixed per-head decays (constants): its products of
     activations (q·kᵀ, then with v) take AttnLRP's bilinear rule, its output gate the half split; without biases
-    and with only linear-attention layers the relevance is conserved (its norms compute in float32)."""
+    and with only linear-attention layers the relevance is conserved."""
     config = transformers.MiniMaxConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=2,
                                         num_experts_per_tok=1, layer_types=["linear_attention"], block_size=4)
@@ -295,4 +295,4 @@ def test_minimax_lightning_attention_is_bilinear_under_attnlrp(caplog):
     top = e.output.max(1).values
     conservation = ((e.tokens.sum(1) - top).abs() / top.abs()).max().item()
     print(f"\n[minimax] conservation: {conservation:.1e}")
-    assert conservation < 1e-4
+    assert conservation < 1e-10
