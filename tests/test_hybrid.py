@@ -223,6 +223,63 @@ def test_hybrid_families_are_explained_with_their_scans_held(family, caplog):
         assert conservation < 1e-5  # no biases, epsilon 0; the mixers compute in float32
 
 
+def _layer_norm_held(norm, h):
+    """LayerNorm with its standard deviation held (NormIdentity)."""
+    centred = h - h.mean(-1, keepdim=True)
+    sigma = torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + norm.eps).detach()
+    return centred / sigma * norm.weight + norm.bias
+
+
+def _mixed(module, x, mix):
+    """RWKV's token shift: this step and the previous one mixed by a constant (a linear map)."""
+    return x * mix + module.time_shift(x) * (1 - mix)
+
+
+def _wkv_held(att, key, value):
+    """RWKV's WKV as the model computes it, with the exponential weights (and the running maximum) held: a
+    weighted average of the values with constant weights, linear in the values; the keys get no relevance."""
+    num = den = key.new_zeros(key[:, 0].shape, dtype=torch.float32)
+    top = num - 1e38
+    decay, first = -torch.exp(att.time_decay), att.time_first
+    out = []
+    for t in range(key.shape[1]):
+        k, v = key[:, t].float().detach(), value[:, t]
+        top_out = torch.maximum(top, k + first)
+        e1, e2 = torch.exp(top - top_out).detach(), torch.exp(k + first - top_out).detach()
+        out.append((e1 * num + e2 * v) / (e1 * den + e2).detach())
+        top_state = torch.maximum(top + decay, k)
+        e1, e2 = torch.exp(top + decay - top_state).detach(), torch.exp(k - top_state).detach()
+        num, den, top = e1 * num + e2 * v, (e1 * den + e2).detach(), top_state.detach()
+    return torch.stack(out, 1).to(value.dtype)
+
+
+def test_rwkv_is_gradient_times_input_with_its_weights_held(caplog):
+    torch.manual_seed(0)
+    model, ids = _randomise(FAMILIES["rwkv"]()), torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+
+    def forward(h):
+        for i, block in enumerate(model.rwkv.blocks):
+            if i == 0:
+                h = _layer_norm_held(block.pre_ln, h)
+            att, ffn = block.attention, block.feed_forward
+            x = _layer_norm_held(block.ln1, h)
+            key, value = att.key(_mixed(att, x, att.time_mix_key)), att.value(_mixed(att, x, att.time_mix_value))
+            gate = _pass(torch.sigmoid, att.receptance(_mixed(att, x, att.time_mix_receptance)))
+            h = h + att.output(_half(gate, _wkv_held(att, key, value)))
+            x = _layer_norm_held(block.ln2, h)
+            hidden = _pass(torch.square, _pass(F.relu, ffn.key(_mixed(ffn, x, ffn.time_mix_key))))
+            gate = _pass(torch.sigmoid, ffn.receptance(_mixed(ffn, x, ffn.time_mix_receptance)))
+            h = h + _half(gate, ffn.value(hidden))
+        return model.head(_layer_norm_held(model.rwkv.ln_out, h))
+
+    reference, logits = _relevance_of(model, forward, ids)
+    _check(_explain_auto(model, ids, caplog), reference, logits, "rwkv", 1e-5)
+
+
 def test_without_mamba_lrp_the_rwkv_weights_are_refused_by_name():
     """Another composite does not hold the recurrence's parameters: its exp is named, never explained silently."""
     torch.manual_seed(0)
