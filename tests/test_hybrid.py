@@ -192,12 +192,18 @@ FAMILIES = {
         num_experts_per_tok=1, shared_intermediate_size=16)),
     # every Falcon-H1 layer runs attention beside its mixer: the softmax rule does not conserve
     "falcon-h1": lambda: transformers.FalconH1ForCausalLM(_ssd_config(transformers.FalconH1Config, mamba_d_ssm=32)),
+    # Qwen3-Next: Gated DeltaNet (as Qwen3.5's) with experts; one linear-attention layer (about a minute to export)
+    "qwen3-next": lambda: transformers.Qwen3NextForCausalLM(transformers.Qwen3NextConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, linear_conv_kernel_dim=3, linear_key_head_dim=4, linear_value_head_dim=4,
+        linear_num_key_heads=2, linear_num_value_heads=4, layer_types=["linear_attention"], num_experts=2,
+        num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16, decoder_sparse_step=1)),
     # RWKV's WKV: exp weights less a running maximum, normalised (two layers: its initialisation needs them)
     "rwkv": lambda: transformers.RwkvForCausalLM(transformers.RwkvConfig(
         vocab_size=50, context_length=16, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
         intermediate_size=32)),
 }
-CONSERVING = {"rwkv", "bamba", "zamba2"}
+CONSERVING = {"rwkv", "bamba", "zamba2", "qwen3-next"}
 
 
 @pytest.mark.slow
