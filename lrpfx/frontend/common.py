@@ -7,7 +7,7 @@ from __future__ import annotations
 import linecache
 import traceback
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -152,3 +152,22 @@ def _size(d) -> int:
     return int(d.node.hint)
 
 
+def calls_of(nodes: List[fx.Node]) -> List[List[fx.Node]]:
+    """The ops of one module path split into connected groups: one group per call of the module."""
+    inside, group_of, groups = set(nodes), {}, []
+    for n in nodes:  # graph order: a node's inputs inside the path are grouped before it
+        linked = {group_of[a] for a in n.all_input_nodes if a in inside}
+        if not linked:
+            groups.append([n])
+            group_of[n] = len(groups) - 1
+            continue
+        keep = min(linked)
+        for other in sorted(linked - {keep}):  # n joins two groups: merge them
+            for m in groups[other]:
+                group_of[m] = keep
+            groups[keep].extend(groups[other])
+            groups[other] = []
+        groups[keep].append(n)
+        group_of[n] = keep
+    order = {n: i for i, n in enumerate(nodes)}
+    return [sorted(g, key=order.get) for g in groups if g]

@@ -50,7 +50,7 @@ from ..graph.decompose import decompose_unknown_ops
 from ..graph.nodes import attribute, source_line
 from ..graph.recurrent import is_recurrent
 from ..graph.registry import REGISTRY, is_activation_module
-from .common import failure_location, values_from_export
+from .common import calls_of, failure_location, values_from_export
 
 aten = torch.ops.aten
 _ROOT = "model"  # the user's model inside the wrapper that export sees
@@ -355,30 +355,9 @@ def collapse_leaves(gm: fx.GraphModule, model: nn.Module, leaf_modules: Iterable
         if path is not None:
             groups.setdefault(path, []).append(n)
     for path, nodes in groups.items():
-        for call in _calls(nodes):  # a module called several times (ALBERT's shared layer): each call apart
+        for call in calls_of(nodes):  # a module called several times (ALBERT's shared layer): each call apart
             if requested(path) or len(call) > 1:  # an activation exported as one op needs no collapsing
                 _collapse(gm, model, path, call, strict=requested(path))
-
-
-def _calls(nodes: List[fx.Node]) -> List[List[fx.Node]]:
-    """The ops of one module path split into connected groups: one group per call of the module."""
-    inside, group_of, groups = set(nodes), {}, []
-    for n in nodes:  # graph order: a node's inputs inside the path are grouped before it
-        linked = {group_of[a] for a in n.all_input_nodes if a in inside}
-        if not linked:
-            groups.append([n])
-            group_of[n] = len(groups) - 1
-            continue
-        keep = min(linked)
-        for other in sorted(linked - {keep}):  # n joins two groups: merge them
-            for m in groups[other]:
-                group_of[m] = keep
-            groups[keep].extend(groups[other])
-            groups[other] = []
-        groups[keep].append(n)
-        group_of[n] = keep
-    order = {n: i for i, n in enumerate(nodes)}
-    return [sorted(g, key=order.get) for g in groups if g]
 
 
 def _collapse(gm: fx.GraphModule, model: nn.Module, path: str, nodes: List[fx.Node], strict: bool) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import meta_keys
 from ..errors import UnsupportedOpError
+from .common import calls_of
 from .normalise import _depending_on_inputs as depending_on_inputs
 
 aten = torch.ops.aten
@@ -174,7 +175,7 @@ def dequantize_export(gm: fx.GraphModule, model: nn.Module, module_path, root: s
     data = depending_on_inputs(gm)
     for path, nodes in groups.items():
         module = layers[path]
-        for call in _connected(nodes):
+        for call in calls_of(nodes):
             x, out = _ends(call, path, data)
 
             def attr(kind, module=module):
@@ -202,25 +203,6 @@ def _attribute(gm: fx.GraphModule, target: str) -> Optional[torch.Tensor]:
     except AttributeError:
         return None
     return value if isinstance(value, torch.Tensor) else None
-
-
-def _connected(nodes: List[fx.Node]) -> List[List[fx.Node]]:
-    """The ops of one module split into its calls: groups connected through their data flow."""
-    inside, groups, group_of = set(nodes), [], {}
-    for n in nodes:
-        linked = sorted({group_of[a] for a in n.all_input_nodes if a in inside})
-        keep = linked[0] if linked else len(groups)
-        if not linked:
-            groups.append([])
-        for other in linked[1:]:
-            for m in groups[other]:
-                group_of[m] = keep
-            groups[keep].extend(groups[other])
-            groups[other] = []
-        groups[keep].append(n)
-        group_of[n] = keep
-    order = {n: i for i, n in enumerate(nodes)}
-    return [sorted(g, key=order.get) for g in groups if g]
 
 
 def _ends(call: List[fx.Node], path: str, data: set) -> Tuple[fx.Node, fx.Node]:
