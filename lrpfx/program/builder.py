@@ -79,6 +79,7 @@ class ProgramBuilder:
         self.contrib_per_value: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
         self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
+        self.causal_checks: Dict[fx.Node, fx.Node] = {}  # forbidden scores -> whether they are the causal pattern
         self.blocks, self.entered = blocks or {}, set()
         self.rerun: List[fx.Node] = []  # program nodes that run a block's forward again
         self.recomputed: Dict[tuple, fx.Node] = {}  # (step, node): a dense weight computed where the step reads it

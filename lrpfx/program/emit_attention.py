@@ -138,11 +138,22 @@ def fused_attentions(b) -> dict:
     return found
 
 
+def _masks(b, f: FusedAttention) -> list:
+    """The float mask, the forbidden scores and whether those are the causal pattern alone, as program values.
+    The check runs once per mask in the forward (:func:`lrpfx.rules.attention.causal_pattern`)."""
+    if f.blocked is None:
+        return [None if f.mask is None else b.env[f.mask], None, False]
+    if f.blocked not in b.causal_checks:
+        b.causal_checks[f.blocked] = b.after(f.blocked, attention.causal_pattern, [b.env[f.blocked]],
+                                             name=f"{f.blocked.name}_is_causal")
+    return [None if f.mask is None else b.env[f.mask], b.env[f.blocked], b.causal_checks[f.blocked]]
+
+
 def forward_fused(b, f: FusedAttention) -> fx.Node:
     """The forward of a fused attention: one call of the fused kernel in place of its split steps."""
-    operands = [b.env[o] for o in (f.q, f.k, f.v)]
-    return b.call(attention.attention_forward, [*operands, None if f.mask is None else b.env[f.mask],
-                                                None if f.blocked is None else b.env[f.blocked]],
+    mask, blocked, blocked_is_causal = _masks(b, f)
+    return b.call(attention.attention_forward, [*[b.env[o] for o in (f.q, f.k, f.v)], mask, blocked,
+                                                blocked_is_causal],
                   {"scale": f.scale, "causal": f.causal}, name=f.out.name)
 
 
@@ -171,9 +182,9 @@ def _single_input(n: fx.Node, target) -> Optional[fx.Node]:
 
 def emit_fused_attention(b, f: FusedAttention, r: fx.Node) -> None:
     operands = (f.q, f.k, f.v)
+    mask, blocked, blocked_is_causal = _masks(b, f)
     shares = b.call(attention.attention_per_value,
-                    [*[b.env[o] for o in operands], None if f.mask is None else b.env[f.mask],
-                     None if f.blocked is None else b.env[f.blocked], r],
+                    [*[b.env[o] for o in operands], mask, blocked, r, blocked_is_causal],
                     {"scale": f.scale, "shares": f.shares, "r_per_value": b.is_per_value(r), "causal": f.causal},
                     name=f"g_{f.out.name}_attention")
     for i, operand in enumerate(operands):

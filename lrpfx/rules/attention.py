@@ -81,15 +81,38 @@ def _additive_mask(q, mask, blocked):
     return fill if mask is None else mask + fill
 
 
-def attention_forward(q, k, v, mask, blocked, *, scale: float, causal: bool = False):
+def causal_pattern(blocked) -> bool:
+    """Whether a boolean mask of forbidden scores is the causal pattern and nothing else (each query sees its own
+    position and the keys before it, for every batch entry and head): the fused kernel then takes ``is_causal``
+    and skips the forbidden blocks, half its work at long contexts, instead of reading a ``T × T`` mask.
+    Model code often spells the causal mask out (comparisons of positions); this knows it by its values.
+    Under compilation False: a branch on values would break the compiled graph."""
+    if blocked is None or blocked.dtype != torch.bool or torch.compiler.is_compiling():
+        return False
+    length, source = blocked.shape[-2:]
+    pattern = torch.ones(length, source, dtype=torch.bool, device=blocked.device).triu(1)
+    return bool((blocked == pattern).all())
+
+
+def _kernel_masks(q, mask, blocked, causal: bool, blocked_is_causal: bool):
+    """The fused kernel's ``attn_mask`` and ``is_causal`` for a float mask, forbidden scores and the causal flag."""
+    if causal or (blocked_is_causal and mask is None):
+        return None, True
+    return _additive_mask(q, mask, blocked), False
+
+
+def attention_forward(q, k, v, mask, blocked, blocked_is_causal: bool = False, *, scale: float,
+                      causal: bool = False):
     """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum (or the causal pattern), by
-    the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights)."""
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(q, mask, blocked),
-                                                            scale=scale, is_causal=causal)
+    the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights).
+    ``blocked_is_causal``: :func:`causal_pattern` of ``blocked``, taken once per mask."""
+    attn_mask, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale,
+                                                            is_causal=is_causal)
 
 
-def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tuple[float, float, float],
-                        r_per_value: bool = True, causal: bool = False):
+def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = False, *, scale: float,
+                        shares: Tuple[float, float, float], r_per_value: bool = True, causal: bool = False):
     """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
 
     Step by step, per value, the ``A V`` product halves the relevance to ``A`` and ``V`` (uniform rule), the
@@ -99,7 +122,7 @@ def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tupl
     scores (``blocked``) take the dtype's most negative number, as in the split form. ``r`` (with a leading
     target axis for several targets) is relevance per output value, or relevance (``r_per_value=False``).
     """
-    bias = _additive_mask(q, mask, blocked)
+    bias, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
     lead = r.dim() - q.dim()  # several targets: the targets become leading batch axes of the attention
     operands = [t.expand(*r.shape[:lead], *t.shape) if lead else t for t in (q, k, v)]
     active = [i for i, share in enumerate(shares) if share]
@@ -108,7 +131,7 @@ def attention_per_value(q, k, v, mask, blocked, r, *, scale: float, shares: Tupl
         args = list(operands)
         for i, x in zip(active, xs):
             args[i] = x
-        return torch.nn.functional.scaled_dot_product_attention(*args, attn_mask=bias, scale=scale, is_causal=causal)
+        return torch.nn.functional.scaled_dot_product_attention(*args, attn_mask=bias, scale=scale, is_causal=is_causal)
 
     out, pullback = torch.func.vjp(fn, *[operands[i] for i in active])
     g = r if r_per_value else divide(r, out, 0.0)

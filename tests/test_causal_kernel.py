@@ -1,0 +1,108 @@
+"""A causal mask spelled out as a tensor runs the fused kernel as causal (it skips the forbidden blocks, half the
+attention's work at long contexts) and gives the relevance the mask gives; any other mask stays a mask."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lrpfx
+from lrpfx.composites import CPLRP, AttnLRP
+from lrpfx.rules import attention
+
+D = torch.float64
+
+
+class SpelledMask(nn.Module):
+    """One head; the mask is a tensor argument of SDPA (True: may attend), written as models write it: positions
+    compared, optionally with a padding mask, and-ed in. ``fused=False`` writes the attention out instead."""
+
+    def __init__(self, dim=6, classes=3, fused=True):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.head = nn.Linear(dim, classes)
+        self.fused = fused
+
+    def forward(self, x, keep):
+        positions = torch.arange(x.shape[1])
+        allowed = (positions[None, :] <= positions[:, None])[None, None] & keep[:, None, None, :].bool()
+        q, k, v = (f(x)[:, None] for f in (self.q, self.k, self.v))
+        if self.fused:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        else:
+            scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~allowed, torch.finfo(torch.float64).min)
+            o = torch.softmax(scores, dim=-1) @ v
+        return self.head(o[:, 0, -1])
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Every call of the fused kernel: whether it was causal and whether it read a mask."""
+    calls, kernel = [], F.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((is_causal, attn_mask is not None))
+        return kernel(*args, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_causal_pattern_is_known_by_its_values():
+    t = 5
+    causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+    assert attention.causal_pattern(causal)
+    assert attention.causal_pattern(causal.expand(2, 3, t, t))  # every batch entry and head
+    padded = causal.expand(2, 1, t, t).clone()
+    padded[0, :, :, 0] = True
+    assert not attention.causal_pattern(padded)
+    window = causal | torch.ones(t, t, dtype=torch.bool).tril(-2)  # sliding window of two
+    assert not attention.causal_pattern(window)
+    assert not attention.causal_pattern(torch.ones(t, t + 1, dtype=torch.bool).triu(2))  # keys shifted: a cache
+    assert not attention.causal_pattern(causal.double())  # a float mask is added, not a pattern of forbidden scores
+    assert not attention.causal_pattern(None)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("composite", [AttnLRP(epsilon=0.0), CPLRP(epsilon=0.0)], ids=["attnlrp", "cp-lrp"])
+def test_a_spelled_out_causal_mask_runs_the_causal_kernel_with_the_same_relevance(kernel_calls, frontend, composite):
+    torch.manual_seed(0)
+    model = SpelledMask().double().eval()
+    x, keep, target = torch.randn(2, 5, 6, dtype=D), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 2])
+    written_out = SpelledMask(fused=False).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    expected = lrpfx.Explainer(written_out, composite, frontend=frontend)((x, keep), target=target)
+    explainer = lrpfx.Explainer(model, composite, frontend=frontend)
+    explainer((x, keep), target=target)  # traced: the model's own calls
+    kernel_calls.clear()
+    e = explainer((x, keep), target=target)
+    assert kernel_calls and all(causal and not mask for causal, mask in kernel_calls)
+    torch.testing.assert_close(e.output, expected.output, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(e.relevance[0], expected.relevance[0], rtol=1e-9, atol=1e-12)
+
+
+def test_a_padded_causal_mask_stays_a_mask(kernel_calls):
+    torch.manual_seed(0)
+    model = SpelledMask().double().eval()
+    x, keep, target = torch.randn(2, 5, 6, dtype=D), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 2])
+    keep[1, :2] = 0
+    written_out = SpelledMask(fused=False).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    expected = lrpfx.Explainer(written_out, "attnlrp")((x, keep), target=target)
+    explainer = lrpfx.Explainer(model, "attnlrp")
+    explainer((x, keep), target=target)
+    kernel_calls.clear()
+    e = explainer((x, keep), target=target)
+    assert kernel_calls and all(not causal and mask for causal, mask in kernel_calls)
+    torch.testing.assert_close(e.relevance[0], expected.relevance[0], rtol=1e-9, atol=1e-12)
+    assert e.relevance[0][1, :2].abs().max() < e.relevance[0][1, 2:].abs().max() * 1e-9  # padding: no relevance
+
+
+def test_a_spelled_out_causal_mask_compiled_gives_the_eager_relevance():
+    torch.manual_seed(0)
+    model = SpelledMask().double().eval()
+    x, keep, target = torch.randn(2, 5, 6, dtype=D), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 2])
+    plain = lrpfx.Explainer(model, "attnlrp")((x, keep), target=target)
+    compiled = lrpfx.Explainer(model, "attnlrp", compile=True)((x, keep), target=target)
+    torch.testing.assert_close(compiled.relevance[0], plain.relevance[0], rtol=1e-9, atol=1e-12)
