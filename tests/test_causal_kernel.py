@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrpfx
 from lrpfx.composites import CPLRP, AttnLRP
 from lrpfx.rules import attention
 
 D = torch.float64
+aten = torch.ops.aten
 
 
 class SpelledMask(nn.Module):
@@ -36,17 +38,28 @@ class SpelledMask(nn.Module):
         return self.head(o[:, 0, -1])
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Every call of the fused kernel: whether it was causal and whether it read a mask."""
-    calls, kernel = [], F.scaled_dot_product_attention
+class KernelCalls(TorchDispatchMode):
+    """Every call of the CPU's fused attention kernel, forward or backward: (is_causal, whether it read a mask)."""
 
-    def spy(*args, attn_mask=None, is_causal=False, **kwargs):
-        calls.append((is_causal, attn_mask is not None))
-        return kernel(*args, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+    def __init__(self):
+        super().__init__()
+        self.calls = []
 
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    return calls
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in (aten._scaled_dot_product_flash_attention_for_cpu,
+                                   aten._scaled_dot_product_flash_attention_for_cpu_backward):
+            at = 4 if func.overloadpacket is aten._scaled_dot_product_flash_attention_for_cpu else 7
+            is_causal = args[at] if len(args) > at else kwargs.get("is_causal", False)
+            self.calls.append((is_causal, kwargs.get("attn_mask") is not None))
+        return func(*args, **kwargs)
+
+
+def kernel_calls(explainer, *args, **kwargs):
+    explainer(*args, **kwargs)  # traced: the model's own calls
+    with KernelCalls() as recorder:
+        e = explainer(*args, **kwargs)
+    return e, recorder.calls
 
 
 def test_causal_pattern_is_known_by_its_values():
@@ -66,23 +79,20 @@ def test_causal_pattern_is_known_by_its_values():
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("composite", [AttnLRP(epsilon=0.0), CPLRP(epsilon=0.0)], ids=["attnlrp", "cp-lrp"])
-def test_a_spelled_out_causal_mask_runs_the_causal_kernel_with_the_same_relevance(kernel_calls, frontend, composite):
+def test_a_spelled_out_causal_mask_runs_the_causal_kernel_with_the_same_relevance(frontend, composite):
     torch.manual_seed(0)
     model = SpelledMask().double().eval()
     x, keep, target = torch.randn(2, 5, 6, dtype=D), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 2])
     written_out = SpelledMask(fused=False).double().eval()
     written_out.load_state_dict(model.state_dict())
     expected = lrpfx.Explainer(written_out, composite, frontend=frontend)((x, keep), target=target)
-    explainer = lrpfx.Explainer(model, composite, frontend=frontend)
-    explainer((x, keep), target=target)  # traced: the model's own calls
-    kernel_calls.clear()
-    e = explainer((x, keep), target=target)
-    assert kernel_calls and all(causal and not mask for causal, mask in kernel_calls)
+    e, calls = kernel_calls(lrpfx.Explainer(model, composite, frontend=frontend), (x, keep), target=target)
+    assert len(calls) == 2 and all(causal and not mask for causal, mask in calls)  # forward, relevance
     torch.testing.assert_close(e.output, expected.output, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(e.relevance[0], expected.relevance[0], rtol=1e-9, atol=1e-12)
 
 
-def test_a_padded_causal_mask_stays_a_mask(kernel_calls):
+def test_a_padded_causal_mask_stays_a_mask():
     torch.manual_seed(0)
     model = SpelledMask().double().eval()
     x, keep, target = torch.randn(2, 5, 6, dtype=D), torch.ones(2, 5, dtype=torch.long), torch.tensor([0, 2])
@@ -90,11 +100,8 @@ def test_a_padded_causal_mask_stays_a_mask(kernel_calls):
     written_out = SpelledMask(fused=False).double().eval()
     written_out.load_state_dict(model.state_dict())
     expected = lrpfx.Explainer(written_out, "attnlrp")((x, keep), target=target)
-    explainer = lrpfx.Explainer(model, "attnlrp")
-    explainer((x, keep), target=target)
-    kernel_calls.clear()
-    e = explainer((x, keep), target=target)
-    assert kernel_calls and all(not causal and mask for causal, mask in kernel_calls)
+    e, calls = kernel_calls(lrpfx.Explainer(model, "attnlrp"), (x, keep), target=target)
+    assert len(calls) == 2 and all(not causal and mask for causal, mask in calls)
     torch.testing.assert_close(e.relevance[0], expected.relevance[0], rtol=1e-9, atol=1e-12)
     assert e.relevance[0][1, :2].abs().max() < e.relevance[0][1, 2:].abs().max() * 1e-9  # padding: no relevance
 

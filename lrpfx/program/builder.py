@@ -80,6 +80,7 @@ class ProgramBuilder:
         self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
         self.causal_checks: Dict[fx.Node, fx.Node] = {}  # forbidden scores -> whether they are the causal pattern
+        self.fused_forward: Dict[fx.Node, fx.Node] = {}  # a fused attention -> its kernel's forward results
         self.blocks, self.entered = blocks or {}, set()
         self.rerun: List[fx.Node] = []  # program nodes that run a block's forward again
         self.recomputed: Dict[tuple, fx.Node] = {}  # (step, node): a dense weight computed where the step reads it

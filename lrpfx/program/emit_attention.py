@@ -152,9 +152,11 @@ def _masks(b, f: FusedAttention) -> list:
 def forward_fused(b, f: FusedAttention) -> fx.Node:
     """The forward of a fused attention: one call of the fused kernel in place of its split steps."""
     mask, blocked, blocked_is_causal = _masks(b, f)
-    return b.call(attention.attention_forward, [*[b.env[o] for o in (f.q, f.k, f.v)], mask, blocked,
-                                                blocked_is_causal],
-                  {"scale": f.scale, "causal": f.causal}, name=f.out.name)
+    forward = b.call(attention.attention_forward, [*[b.env[o] for o in (f.q, f.k, f.v)], mask, blocked,
+                                                   blocked_is_causal],
+                     {"scale": f.scale, "causal": f.causal}, name=f"{f.out.name}_forward")
+    b.fused_forward[f.out] = forward  # read by the relevance step (a block run again replaces it)
+    return b.call(operator.getitem, [forward, 0], name=f.out.name)
 
 
 def _chain_per_value(b, chain, product) -> bool:
@@ -184,7 +186,7 @@ def emit_fused_attention(b, f: FusedAttention, r: fx.Node) -> None:
     operands = (f.q, f.k, f.v)
     mask, blocked, blocked_is_causal = _masks(b, f)
     shares = b.call(attention.attention_per_value,
-                    [*[b.env[o] for o in operands], mask, blocked, r, blocked_is_causal],
+                    [*[b.env[o] for o in operands], mask, blocked, r, blocked_is_causal, b.fused_forward[f.out]],
                     {"scale": f.scale, "shares": f.shares, "r_per_value": b.is_per_value(r), "causal": f.causal},
                     name=f"g_{f.out.name}_attention")
     for i, operand in enumerate(operands):

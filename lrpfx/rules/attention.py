@@ -105,14 +105,35 @@ def attention_forward(q, k, v, mask, blocked, blocked_is_causal: bool = False, *
                       causal: bool = False):
     """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum (or the causal pattern), by
     the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights).
-    ``blocked_is_causal``: :func:`causal_pattern` of ``blocked``, taken once per mask."""
+    ``blocked_is_causal``: :func:`causal_pattern` of ``blocked``, taken once per mask. Returns the output and
+    what the kernel's backward reads besides it (the rows' log-normalisers), or None where the relevance step
+    must run the forward again (:func:`_cpu_kernel_applies`)."""
     attn_mask, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
+    if _cpu_kernel_applies(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal,
+                                                                             attn_mask=attn_mask, scale=scale)
+        return out, lse
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale,
-                                                            is_causal=is_causal)
+                                                            is_causal=is_causal), None
 
 
-def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = False, *, scale: float,
-                        shares: Tuple[float, float, float], r_per_value: bool = True, causal: bool = False):
+def _cpu_kernel_applies(*tensors) -> bool:
+    """Whether the CPU's flash-attention kernel may be called directly, so that its backward can reuse the
+    forward's output and log-normalisers instead of running the forward again: plain (unwrapped, no autograd)
+    CPU tensors of one batch of heads. Otherwise — another device, several targets' leading axis, autograd, a
+    torch.func transform, compilation — the public kernel and its VJP run."""
+    q = tensors[0]
+    return (q.device.type == "cpu" and q.dim() == 4 and q.dtype in _CPU_KERNEL_DTYPES
+            and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+            and all(t.dim() == 4 and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors))
+
+
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = False, forward=(None, None), *,
+                        scale: float, shares: Tuple[float, float, float], r_per_value: bool = True,
+                        causal: bool = False):
     """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
 
     Step by step, per value, the ``A V`` product halves the relevance to ``A`` and ``V`` (uniform rule), the
@@ -121,8 +142,16 @@ def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = Fal
     So it runs as PyTorch's fused attention (forward and backward), which keeps no ``T × T`` weights. Forbidden
     scores (``blocked``) take the dtype's most negative number, as in the split form. ``r`` (with a leading
     target axis for several targets) is relevance per output value, or relevance (``r_per_value=False``).
+    ``forward``: :func:`attention_forward`'s output; where it kept the log-normalisers, the kernel's backward
+    runs on them directly.
     """
     bias, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
+    out, lse = forward
+    if lse is not None and _cpu_kernel_applies(q, k, v, r):
+        g = r if r_per_value else divide(r, out, 0.0)
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            g, q, k, v, out, lse, 0.0, is_causal, attn_mask=bias, scale=scale)
+        return tuple(grad * share if share else None for grad, share in zip(grads, shares))
     lead = r.dim() - q.dim()  # several targets: the targets become leading batch axes of the attention
     operands = [t.expand(*r.shape[:lead], *t.shape) if lead else t for t in (q, k, v)]
     active = [i for i, share in enumerate(shares) if share]
