@@ -215,3 +215,15 @@ class NodeInfo:
     @property
     def shape(self):
         return self.node.meta[meta_keys.VALUE].shape
+
+
+def consumers_of(infos: "dict[fx.Node, NodeInfo]") -> "dict[fx.Node, List[fx.Node]]":
+    """Per activation node, the activation nodes that read it, in graph order; a Conv/Linear folded into a
+    BatchNorm reads as that BatchNorm (the BatchNorm's step hands the relevance straight to the layer's input)."""
+    found: "dict[fx.Node, List[fx.Node]]" = {n: [] for n in infos}
+    for n, info in infos.items():
+        reader = info.folded_into if info.folded_into is not None else n
+        for a in n.all_input_nodes:
+            if a in infos and infos[a].folded_into is None and reader not in found[a]:
+                found[a].append(reader)
+    return found

@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from . import meta_keys
 from .errors import InputError
-from .kinds import Kind, NodeInfo
+from .kinds import Kind, NodeInfo, consumers_of
 from .program.builder import intermediate_keys
 
 _HIDDEN = (Kind.ACTIVATION, Kind.MUL)  # what a down projection reads: an activation's output or a gate's product
@@ -44,7 +44,7 @@ class UnitPlan:
 
     def builder_options(self, gm: fx.GraphModule, infos: Dict[fx.Node, NodeInfo]) -> Dict:
         keys = intermediate_keys(infos)
-        consumers = _consumers(infos)
+        consumers = consumers_of(infos)
         layout = UnitLayout()
         recorded = set()
         for n, info in infos.items():
@@ -112,15 +112,6 @@ def _is_attention_output(info: NodeInfo) -> bool:
     """``A V`` with ``A`` a softmax: the heads' outputs, ``[B, H, T, D]``."""
     return info.kind == Kind.MATMUL and info.facts is not None and info.facts.softmax_operand == 0 \
         and len(info.node.meta[meta_keys.VALUE].shape) == 4
-
-
-def _consumers(infos) -> Dict[fx.Node, list]:
-    found: Dict[fx.Node, list] = {n: [] for n in infos}
-    for n in infos:
-        for a in n.all_input_nodes:
-            if a in found:
-                found[a].append(n)
-    return found
 
 
 def _projection_after(n: fx.Node, infos, consumers) -> Optional[fx.Node]:

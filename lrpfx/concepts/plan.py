@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from .. import meta_keys
 from ..errors import InputError, close_names
-from ..kinds import NodeInfo
+from ..kinds import NodeInfo, consumers_of
 from ..program.builder import intermediate_keys
 from .conditions import Concept, Condition, default_concept
 
@@ -77,7 +77,7 @@ class ConditionPlan:
             layout.lower[name] = [keys[m] for m in nearest_affine_below(n, infos) if m in keys]
         edges: Dict[tuple, Set[FrozenSet[str]]] = {}
         nodes: Dict[fx.Node, Set[FrozenSet[str]]] = {}
-        consumers = _consumers(infos)
+        consumers = consumers_of(infos)
         for group in self.groups:
             for level in _levels([by_name[name] for name in sorted(group)], infos):
                 _bypasses(level, infos, consumers, group, edges, nodes)
@@ -177,18 +177,6 @@ def resolve_node(name: str, lookup: Dict[str, fx.Node], gm: fx.GraphModule, info
     if node not in reached:
         raise InputError(f"node '{name}' carries no relevance: the explained output does not depend on it")
     return node
-
-
-def _consumers(infos) -> Dict[fx.Node, List[fx.Node]]:
-    """Per node, the activation nodes that read it; a Conv/Linear folded into a BatchNorm reads as that BatchNorm
-    (the BatchNorm's step hands the relevance straight to the conv's input)."""
-    consumers: Dict[fx.Node, List[fx.Node]] = {n: [] for n in infos}
-    for n, info in infos.items():
-        reader = info.folded_into if info.folded_into is not None else n
-        for a in n.all_input_nodes:
-            if a in infos and infos[a].folded_into is None and reader not in consumers[a]:
-                consumers[a].append(reader)
-    return consumers
 
 
 def _ancestors(nodes: Sequence[fx.Node], infos) -> Set[fx.Node]:
