@@ -13,7 +13,7 @@ processor repeats the last frame until the count divides by ``T``).
 :func:`unpatchify` undoes that layout exactly (of ``pixel_values`` or of its relevance);
 :func:`patch_heatmaps` also sums what belongs to one pixel, giving the heatmap of each image.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -22,12 +22,13 @@ from .errors import InputError
 Grid = Union[torch.Tensor, Sequence[Sequence[int]]]
 
 # where each size lives: on the processor (image or video), or on the model's vision config
-_PROCESSOR_NAMES = {"patch_size": "patch_size", "merge_size": "merge_size", "temporal_patch_size": "temporal_patch_size"}
+_PROCESSOR_NAMES = {"patch_size": "patch_size", "merge_size": "merge_size",
+                    "temporal_patch_size": "temporal_patch_size"}
 _CONFIG_NAMES = {"patch_size": "patch_size", "merge_size": "spatial_merge_size",
                  "temporal_patch_size": "temporal_patch_size", "channels": "in_channels"}
 
 
-def unpatchify(values: torch.Tensor, grid_thw: Grid, config=None, *, patch_size: Optional[int] = None,
+def unpatchify(values: torch.Tensor, grid_thw: Grid, config: Any = None, *, patch_size: Optional[int] = None,
                merge_size: Optional[int] = None, temporal_patch_size: Optional[int] = None,
                channels: Optional[int] = None) -> List[torch.Tensor]:
     """The processor's flat patches back as frames: one ``[frames, C, H, W]`` tensor per image or video.
@@ -63,7 +64,7 @@ def unpatchify(values: torch.Tensor, grid_thw: Grid, config=None, *, patch_size:
     return [_unflatten(chunk, thw, **sizes) for chunk, thw in zip(values.split(rows), grid)]
 
 
-def patch_heatmaps(relevance: torch.Tensor, grid_thw: Grid, config=None, *, video: bool = False,
+def patch_heatmaps(relevance: torch.Tensor, grid_thw: Grid, config: Any = None, *, video: bool = False,
                    reduce: Optional[str] = "sum", patch_size: Optional[int] = None,
                    merge_size: Optional[int] = None, temporal_patch_size: Optional[int] = None,
                    channels: Optional[int] = None) -> List[torch.Tensor]:
@@ -83,8 +84,10 @@ def patch_heatmaps(relevance: torch.Tensor, grid_thw: Grid, config=None, *, vide
             The processor fills the last group with copies of the last frame; add those frames' maps to the
             last real frame's to count them there.
         reduce: ``"sum"`` adds up the channels; ``None`` keeps them (``[C, H, W]``, videos ``[t·T, C, H, W]``).
-        patch_size, merge_size, temporal_patch_size, channels: the sizes, when no ``config`` gives them (as
-            for :func:`unpatchify`).
+        patch_size: ``P``, when no ``config`` gives it (as for :func:`unpatchify`).
+        merge_size: ``M``, likewise.
+        temporal_patch_size: ``T``, likewise.
+        channels: ``C``, likewise (3 unless the config says otherwise).
 
     Returns:
         One tensor per row of ``grid_thw``: ``[H, W]`` per image, ``[t·T, H, W]`` per video (``reduce="sum"``).
@@ -110,7 +113,7 @@ def patch_heatmaps(relevance: torch.Tensor, grid_thw: Grid, config=None, *, vide
 
 def _unflatten(rows: torch.Tensor, thw: Tuple[int, int, int], *, patch_size: int, merge_size: int,
                temporal_patch_size: int, channels: int) -> torch.Tensor:
-    """``[t·h·w, C·T·P·P]`` of one image -> ``[t·T, C, h·P, w·P]``: the processor's reshape and permute, undone."""
+    """``[t·h·w, C·T·P·P]`` of one image -> ``[t·T, C, h·P, w·P]``: the processor's reshape and permute undone."""
     t, h, w = thw
     p, m, frames = patch_size, merge_size, temporal_patch_size
     x = rows.reshape(t, h // m, w // m, m, m, channels, frames, p, p)
