@@ -17,6 +17,7 @@ from .guided import relevance_penalty, relevance_share
 from .tune import tune
 from .generation import GenerationExplainer, explain_generated, explain_generation
 from .patterns import Patterns, fit_patterns
+from .patches import patch_heatmaps, unpatchify
 from .errors import (InputError, LrpfxError, OutputError, RuleError, TargetError, TraceError,
                      UnsupportedOpError)
 
@@ -27,4 +28,4 @@ __all__ = ["explain", "Explainer", "export", "Explanation", "RelevanceProgram", 
            "OutputError", "explain_dataset", "load_explanations", "explain_generation", "explain_generated",
            "GenerationExplainer", "register_op", "unregister_op", "Kind", "Rule", "pipeline", "build_program",
            "graph_of", "functional", "targets", "bilrp", "parameter_relevance", "unit_relevance", "prune",
-           "relevance_penalty", "relevance_share", "tune", "__version__"]
+           "relevance_penalty", "relevance_share", "tune", "patch_heatmaps", "unpatchify", "__version__"]
