@@ -19,8 +19,9 @@ _BACKEND_FIX = ("Fix: HQQLinear.set_backend(HQQBackend.PYTORCH) (from hqq.core.q
 
 
 def is_hqq_layer(module: nn.Module) -> bool:
-    """A module whose class comes from the hqq package (HQQLinear, its LoRA wrapper, its inference backends)."""
-    return any(c.__module__.split(".")[0] == "hqq" for c in type(module).__mro__)
+    """An HQQLinear, or a layer of one of hqq's inference backends (its own packing and kernels: refused).
+    hqq's LoRA wrappers are not: they are traced through like any module, down to their HQQLinear."""
+    return is_hqq_linear(module) or any(c.__module__.startswith("hqq.backends.") for c in type(module).__mro__)
 
 
 def is_hqq_linear(module: nn.Module) -> bool:
@@ -28,19 +29,22 @@ def is_hqq_linear(module: nn.Module) -> bool:
 
 
 def check_hqq_layer(name: str, module: nn.Module) -> None:
-    """Refuse an HQQ layer that is not HQQLinear computing ``x @ dequantize().T + bias``, saying what to do."""
-    kind = type(module).__name__
+    """Refuse an HQQ layer that is not an HQQLinear computing ``x @ dequantize().T + bias``, saying what to do."""
     if not is_hqq_linear(module):
         raise UnsupportedOpError(
-            f"{name} is hqq's {kind}, not its HQQLinear: lrpfx explains HQQLinear layers only (an inference backend's "
-            "layer from hqq.utils.patching.prepare_for_inference or a LoRA wrapper computes something else). "
-            "Fix: explain the model as loaded or quantized, before prepare_for_inference (or with the LoRA merged)")
+            f"{name} is a layer of an hqq inference backend (hqq.utils.patching.prepare_for_inference), with its "
+            "own weight packing and kernel: lrpfx explains hqq's HQQLinear layers only. Fix: explain the model as "
+            "quantized (before prepare_for_inference), with HQQLinear's PyTorch backend")
     if not getattr(module, "ready", False) or getattr(module, "W_q", None) is None:
         raise UnsupportedOpError(f"{name} has no quantized weight yet (initialize=False). Fix: call its "
                                  "initialize() or load its state dict before explaining")
-    forward = module.__dict__.get("forward") or type(module).forward
-    backend = getattr(forward, "__name__", repr(forward))
-    if "forward" in module.__dict__ or backend not in _LINEAR_FORWARDS:
+    if "forward" in module.__dict__:
+        raise UnsupportedOpError(
+            f"{name} has a forward of its own, set on the layer (hqq's prepare_for_inference does this): lrpfx "
+            "cannot tell that it is x @ dequantize().T + bias. Fix: explain the model before prepare_for_inference, "
+            f"or remove it (del layer.forward) so that HQQLinear's own forward runs")
+    backend = getattr(type(module).forward, "__name__", "")
+    if backend not in _LINEAR_FORWARDS:
         what = ("quantizes its input to int8 as well (HQQBackend.ATEN_FORWARD_INT8)" if backend == "forward_aten_int8"
                 else f"runs the forward '{backend}', which lrpfx does not know as x @ dequantize().T + bias")
         raise UnsupportedOpError(f"{name} {what}: that is not the linear map of a dense weight that LRP's linear "
