@@ -186,3 +186,16 @@ def test_a_layer_not_quantized_yet_is_refused_by_name():
                          initialize=False)
     with pytest.raises(UnsupportedOpError, match=r"layer '4' \(HQQLinear\) has no quantized weight.*initialize"):
         lrpfx.Explainer(model, "epsilon")(torch.randn(2, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_layer_of_an_inference_backend_is_refused_by_name(frontend):
+    from hqq.backends.torchao import HQQLinearTorchWeightOnlynt4
+    model = mlp().float()
+    # hqq's torchao int4 layer, as prepare_for_inference(backend="torchao_int4") installs it (left uninitialised:
+    # its weight packing runs on CUDA only); it is refused by its class, before anything reads its weight
+    model[2] = HQQLinearTorchWeightOnlynt4(None, BaseQuantizeConfig(nbits=4, group_size=64), device="cpu",
+                                           initialize=False)
+    with pytest.raises(UnsupportedOpError, match=r"layer '2' \(HQQLinearTorchWeightOnlynt4\) is a layer of an hqq "
+                                                 r"inference backend.*HQQLinear layers only.*before prepare_for_inf"):
+        lrpfx.Explainer(model, "epsilon", frontend=frontend)(torch.randn(2, 16))

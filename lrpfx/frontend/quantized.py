@@ -1,5 +1,6 @@
 """Quantized weights (torchao's ``quantize_``): a Linear whose weight is a quantized tensor subclass is explained
-as the linear layer ``linear(x, dequantized(W), b)``, so the Linear rule applies.
+as the linear layer ``linear(x, dequantized(W), b)``, so the Linear rule applies. bitsandbytes' 4-bit Linear and
+HQQ's ``HQQLinear`` (:mod:`lrpfx.frontend.quantized_hqq`) are read the same way.
 
 Both front-ends rewrite such a layer into that form: fx keeps the module whole (one ``call_module`` node), torch.export
 records the subclass's kernel spelled out on its inner tensors (``mm`` on the integer data, times the scales).
@@ -60,7 +61,6 @@ def is_quantized(tensor) -> bool:
 def is_quantized_layer(module: nn.Module) -> bool:
     """A module that owns a quantized parameter, or an HQQ layer (the fx front-end keeps it whole)."""
     return any(is_quantized(p) for p in module._parameters.values()) or is_hqq_layer(module)
-
 
 
 def quantized_layers(model: nn.Module) -> Dict[str, nn.Module]:

@@ -1,5 +1,6 @@
-"""HQQ's quantized Linear (``hqq.core.quantize.HQQLinear``, also what transformers' ``HqqConfig`` loads): a module,
-not a tensor subclass, that keeps its packed weight, scales and zeros and computes ``x @ dequantize().T + bias``.
+"""HQQ's quantized Linear (``hqq.core.quantize.HQQLinear``, which hqq's ``AutoHQQHFModel`` and transformers'
+``HqqConfig`` install): a module, not a tensor subclass, that keeps its packed weight, scales and zeros and
+computes ``x @ dequantize().T + bias``.
 
 lrpfx reads it as the linear layer of ``layer.dequantize()`` (:mod:`lrpfx.frontend.quantized` puts that call in the
 graph where the weight is read). Known by its class, without importing hqq: a model without HQQ layers never
@@ -42,7 +43,7 @@ def check_hqq_layer(name: str, module: nn.Module) -> None:
         raise UnsupportedOpError(
             f"{name} has a forward of its own, set on the layer (hqq's prepare_for_inference does this): lrpfx "
             "cannot tell that it is x @ dequantize().T + bias. Fix: explain the model before prepare_for_inference, "
-            f"or remove it (del layer.forward) so that HQQLinear's own forward runs")
+            "or remove it (del layer.forward) so that HQQLinear's own forward runs")
     backend = getattr(type(module).forward, "__name__", "")
     if backend not in _LINEAR_FORWARDS:
         what = ("quantizes its input to int8 as well (HQQBackend.ATEN_FORWARD_INT8)" if backend == "forward_aten_int8"
