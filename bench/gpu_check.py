@@ -2,7 +2,9 @@
 
 The same explanations on CUDA and on the CPU must agree: a CNN (ResNet18, epsilon-gamma-box) and a tiny LLaMA
 (AttnLRP through the torch.export front-end), eager and compiled. Where bitsandbytes imports (it is never a CI
-dependency), an MLP of its 4-bit Linears is explained as its dequantized float twin. Exits non-zero on a mismatch.
+dependency), an MLP of its 4-bit Linears is explained as its dequantized float twin; where hqq imports, an MLP of
+HQQLinear layers likewise (PyTorch backend, and the ATen one where hqq's kernels are built), and a layer of hqq's
+torchao int4 inference backend is refused by name. Exits non-zero on a mismatch.
 
     python -m bench.gpu_check            # needs torch.cuda.is_available()
     python -m bench.gpu_check --device cpu   # the same comparisons against itself (a dry run of the script)
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
         results.append(compare(f"llama attnlrp float64 {'compiled' if compiled else 'eager'}", got, reference,
                                1e-5))
     results.extend(check_bitsandbytes(args.device))
+    results.extend(check_hqq(args.device))
     print(f"{sum(results)}/{len(results)} GPU checks passed", flush=True)
     return 0 if all(results) else 1
 
@@ -103,6 +106,66 @@ def check_bitsandbytes(device: str) -> list:
     except UnsupportedOpError as exc:
         refused = "'0' (Linear8bitLt)" in str(exc)
     print(f"{'ok  ' if refused else 'FAIL'} bitsandbytes Linear8bitLt refused by name", flush=True)
+    return results + [refused]
+
+
+def check_hqq(device: str) -> list:
+    """An MLP of HQQLinear layers on ``device`` against the float twin whose weights are their dequantized weights
+    (PyTorch backend; ATen backend too where hqq_aten is built); a layer of hqq's torchao int4 inference backend
+    (CUDA only) must be refused by name."""
+    try:
+        from hqq.core import quantize as hqq_quantize
+    except Exception as exc:  # not installed
+        print(f"skip hqq: {type(exc).__name__}: {exc}", flush=True)
+        return []
+    import copy
+
+    import lrpfx
+    from lrpfx.errors import UnsupportedOpError
+    from torch import nn
+    HQQLinear, BaseQuantizeConfig, HQQBackend = (hqq_quantize.HQQLinear, hqq_quantize.BaseQuantizeConfig,
+                                                 hqq_quantize.HQQBackend)
+
+    def quantized_and_twin(axis: int):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16)).to(device).eval()
+        quantized, twin = copy.deepcopy(model), copy.deepcopy(model)
+        for i in (0, 2):
+            quantized[i] = HQQLinear(copy.deepcopy(model[i]), BaseQuantizeConfig(nbits=4, group_size=64, axis=axis),
+                                     compute_dtype=torch.float32, device=device)
+            twin[i].weight = nn.Parameter(quantized[i].dequantize())
+        return quantized, twin
+
+    results = []
+    x = torch.randn(8, 64, device=device)
+    backends = [("PYTORCH", 1)] + ([("ATEN_BACKPROP", 0)] if hqq_quantize.hqq_aten_is_available else [])
+    previous = HQQLinear.backend
+    for backend, axis in backends:
+        HQQLinear.set_backend(getattr(HQQBackend, backend))
+        try:
+            quantized, twin = quantized_and_twin(axis)
+            for frontend in ("fx", "export"):
+                got = lrpfx.Explainer(quantized, "epsilon", frontend=frontend)(x, target=3)
+                expected = lrpfx.Explainer(twin, "epsilon", frontend=frontend)(x, target=3).relevance
+                results.append(compare(f"hqq HQQLinear 4-bit {backend} {frontend} = dequantized twin",
+                                       got.relevance, expected.cpu(), 1e-6))
+                results.append(compare(f"hqq HQQLinear 4-bit {backend} {frontend}: output = the layer's own",
+                                       got.output, quantized(x).detach().cpu(), 1e-5))
+        finally:
+            HQQLinear.set_backend(previous)
+    if not device.startswith("cuda"):
+        print("skip hqq torchao int4 backend: CUDA only", flush=True)
+        return results
+    from hqq.backends.torchao import patch_hqq_to_aoint4
+    layer = HQQLinear(nn.Linear(64, 16), BaseQuantizeConfig(nbits=4, group_size=64), compute_dtype=torch.bfloat16,
+                      device=device)
+    model = nn.Sequential(patch_hqq_to_aoint4(layer, None))
+    try:
+        lrpfx.Explainer(model, "epsilon", frontend="fx")(x.bfloat16())
+        refused = False
+    except UnsupportedOpError as exc:
+        refused = "'0' (HQQLinearTorchWeightOnlynt4)" in str(exc) and "inference backend" in str(exc)
+    print(f"{'ok  ' if refused else 'FAIL'} hqq torchao int4 backend layer refused by name", flush=True)
     return results + [refused]
 
 

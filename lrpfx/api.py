@@ -288,7 +288,7 @@ class Explainer:
             if param is not None and param.is_meta:
                 raise InputError("the model's parameters are on the meta device: load real weights first "
                                  "(model.to_empty(device=...) and load_state_dict)")
-            if param is not None and t.is_floating_point() and t.dtype != param.dtype:
+            if param is not None and param.is_floating_point() and t.is_floating_point() and t.dtype != param.dtype:
                 raise InputError(f"input {i} has dtype {t.dtype} but the model's parameters are {param.dtype}: "
                                  f"convert one of them, e.g. x.to({param.dtype}) or model.to({t.dtype})")
             if param is not None and t.device != param.device:

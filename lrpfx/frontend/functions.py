@@ -79,7 +79,9 @@ def functions_named_on_export():
 
     def make_apply(bind):
         def apply(cls, *args, **kwargs):
-            if not _is_torchs(cls) and cls not in named and (torch.compiler.is_exporting() or _fake(args)):
+            # hqq's matmul Functions: the export front-end replaces their HQQLinear with the linear of its weight
+            if not _is_torchs(cls) and not cls.__module__.startswith("hqq.") and cls not in named \
+                    and (torch.compiler.is_exporting() or _fake(args)):
                 named.add(cls)
                 warnings.warn(
                     f"the model calls {cls.__qualname__}.apply, a custom torch.autograd.Function: the export "

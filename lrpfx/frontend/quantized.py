@@ -1,5 +1,6 @@
 """Quantized weights (torchao's ``quantize_``): a Linear whose weight is a quantized tensor subclass is explained
-as the linear layer ``linear(x, dequantized(W), b)``, so the Linear rule applies.
+as the linear layer ``linear(x, dequantized(W), b)``, so the Linear rule applies. bitsandbytes' 4-bit Linear and
+HQQ's ``HQQLinear`` (:mod:`lrpfx.frontend.quantized_hqq`) are read the same way.
 
 Both front-ends rewrite such a layer into that form: fx keeps the module whole (one ``call_module`` node), torch.export
 records the subclass's kernel spelled out on its inner tensors (``mm`` on the integer data, times the scales).
@@ -23,6 +24,7 @@ from .. import meta_keys
 from ..errors import UnsupportedOpError
 from .common import calls_of
 from .normalise import _depending_on_inputs as depending_on_inputs
+from .quantized_hqq import check_hqq_layer, hqq_attributes, is_hqq_layer
 
 aten = torch.ops.aten
 
@@ -30,9 +32,10 @@ aten = torch.ops.aten
 _INPUT_TRANSFORMS = ("act_quant_kwargs", "activation_quantization", "act_pre_scale", "input_quant_func")
 
 
-def dequantized(weight: torch.Tensor) -> torch.Tensor:
-    """The dense weight a quantized weight stands for: the quantized tensor's own ``dequantize()``, or
-    bitsandbytes' ``dequantize_4bit`` for its 4-bit parameters."""
+def dequantized(weight) -> torch.Tensor:
+    """The dense weight a quantized weight stands for: the quantized tensor's own ``dequantize()``, bitsandbytes'
+    ``dequantize_4bit`` for its 4-bit parameters, or an HQQ layer's ``dequantize()`` (through its
+    :class:`~lrpfx.frontend.quantized_hqq.HQQWeight`: the layer keeps the packed weight, scales and zeros)."""
     if _is_bitsandbytes(weight):
         import bitsandbytes.functional as bnb_functional  # optional: only a model quantized with it gets here
         return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
@@ -56,8 +59,8 @@ def is_quantized(tensor) -> bool:
 
 
 def is_quantized_layer(module: nn.Module) -> bool:
-    """A module that owns a quantized parameter (the fx front-end keeps it whole)."""
-    return any(is_quantized(p) for p in module._parameters.values())
+    """A module that owns a quantized parameter, or an HQQ layer (the fx front-end keeps it whole)."""
+    return any(is_quantized(p) for p in module._parameters.values()) or is_hqq_layer(module)
 
 
 def quantized_layers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -72,8 +75,12 @@ def quantized_layers(model: nn.Module) -> Dict[str, nn.Module]:
 
 def check_layer(path: str, module: nn.Module) -> None:
     """Refuse a quantized layer lrpfx cannot explain as a linear layer with a dense weight, saying what to do."""
-    weight = module._parameters.get("weight")
     name = f"layer '{path or type(module).__name__}' ({type(module).__name__})"
+    if is_hqq_layer(module):
+        check_hqq_layer(name, module)
+        _check_dense(name, module, module, "Fix: leave that layer out of the HQQ quantization")
+        return
+    weight = module._parameters.get("weight")
     leave_out = f"leave it out of quantize_ with filter_fn=lambda module, name: name != '{path}'"
     fix = ("Fix: quantize that layer weight-only (torchao's Int8WeightOnlyConfig, or IntxWeightOnlyConfig for int4 "
            f"on CPU), or {leave_out}")
@@ -81,6 +88,10 @@ def check_layer(path: str, module: nn.Module) -> None:
         _check_bitsandbytes(name, module, weight, leave_out)
     else:
         _check_torchao(name, module, weight, fix, leave_out)
+    _check_dense(name, module, weight, fix)
+
+
+def _check_dense(name: str, module: nn.Module, weight, fix: str) -> None:
     dense, shape = dequantized(weight), (module.out_features, module.in_features)
     if type(dense) is not torch.Tensor or tuple(dense.shape) != shape or not dense.is_floating_point():
         raise UnsupportedOpError(f"{name}: its {type(weight).__name__} weight dequantizes to "
@@ -124,8 +135,10 @@ def dequantize_fx(gm: fx.GraphModule, model: nn.Module) -> bool:
     changed = False
     for n in list(gm.graph.nodes):
         if n.op == "call_module" and n.target in layers:
-            _replace(gm, n, n.args[0], n.target, layers[n.target], F.linear,
-                     lambda kind: gm.graph.get_attr(f"{n.target}.{kind}"))
+            module = layers[n.target]
+            attr = hqq_attributes(gm, n.target, module) if is_hqq_layer(module) \
+                else lambda kind: gm.graph.get_attr(f"{n.target}.{kind}")
+            _replace(gm, n, n.args[0], n.target, module, F.linear, attr)
             changed = True
     if changed:
         gm.recompile()
@@ -150,7 +163,7 @@ def _replace(gm: fx.GraphModule, n: fx.Node, x: fx.Node, path: str, module: nn.L
 def check_exportable(model: nn.Module) -> None:
     """bitsandbytes' parameters cannot be traced by torch.export (they are rebuilt on fake tensors): say so."""
     for path, module in quantized_layers(model).items():
-        if _is_bitsandbytes(module.weight):
+        if _is_bitsandbytes(getattr(module, "weight", None)):
             raise UnsupportedOpError(
                 f"layer '{path}' ({type(module).__name__}) holds a bitsandbytes weight, which torch.export cannot "
                 "trace: explain this model with frontend='fx' (the layer is kept whole there), or quantize it with "
@@ -179,6 +192,8 @@ def dequantize_export(gm: fx.GraphModule, model: nn.Module, module_path, root: s
             x, out = _ends(call, path, data)
 
             def attr(kind, module=module):
+                if is_hqq_layer(module):
+                    return hqq_attributes(gm, path, module)(kind)
                 tensor = getattr(module, kind)
                 if id(tensor) in attrs:
                     return attrs[id(tensor)]
@@ -186,7 +201,7 @@ def dequantize_export(gm: fx.GraphModule, model: nn.Module, module_path, root: s
                 return gm.graph.get_attr(target)
 
             dense = _replace(gm, out, x, path, module, aten.linear.default, attr)
-            _fake_value(dense, module.weight, out)
+            _fake_value(dense, (module.out_features, module.in_features), out)
             for n in reversed(call):
                 if n is not out and not n.users:
                     gm.graph.erase_node(n)
@@ -220,10 +235,11 @@ def _ends(call: List[fx.Node], path: str, data: set) -> Tuple[fx.Node, fx.Node]:
     return inputs[0], outputs[0]
 
 
-def _fake_value(dense: fx.Node, weight: torch.Tensor, like: fx.Node) -> None:
-    """Export's record of the dense weight (a fake tensor in export's mode), so no extra run is needed."""
+def _fake_value(dense: fx.Node, shape: Tuple[int, int], like: fx.Node) -> None:
+    """Export's record of the dense weight (a fake tensor in export's mode, of the layer's output dtype), so no
+    extra run is needed."""
     value = like.meta.get("val")
     mode = getattr(value, "fake_mode", None)
     if mode is not None:
         with mode:
-            dense.meta["val"] = torch.empty(weight.shape, dtype=weight.dtype, device=value.device)
+            dense.meta["val"] = torch.empty(shape, dtype=value.dtype, device=value.device)
