@@ -7,6 +7,8 @@ every step of it hands on relevance per value (AttnLRP and CP-LRP with ``eps = 0
 attention's own VJP with each operand's share scaled by the uniform splits, so one fused step replaces it
 (:func:`lrpfx.rules.attention.attention_per_value`): PyTorch's fused attention kernel; the forward copy then
 runs the attention as one kernel call too (:func:`forward_fused`), so the ``T × T`` weights are never formed.
+Forbidden scores that are the causal pattern alone, however the model built them, are checked once per mask in
+the forward and run as the kernel's causal mode (:func:`lrpfx.rules.attention.causal_pattern`).
 """
 from __future__ import annotations
 
