@@ -9,7 +9,10 @@ logit of the last position, parameters frozen, HF's own attention), ``gradient, 
 checkpointing per decoder layer, non-reentrant ``torch.utils.checkpoint``), ``lrpfx`` (the ``attnlrp`` program)
 and ``lrpfx, checkpoint=True``. Each is run once to warm up (export and build), then timed round-robin; medians.
 Memory: peak resident growth during one call (the last round), sampled in this process after the freed heap is
-handed back to the OS (``common.rss_growth_during``). The checkpointed relevance is checked against the plain
+handed back to the OS (``common.rss_growth_during``); on CUDA (``--device cuda``) the allocator's peak beyond
+what was allocated before the call. bfloat16 needs a device with bfloat16 matrix products: on a CPU without
+AVX512-BF16, ``g @ W`` in bfloat16 (both operands row-major, as a Linear's backward computes it) runs a generic
+kernel some 150× slower than float32, for the gradient and for lrpfx alike. The checkpointed relevance is checked against the plain
 one on every size (max |ΔR| / max |R|). Appends nothing: prints a Markdown table and the raw numbers.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ def make_model(args, seq: int):
                          num_key_value_heads=args.heads, intermediate_size=args.intermediate, vocab_size=args.vocab,
                          max_position_embeddings=seq)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval().to(getattr(torch, args.dtype))
+    model = LlamaForCausalLM(config).eval().to(getattr(torch, args.dtype)).to(args.device)
     model.requires_grad_(False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -68,7 +71,20 @@ def methods(model, ids, all_logits: bool = False):
             "lrpfx, checkpoint=True": lambda: checkpointed({"input_ids": ids, **keep}).relevance}
 
 
-def measure(table: dict, rounds: int) -> dict:
+def peak_growth_mib(run, device: str) -> float:
+    """Peak memory while ``run`` runs beyond what was allocated before (MiB): resident memory on the CPU,
+    the caching allocator's peak on CUDA."""
+    if device == "cpu":
+        return rss_growth_during(run)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+
+def measure(table: dict, rounds: int, device: str = "cpu") -> dict:
     results = {name: run() for name, run in table.items()}  # warm-up: export and build
     agreement = None
     if "lrpfx" in results and "lrpfx, checkpoint=True" in results:
@@ -81,9 +97,11 @@ def measure(table: dict, rounds: int) -> dict:
         for name, run in table.items():
             start = time.perf_counter()
             if i == rounds - 1:
-                memory[name] = rss_growth_during(run)
+                memory[name] = peak_growth_mib(run, device)
             else:
                 run()
+                if device != "cpu":
+                    torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {"median_s": {n: statistics.median(t) for n, t in times.items()}, "rounds_s": times,
             "rss_growth_mib": memory, "checkpointed_vs_plain_relevance": agreement}
@@ -102,6 +120,7 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{key}", type=int, default=value)
     parser.add_argument("--seqs", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--all-logits", action="store_true", help="compute every position's logits")
@@ -114,11 +133,11 @@ def main(argv=None) -> int:
     rows, raw = [], {}
     for seq in args.seqs:
         model = make_model(args, seq)
-        ids = torch.randint(0, args.vocab, (1, seq), generator=torch.Generator().manual_seed(1))
+        ids = torch.randint(0, args.vocab, (1, seq), generator=torch.Generator().manual_seed(1)).to(args.device)
         table = methods(model, ids, args.all_logits)
         if args.methods:
             table = {name: table[name] for name in args.methods}
-        result = measure(table, args.rounds)
+        result = measure(table, args.rounds, args.device)
         print(seq, json.dumps(result), flush=True)
         rows += table_lines(seq, result)
         raw[seq] = result
@@ -127,7 +146,7 @@ def main(argv=None) -> int:
     print(f"LLaMA-shaped, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, MLP {args.intermediate}, "
           f"vocabulary {args.vocab} ({params / 1e6:.0f}M parameters), {args.dtype}, batch 1, "
           f"{'every position' if args.all_logits else 'the last position'}'s logits, "
-          f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds")
+          f"{args.device}, {torch.get_num_threads()} threads; medians of {args.rounds} rounds")
     print("| tokens | method | median s | × checkpointed gradient | memory MiB | memory × checkpointed gradient |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
