@@ -50,6 +50,28 @@ TEXT = {
                           kv_channels=8),
 }
 
+def gemma3n_text():
+    return T.Gemma3nTextConfig(**{**TINY, "head_dim": 8}, vocab_size_per_layer_input=VOCAB,
+                               hidden_size_per_layer_input=8, laurel_rank=4, altup_num_inputs=2,
+                               num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"],
+                               sliding_window=4, activation_sparsity_pattern=[0.0, 0.0], pad_token_id=0)
+
+
+TEXT["gemma3n_text"] = lambda: Case(build("Gemma3nForCausalLM", gemma3n_text()), text_inputs(left_padding=True))
+
+
+def gemma3n():
+    """Gemma 3n with its MobileNet-V5 tower (timm's smallest, mobilenetv5_base) and a tiny text decoder."""
+    config = T.Gemma3nConfig(text_config=gemma3n_text(),
+                             vision_config=dict(architecture="mobilenetv5_base", hidden_size=2048, vocab_size=8,
+                                                vocab_offset=VOCAB),
+                             audio_config=dict(hidden_size=32, conf_num_hidden_layers=1, conf_num_attention_heads=4,
+                                               vocab_offset=VOCAB + 8, vocab_size=8, input_feat_size=16,
+                                               sscp_conv_channel_size=[8, 8]),
+                             image_token_id=IMAGE, vision_soft_tokens_per_image=256)
+    return vlm("Gemma3nForConditionalGeneration", config, {"pixel_values": pixels(BATCH, 3, 32, 32)}, n_image=256)
+
+
 HYBRID = {
     "nemotron_h": lambda: dec("NemotronHForCausalLM", "NemotronHConfig", num_hidden_layers=3,
                               hybrid_override_pattern="M*-", mamba_num_heads=4, mamba_head_dim=16, n_groups=1,
@@ -199,6 +221,11 @@ VISION = {
                        projection_dim=32, image_token_embed_dim=32, num_patches=16, resolution=16),
         image_token_id=IMAGE), {"pixel_values": pixels(BATCH, 3, 16, 16)}, n_image=16),
     "mllama": lambda: mllama(),
+    "perception_lm": lambda: vlm("PerceptionLMForConditionalGeneration", T.PerceptionLMConfig(
+        vision_config=T.TimmWrapperConfig(architecture="vit_pe_core_tiny_patch16_384",
+                                          model_args=dict(embed_dim=32, depth=1, num_heads=4, img_size=32)),
+        text_config=llama(), image_token_id=IMAGE), {"pixel_values": pixels(BATCH, 1, 3, 32, 32)}),
+    "gemma3n": lambda: gemma3n(),
     "chameleon": lambda: chameleon(),
 }
 

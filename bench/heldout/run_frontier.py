@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 torch.set_num_threads(1)
 import frontier, lrpfx
-from lrpfx.composites import CPLRP
+from lrpfx.composites import CPLRP, MambaLRP
 from tests.helpers.breadth_zoo import total_relevance, explained_logit
 
 
@@ -38,10 +38,20 @@ try:
     ok = bool(rel) and all(torch.isfinite(r).all() for r in rel) and all(r.abs().sum() > 0 for r in rel)
     res["status"] = "explained" if ok else "SILENT"
     res["s"] = round(time.time() - t0, 1)
-    if ok and res["s"] < 120:
-        c = lrpfx.Explainer(case.model, CPLRP(epsilon=0.0, zero_bias=True), **case.options)(case.inputs)
-        gap = (total_relevance(c, case.per_sample) - explained_logit(c, case.per_sample)).abs()
-        res["conservation"] = float((gap / explained_logit(c, case.per_sample).abs()).max())
+    if ok and res["s"] < 120:  # conservation: CP-LRP, or MambaLRP where CP-LRP refuses a scan, at epsilon 0
+        for label, composite in (("cp-lrp", CPLRP), ("mamba-lrp", MambaLRP)):
+            try:
+                c = lrpfx.Explainer(case.model, composite(epsilon=0.0, zero_bias=True), **case.options)(case.inputs)
+            except lrpfx.LrpfxError as ex:
+                res[f"{label}_refused"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+                continue
+            except Exception as ex:
+                res[f"{label}_crash"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+                continue
+            gap = (total_relevance(c, case.per_sample) - explained_logit(c, case.per_sample)).abs()
+            res["conservation"] = float((gap / explained_logit(c, case.per_sample).abs()).max())
+            res["conserving"] = label
+            break
 except lrpfx.LrpfxError as ex:
     res["status"] = "refused"; res["detail"] = f"{type(ex).__name__}: {str(ex)[:600]}"
 except Exception as ex:
