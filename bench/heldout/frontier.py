@@ -290,4 +290,13 @@ def chameleon():
     return vlm("ChameleonForConditionalGeneration", config, {"pixel_values": pixels(BATCH, 3, 16, 16)}, n_image=64)
 
 
+def eager_experts(name):
+    """A float32 MoE case again in float64, its experts on the eager loop (the path that has float64)."""
+    case = ZOO[name]()
+    case.model.config._experts_implementation = "eager"
+    case.model.double()
+    return case
+
+
 ZOO = {**TEXT, **HYBRID, **VISION}
+ZOO.update({f"{n}_f64": (lambda n=n: eager_experts(n)) for n in ("gpt_oss", "afmoe")})
