@@ -2,7 +2,7 @@
 was explained, with a conserving composite (CP-LRP, epsilon 0, biases zeroed): prints one RESULT line of JSON with
 the status (explained, refused, SILENT, CRASH; SKIP when the tiny model's own forward fails), the time and the
 largest relative gap between the summed input relevance and the explained logit."""
-import os, sys, json, time, traceback
+import os, sys, json, time, traceback, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 torch.set_num_threads(1)
@@ -31,7 +31,10 @@ try:
     except Exception as ex:
         raise SystemExit(print("RESULT " + json.dumps({**res, "status": "SKIP", "detail": f"own forward: {type(ex).__name__}: {str(ex)[:300]}"})))
     explainer = lrpfx.Explainer(case.model, "auto", **case.options)
-    e = explainer(case.inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = explainer(case.inputs)
+    res["warnings"] = sorted({str(w.message)[:200] for w in caught if "lrpfx" in w.filename})
     res["probed"] = sorted({f"{r.op}: {r.chosen_by}" for r in explainer.program(case.inputs).rule_table() if "probe" in str(r.chosen_by) + str(r.rule)})
     rel = relevances(e)
     res["inputs"] = {k: (None if v is None else float(v.abs().sum())) for k, v in (e.inputs or {}).items()}
