@@ -290,7 +290,7 @@ def chameleon():
     return vlm("ChameleonForConditionalGeneration", config, {"pixel_values": pixels(BATCH, 3, 16, 16)}, n_image=64)
 
 
-def eager_experts(name):
+def batched_experts(name):
     """A float32 MoE case again in float64, its experts on `batched_mm` (float64, and torch.export records it;
     the eager loop over experts is data-dependent control flow)."""
     case = ZOO[name]()
@@ -300,4 +300,4 @@ def eager_experts(name):
 
 
 ZOO = {**TEXT, **HYBRID, **VISION}
-ZOO.update({f"{n}_f64": (lambda n=n: eager_experts(n)) for n in ("gpt_oss", "afmoe")})
+ZOO.update({f"{n}_f64": (lambda n=n: batched_experts(n)) for n in ("gpt_oss", "afmoe")})
