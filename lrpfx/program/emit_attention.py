@@ -117,9 +117,10 @@ def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]
         return None  # a step of the chain is asked for or conditioned: keep the steps
     if share_a and not _chain_per_value(b, chain, product):
         return None
-    n_qk = sum(b.infos[product].facts.active)
-    share_q = share_a / n_qk if b.infos[product].facts.active[0] else 0.0
-    share_k = share_a / n_qk if b.infos[product].facts.active[1] else 0.0
+    share_q = share_k = 0.0
+    if share_a:  # the chain hands relevance on to QKᵀ, a product of two activations (_chain_per_value)
+        active_qk = b.infos[product].facts.active
+        share_q, share_k = (share_a / sum(active_qk) if flag else 0.0 for flag in active_qk)
     causal = mask is None and _is_call(blocked, attention_blocked) and blocked.args[2] is None \
         and blocked.args[3] is True and len(blocked.users) == 1
     if causal:  # the mask tensor is not needed: the kernel skips the forbidden blocks itself

@@ -122,8 +122,9 @@ def _cpu_kernel_applies(*tensors) -> bool:
     forward's output and log-normalisers instead of running the forward again: plain (unwrapped, no autograd)
     CPU tensors of one batch of heads. Otherwise — another device, several targets' leading axis, autograd, a
     torch.func transform, compilation — the public kernel and its VJP run."""
-    q = tensors[0]
+    q, k, v = tensors[:3]
     return (q.device.type == "cpu" and q.dim() == 4 and q.dtype in _CPU_KERNEL_DTYPES
+            and q.shape[-1] == k.shape[-1] == v.shape[-1]  # one head size (the public kernel handles others)
             and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
             and all(t.dim() == 4 and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors))
 

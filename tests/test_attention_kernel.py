@@ -1,5 +1,6 @@
-"""A causal mask spelled out as a tensor runs the fused kernel as causal (it skips the forbidden blocks, half the
-attention's work at long contexts) and gives the relevance the mask gives; any other mask stays a mask."""
+"""The fused attention kernel: a causal mask spelled out as a tensor runs it as causal (it skips the forbidden
+blocks, half the attention's work at long contexts) with the relevance the mask gives, any other mask stays a
+mask; queries that are parameters, and values narrower than the keys."""
 import math
 
 import pytest
@@ -113,3 +114,55 @@ def test_a_spelled_out_causal_mask_compiled_gives_the_eager_relevance():
     plain = lrpfx.Explainer(model, "attnlrp")((x, keep), target=target)
     compiled = lrpfx.Explainer(model, "attnlrp", compile=True)((x, keep), target=target)
     torch.testing.assert_close(compiled.relevance[0], plain.relevance[0], rtol=1e-9, atol=1e-12)
+
+
+class LearnedQueries(nn.Module):
+    """Queries that are parameters (a Q-Former's, a Perceiver's latents): ``QKᵀ`` is linear in the keys alone."""
+
+    def __init__(self, dim=8, classes=3):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 4, dim))
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.o = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        q = self.q(self.query.expand(x.shape[0], -1, -1))
+        return self.o(F.scaled_dot_product_attention(q, self.k(x), self.v(x)).mean(1))
+
+
+def test_learned_queries_under_cp_lrp_conserve():
+    torch.manual_seed(0)
+    model = LearnedQueries().double().eval()
+    with torch.no_grad():
+        for layer in (model.k, model.v, model.o):
+            layer.bias.zero_()  # the queries' bias stays: it only shapes the attention weights, held constant
+    x, target = torch.randn(2, 5, 8, dtype=D), torch.tensor([0, 2])
+    e = lrpfx.Explainer(model, CPLRP(epsilon=0.0))(x, target=target)
+    torch.testing.assert_close(e.relevance.sum((1, 2)), model(x)[torch.arange(2), target], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_values_narrower_than_keys_are_explained_as_the_written_out_attention(causal):
+    """Multi-head latent attention (DeepSeek) gives queries and keys a wider head than values."""
+    class Narrow(nn.Module):
+        def __init__(self, fused):
+            super().__init__()
+            self.fused = fused
+
+        def forward(self, q, k, v):
+            if self.fused:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            else:
+                scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+                if causal:
+                    t = q.shape[-2]
+                    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), torch.finfo(D).min)
+                o = torch.softmax(scores, -1) @ v
+            return o.sum((1, 2))
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 5, 16, dtype=D), torch.randn(2, 2, 5, 16, dtype=D), torch.randn(2, 2, 5, 8, dtype=D)
+    e = lrpfx.Explainer(Narrow(True), AttnLRP(epsilon=0.0))((q, k, v), target=1)
+    expected = lrpfx.Explainer(Narrow(False), AttnLRP(epsilon=0.0))((q, k, v), target=1)
+    for got, want in zip(e.relevance, expected.relevance):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
