@@ -12,6 +12,7 @@ generated tokens gives per token what one explanation of the cut sequence gives 
 """
 import pytest
 import torch
+from torch import nn
 
 import lrpfx
 from lrpfx.composites import CPLRP
@@ -195,3 +196,33 @@ def test_llava_explain_generation_gives_pixel_and_token_relevance_per_generated_
         torch.testing.assert_close(per_token[:, k], one.inputs["pixel_values"], rtol=1e-9, atol=1e-12)
         assert per_token[:, k].abs().sum() > 0
         torch.testing.assert_close(res.target_logits[:, k], one.output.gather(1, res.ids[:, prompt + k, None])[:, 0])
+
+
+class CroppedBySize(nn.Module):
+    """Reads ``image_sizes`` as Python numbers, as LLaVA-NeXT's and OneVision's unpadding does."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, pixel_values, image_sizes):
+        h, w = (int(v) for v in image_sizes[0])
+        return self.head(pixel_values[:, :, :h, :w].mean((2, 3)))
+
+
+def test_image_sizes_are_fixed_options_and_each_size_gets_its_own_program():
+    model = CroppedBySize().double()
+    pixels = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    explainer = lrpfx.Explainer(model, "zero", frontend="export")
+    for h, w in ((4, 6), (8, 3)):
+        x = {"pixel_values": pixels, "image_sizes": torch.tensor([[h, w]] * 2)}
+        e = explainer(x, target=0)
+        r = e.inputs["pixel_values"]
+        reference = pixels.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(model(reference, x["image_sizes"])[:, 0].sum(), reference)
+        torch.testing.assert_close(r, grad * pixels, rtol=1e-12, atol=1e-14)  # LRP-0 of a linear map
+        outside = torch.ones(8, 8, dtype=torch.bool)
+        outside[:h, :w] = False
+        assert r[:, :, outside].abs().max() == 0 and r[:, :, :h, :w].abs().min() > 0
+    with pytest.raises(InputError, match=r"image_sizes must be an integer tensor \[images, 2\]"):
+        explainer({"pixel_values": pixels, "image_sizes": torch.tensor([[1, 4, 6]] * 2)}, target=0)

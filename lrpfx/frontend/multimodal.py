@@ -29,18 +29,21 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ..errors import InputError
 
-# integer tensors whose values the model reads as Python numbers (loops, splits, shapes)
-STATIC_VALUE_INPUTS = ("image_grid_thw", "video_grid_thw")
+# integer tensors whose values the model reads as Python numbers (loops, splits, shapes), with their columns
+GRID_INPUTS = ("image_grid_thw", "video_grid_thw")  # (frames, rows, columns) of patches: Qwen-VL's positions
+STATIC_VALUE_INPUTS = {**{name: "frames, rows, columns of patches" for name in GRID_INPUTS},
+                       "image_sizes": "height, width in pixels"}  # LLaVA-NeXT/OneVision, Mistral 3: tiles, crops
 
 
 def is_static_value(name: str, value: Any) -> bool:
-    """Whether a named input is a tensor the program is specialised to by value (an image grid)."""
+    """Whether a named input is a tensor the program is specialised to by value (an image grid, image sizes)."""
     return name in STATIC_VALUE_INPUTS and isinstance(value, torch.Tensor)
 
 
 def check_static_value(name: str, value: torch.Tensor) -> None:
-    if value.is_floating_point() or value.dim() != 2:
-        raise InputError(f"{name} must be an integer tensor [images, 3] (frames, rows, columns of patches, as the "
+    columns = STATIC_VALUE_INPUTS[name]
+    if value.is_floating_point() or value.dim() != 2 or value.shape[1] != len(columns.split(",")):
+        raise InputError(f"{name} must be an integer tensor [images, {len(columns.split(','))}] ({columns}, as the "
                          f"processor returns it), got {value.dtype} of shape {tuple(value.shape)}")
 
 
@@ -57,7 +60,7 @@ def with_positions(model: nn.Module, named: Mapping[str, Any]) -> Mapping[str, A
     for name in STATIC_VALUE_INPUTS:
         if is_static_value(name, named.get(name)):
             check_static_value(name, named[name])
-    if named.get("position_ids") is not None or not any(named.get(k) is not None for k in STATIC_VALUE_INPUTS):
+    if named.get("position_ids") is not None or not any(named.get(k) is not None for k in GRID_INPUTS):
         return named
     owner = _rope_index_owner(model)
     if owner is None or named.get("input_ids") is None:
