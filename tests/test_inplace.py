@@ -79,3 +79,25 @@ def test_write_through_another_view_is_refused_naming_the_node(frontend):
         lrpfx.Explainer(model, "zero", frontend=frontend)(x, target=torch.tensor([0, 1]))
     message = str(err.value)
     assert "test_inplace.py" in message and "view" in message and "out of place" in message
+
+
+class AddToView(nn.Module):
+    """An in-place sum on a permuted product whose base nothing reads again (GPT-OSS's and Gemma 3n's spelling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.out = nn.Parameter(torch.randn(4, 4)), nn.Linear(8, 3, bias=False)
+
+    def forward(self, x):
+        p = torch.matmul(x.permute(1, 2, 0), self.c).permute(2, 0, 1)
+        p += x
+        return self.out(p.contiguous()).sum(1)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_in_place_op_on_a_view_whose_base_is_not_read_again_runs_out_of_place(frontend):
+    torch.manual_seed(0)
+    model, x, target = AddToView().double().eval(), torch.randn(4, 2, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    relevance = lrpfx.Explainer(model, "zero", frontend=frontend)(x, target=target).relevance
+    expected = grad_times_input(model, x, target)
+    torch.testing.assert_close(relevance, expected, rtol=0, atol=1e-10 * expected.abs().max())

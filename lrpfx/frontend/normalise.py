@@ -73,8 +73,8 @@ def _out_of_place(target) -> Optional[torch._ops.OpOverload]:
 
 
 def functionalize_aten_inplace(gm: fx.GraphModule) -> bool:
-    """Run ATen in-place ops on tensors that are not views out of place (reads after the op read its result;
-    export records them so already). In-place ops on views stay as they are (see below)."""
+    """Run ATen in-place ops out of place (reads after the op read its result; export records them so already).
+    An in-place op on a view of an activation does so too when nothing reads the view's base afterwards."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     from_inputs = _depending_on_inputs(gm)
     changed = False
@@ -89,15 +89,16 @@ def functionalize_aten_inplace(gm: fx.GraphModule) -> bool:
             chain.append(chain[-1].args[0])
         if len(chain) > 1:
             # a view: the op changes its base too. On a constant (BEiT fills index tables this way) it stays in
-            # place; on an activation that is read again later, running it out of place would change the meaning
+            # place. On an activation it runs out of place when only the view is read afterwards (its readers
+            # then read the result); were the base read again, that would change the model's meaning
             base = chain[-1]
-            if base in from_inputs and _is_float(base) and any(order[u] > order[n] for u in base.users
-                                                                if u not in chain):
+            if base not in from_inputs or not _is_float(base):
+                continue
+            if any(order[u] > order[n] for c in chain[1:] for u in c.users if u not in chain and u is not n):
                 raise UnsupportedOpError(
                     f"node '{n.name}' ({n.target}){source_line(n)} changes a view of '{base.name}' in place, and "
                     f"'{base.name}' is read again later; lrpfx runs in-place ops out of place, which would change "
                     "the model's meaning here: write this op out of place")
-            continue
         for user in list(target.users):
             if user is not n and order[user] > order[n]:
                 user.replace_input_with(target, n)
