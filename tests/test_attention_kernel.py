@@ -76,6 +76,12 @@ def test_causal_pattern_is_known_by_its_values():
     assert not attention.causal_pattern(torch.ones(t, t + 1, dtype=torch.bool).triu(2))  # keys shifted: a cache
     assert not attention.causal_pattern(causal.double())  # a float mask is added, not a pattern of forbidden scores
     assert not attention.causal_pattern(None)
+    # as SDPA takes masks: True where allowed, and the causal flag on top
+    assert attention.causal_pattern(allowed=~causal.expand(2, 1, t, t))
+    assert attention.causal_pattern(allowed=torch.ones(2, 1, t, t, dtype=torch.bool), causal=True)
+    assert not attention.causal_pattern(allowed=~padded)
+    assert not attention.causal_pattern(allowed=~padded, causal=True)
+    assert not attention.causal_pattern(allowed=torch.ones(2, 1, 1, t, dtype=torch.bool), causal=True)  # one row
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])

@@ -79,7 +79,7 @@ class ProgramBuilder:
         self.contrib_per_value: Dict[fx.Node, List[fx.Node]] = defaultdict(list)
         self.per_value: set = set()  # program nodes that hold relevance per value, not relevance
         self.descriptions: Dict[fx.Node, fx.Node] = {}
-        self.causal_checks: Dict[fx.Node, fx.Node] = {}  # forbidden scores -> whether they are the causal pattern
+        self.causal_checks: Dict[tuple, fx.Node] = {}  # an attention's masks -> whether they are the causal pattern
         self.fused_forward: Dict[fx.Node, fx.Node] = {}  # a fused attention -> its kernel's forward results
         self.blocks, self.entered = blocks or {}, set()
         self.rerun: List[fx.Node] = []  # program nodes that run a block's forward again

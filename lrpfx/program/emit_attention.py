@@ -78,11 +78,12 @@ class FusedAttention:
     k: fx.Node  # as the product takes it (after a repeat of grouped heads), before the transpose
     v: fx.Node
     mask: Optional[fx.Node]  # a float mask added to the scores
-    blocked: Optional[fx.Node]  # a boolean mask of forbidden scores (causal, padding)
+    blocked: Optional[fx.Node]  # a boolean mask of forbidden scores, as the model wrote it
     scale: float
     shares: Tuple[float, float, float]  # each operand's share of the attention's VJP (0: it takes none)
     chain: Tuple[fx.Node, ...]  # the split steps between the operands and ``out``: no step reads their values
-    causal: bool = False  # ``blocked`` is the causal pattern alone: the kernel's is_causal, no mask tensor
+    causal: bool = False  # the keys after each query are forbidden too
+    allowed: Optional[fx.Node] = None  # a boolean mask of the scores allowed (True), as SDPA takes it
 
 
 def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]:
@@ -121,12 +122,13 @@ def fusable_attention(b, info: NodeInfo, rule: Rule) -> Optional[FusedAttention]
     if share_a:  # the chain hands relevance on to QKᵀ, a product of two activations (_chain_per_value)
         active_qk = b.infos[product].facts.active
         share_q, share_k = (share_a / sum(active_qk) if flag else 0.0 for flag in active_qk)
-    causal = mask is None and _is_call(blocked, attention_blocked) and blocked.args[2] is None \
-        and blocked.args[3] is True and len(blocked.users) == 1
-    if causal:  # the mask tensor is not needed: the kernel skips the forbidden blocks itself
+    causal, allowed = False, None
+    if _is_call(blocked, attention_blocked) and len(blocked.users) == 1:
+        # SDPA's own masks: kept as they are (one per model call) and combined only where not causal alone
         chain.append(blocked)
-        blocked = None
-    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v), tuple(chain), causal)
+        allowed, causal, blocked = blocked.args[2], bool(blocked.args[3]), None
+    return FusedAttention(out, q, k, v, mask, blocked, scale, (share_q, share_k, share_v), tuple(chain), causal,
+                          allowed)
 
 
 def fused_attentions(b) -> dict:
@@ -142,21 +144,22 @@ def fused_attentions(b) -> dict:
 
 
 def _masks(b, f: FusedAttention) -> list:
-    """The float mask, the forbidden scores and whether those are the causal pattern alone, as program values.
-    The check runs once per mask in the forward (:func:`lrpfx.rules.attention.causal_pattern`)."""
-    if f.blocked is None:
-        return [None if f.mask is None else b.env[f.mask], None, False]
-    if f.blocked not in b.causal_checks:
-        b.causal_checks[f.blocked] = b.after(f.blocked, attention.causal_pattern, [b.env[f.blocked]],
-                                             name=f"{f.blocked.name}_is_causal")
-    return [None if f.mask is None else b.env[f.mask], b.env[f.blocked], b.causal_checks[f.blocked]]
+    """The float mask, the boolean masks and whether they forbid the causal pattern alone, as program values.
+    The check runs in the forward, once per mask (:func:`lrpfx.rules.attention.causal_pattern`)."""
+    values = [None if m is None else b.env[m] for m in (f.mask, f.blocked, f.allowed)]
+    boolean = [m for m in (f.blocked, f.allowed) if m is not None]
+    if len(boolean) != 1:  # none (the causal flag decides alone), or both (a rare pair: kept as a mask)
+        return values + [False]
+    key = (f.blocked, f.allowed, f.causal)
+    if key not in b.causal_checks:
+        b.causal_checks[key] = b.after(boolean[0], attention.causal_pattern, values[1:], {"causal": f.causal},
+                                       name=f"{boolean[0].name}_is_causal")
+    return values + [b.causal_checks[key]]
 
 
 def forward_fused(b, f: FusedAttention) -> fx.Node:
     """The forward of a fused attention: one call of the fused kernel in place of its split steps."""
-    mask, blocked, blocked_is_causal = _masks(b, f)
-    forward = b.call(attention.attention_forward, [*[b.env[o] for o in (f.q, f.k, f.v)], mask, blocked,
-                                                   blocked_is_causal],
+    forward = b.call(attention.attention_forward, [*[b.env[o] for o in (f.q, f.k, f.v)], *_masks(b, f)],
                      {"scale": f.scale, "causal": f.causal}, name=f"{f.out.name}_forward")
     b.fused_forward[f.out] = forward  # read by the relevance step (a block run again replaces it)
     return b.call(operator.getitem, [forward, 0], name=f.out.name)
@@ -187,9 +190,10 @@ def _single_input(n: fx.Node, target) -> Optional[fx.Node]:
 
 def emit_fused_attention(b, f: FusedAttention, r: fx.Node) -> None:
     operands = (f.q, f.k, f.v)
-    mask, blocked, blocked_is_causal = _masks(b, f)
+    mask, blocked, allowed, is_causal_pattern = _masks(b, f)
     shares = b.call(attention.attention_per_value,
-                    [*[b.env[o] for o in operands], mask, blocked, r, blocked_is_causal, b.fused_forward[f.out]],
+                    [*[b.env[o] for o in operands], mask, blocked, allowed, r, is_causal_pattern,
+                     b.fused_forward[f.out]],
                     {"scale": f.scale, "shares": f.shares, "r_per_value": b.is_per_value(r), "causal": f.causal},
                     name=f"g_{f.out.name}_attention")
     for i, operand in enumerate(operands):

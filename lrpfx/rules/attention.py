@@ -81,34 +81,64 @@ def _additive_mask(q, mask, blocked):
     return fill if mask is None else mask + fill
 
 
-def causal_pattern(blocked) -> bool:
-    """Whether a boolean mask of forbidden scores is the causal pattern and nothing else (each query sees its own
-    position and the keys before it, for every batch entry and head): the fused kernel then takes ``is_causal``
-    and skips the forbidden blocks, half its work at long contexts, instead of reading a ``T × T`` mask.
-    Model code often spells the causal mask out (comparisons of positions); this knows it by its values.
-    Under compilation False: a branch on values would break the compiled graph."""
-    if blocked is None or blocked.dtype != torch.bool or torch.compiler.is_compiling():
+def forbidden_scores(q, k, blocked, allowed, causal: bool):
+    """The boolean forbidden scores: ``blocked``, where ``allowed`` is False, and with ``causal`` the keys after
+    each query; None where nothing is forbidden."""
+    out = blocked
+    if allowed is not None:
+        out = ~allowed if out is None else out | ~allowed
+    if causal:
+        pattern = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu(1)
+        out = pattern if out is None else out | pattern
+    return out
+
+
+def causal_pattern(blocked=None, allowed=None, causal: bool = False) -> bool:
+    """Whether the forbidden scores (:func:`forbidden_scores` of the boolean masks) are the causal pattern and
+    nothing else (each query sees its own position and the keys before it, for every batch entry and head): the
+    fused kernel then takes ``is_causal`` and skips the forbidden blocks, half its work at long contexts, instead
+    of reading a ``T × T`` mask. Model code often spells the causal mask out (comparisons of positions); this
+    knows it by its values, a block of rows at a time (no ``T × T`` temporary). Under compilation False: a
+    branch on values would break the compiled graph."""
+    masks = [m for m in (blocked, allowed) if m is not None]
+    if not masks or any(m.dtype != torch.bool for m in masks) or torch.compiler.is_compiling():
         return False
-    length, source = blocked.shape[-2:]
-    pattern = torch.ones(length, source, dtype=torch.bool, device=blocked.device).triu(1)
-    return bool((blocked == pattern).all())
+    length, source = torch.broadcast_shapes(*(m.shape for m in masks))[-2:]
+    if length == 1 and source > 1:  # one row for every query: not the pattern of a sequence
+        return False
+    keys = torch.arange(source, device=masks[0].device)
+    step = max(1, _CHECKED_SCORES // source)
+    for start in range(0, length, step):
+        rows = slice(start, min(start + step, length))
+        pattern = keys > torch.arange(rows.start, rows.stop, device=keys.device)[:, None]
+        forbidden = pattern if causal else torch.zeros_like(pattern)
+        if blocked is not None:
+            forbidden = forbidden | blocked[..., rows, :]
+        if allowed is not None:
+            forbidden = forbidden | ~allowed[..., rows, :]
+        if not bool((forbidden == pattern).all()):
+            return False
+    return True
 
 
-def _kernel_masks(q, mask, blocked, causal: bool, blocked_is_causal: bool):
-    """The fused kernel's ``attn_mask`` and ``is_causal`` for a float mask, forbidden scores and the causal flag."""
-    if causal or (blocked_is_causal and mask is None):
+_CHECKED_SCORES = 1 << 22
+
+
+def _kernel_masks(q, k, mask, blocked, allowed, causal: bool, is_causal_pattern: bool):
+    """The fused kernel's ``attn_mask`` and ``is_causal`` for a float mask, the boolean masks and the causal flag."""
+    if mask is None and (is_causal_pattern or (causal and blocked is None and allowed is None)):
         return None, True
-    return _additive_mask(q, mask, blocked), False
+    return _additive_mask(q, mask, forbidden_scores(q, k, blocked, allowed, causal)), False
 
 
-def attention_forward(q, k, v, mask, blocked, blocked_is_causal: bool = False, *, scale: float,
+def attention_forward(q, k, v, mask, blocked, allowed, is_causal_pattern: bool = False, *, scale: float,
                       causal: bool = False):
-    """``softmax(QKᵀ·scale + mask) V`` with forbidden scores at the dtype's minimum (or the causal pattern), by
-    the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights).
-    ``blocked_is_causal``: :func:`causal_pattern` of ``blocked``, taken once per mask. Returns the output and
+    """``softmax(QKᵀ·scale + mask) V`` with forbidden scores (:func:`forbidden_scores`) at the dtype's minimum,
+    by the fused kernel: the forward of an attention whose relevance runs as one step (no step reads its weights).
+    ``is_causal_pattern``: :func:`causal_pattern` of the masks, taken once per mask. Returns the output and
     what the kernel's backward reads besides it (the rows' log-normalisers), or None where the relevance step
     must run the forward again (:func:`_cpu_kernel_applies`)."""
-    attn_mask, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
+    attn_mask, is_causal = _kernel_masks(q, k, mask, blocked, allowed, causal, is_causal_pattern)
     if _cpu_kernel_applies(q, k, v):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal,
                                                                              attn_mask=attn_mask, scale=scale)
@@ -132,7 +162,7 @@ def _cpu_kernel_applies(*tensors) -> bool:
 _CPU_KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = False, forward=(None, None), *,
+def attention_per_value(q, k, v, mask, blocked, allowed, r, is_causal_pattern: bool = False, forward=(None, None), *,
                         scale: float, shares: Tuple[float, float, float], r_per_value: bool = True,
                         causal: bool = False):
     """AttnLRP/CP-LRP with ``eps = 0`` through a whole attention ``softmax(QKᵀ·scale + mask) V``, per value.
@@ -141,12 +171,12 @@ def attention_per_value(q, k, v, mask, blocked, r, blocked_is_causal: bool = Fal
     softmax rule is the softmax's VJP, the scale and masks are linear, and ``QKᵀ`` halves again: together the
     attention's own VJP with each operand's result times its share (¼, ¼, ½ under AttnLRP; 0, 0, 1 under CP-LRP).
     So it runs as PyTorch's fused attention (forward and backward), which keeps no ``T × T`` weights. Forbidden
-    scores (``blocked``) take the dtype's most negative number, as in the split form. ``r`` (with a leading
+    scores (:func:`forbidden_scores`) take the dtype's most negative number, as in the split form. ``r`` (with a leading
     target axis for several targets) is relevance per output value, or relevance (``r_per_value=False``).
     ``forward``: :func:`attention_forward`'s output; where it kept the log-normalisers, the kernel's backward
     runs on them directly.
     """
-    bias, is_causal = _kernel_masks(q, mask, blocked, causal, blocked_is_causal)
+    bias, is_causal = _kernel_masks(q, k, mask, blocked, allowed, causal, is_causal_pattern)
     out, lse = forward
     if lse is not None and _cpu_kernel_applies(q, k, v, r):
         g = r if r_per_value else divide(r, out, 0.0)
