@@ -7,7 +7,6 @@ gradient with respect to the input, parameters frozen.
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 import time
 from typing import Callable, Dict
@@ -16,6 +15,8 @@ import torch
 from torch import nn
 
 import lrpfx
+
+from bench.memory import rss_growth_during  # noqa: F401  (re-exported: the scripts import it from here)
 
 COMPOSITES = ("epsilon", "epsilon-plus-flat", "epsilon-gamma-box")
 _ZENNIT_NAMES = {"epsilon-plus-flat": "EpsilonPlusFlat", "epsilon-gamma-box": "EpsilonGammaBox"}
@@ -145,43 +146,3 @@ def round_robin(table: Dict[str, Callable[[], object]], rounds: int, device: str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them), so the next call's allocations show in RSS."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def rss_growth_during(fn) -> float:
-    """Peak resident memory while ``fn`` runs, minus the resident memory just before (MiB), sampled every
-    millisecond: unlike ``ru_maxrss`` it does not hide a call under an earlier peak (import, export, build)."""
-    import gc
-    import threading
-
-    gc.collect()
-    _release_free_memory()
-    base = peak = _current_rss_mib()
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _current_rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak, _current_rss_mib()) - base

@@ -19,54 +19,19 @@ Imports nothing from lrpfx (the side environment has transformers 4.52.4, which 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import os
 import sys
-import threading
 import time
 
 import torch
 
+from bench.memory import rss_growth_during
 from tests.helpers.lxt_reference import load_model
 
 
 def prompt(vocab: int, seq: int) -> torch.Tensor:
     """The prompt of ``bench/long_context.py``: seed 1, batch 1."""
     return torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(1))
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_growth_mib(fn) -> float:
-    """Peak resident memory during ``fn`` minus the resident memory just before, sampled every millisecond
-    after the freed heap is handed back to the OS (the same measurement as ``bench/common.rss_growth_during``)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    base = peak = rss_mib()
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak, rss_mib()) - base
 
 
 def lxt_relevance(model, ids: torch.Tensor, checkpoint: bool) -> torch.Tensor:
@@ -112,7 +77,7 @@ def main(argv=None) -> int:
     lxt_relevance(model, prompt(vocab, args.warmup_seq), checkpoint)
     ids = prompt(vocab, args.seq)
     start = time.perf_counter()
-    peak = peak_growth_mib(lambda: lxt_relevance(model, ids, checkpoint))
+    peak = rss_growth_during(lambda: lxt_relevance(model, ids, checkpoint))
     seconds = time.perf_counter() - start
     import transformers
     from importlib.metadata import version

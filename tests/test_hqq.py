@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import lrpfx
+from tests.helpers.twins import assert_llm_relevance_equals_twin
 from lrpfx.errors import UnsupportedOpError
 from lrpfx.frontend.quantized import dequantized
 
@@ -136,12 +137,7 @@ def test_tiny_llama_quantized_by_hqq_equals_the_dequantized_twin():
     assert len(layers) == 7  # q, k, v, o, gate, up, down; lm_head stays float
     for name, layer in layers.items():
         twin.get_submodule(name).weight = nn.Parameter(layer.dequantize())
-    ids = {"input_ids": torch.randint(0, 40, (2, 6))}
-    got = lrpfx.Explainer(quantized, "attnlrp", output=lambda o: o.logits[:, -1])(ids, target=3)
-    expected = lrpfx.Explainer(twin, "attnlrp", output=lambda o: o.logits[:, -1])(ids, target=3)
-    torch.testing.assert_close(got.relevance, expected.relevance, rtol=0, atol=0)
-    assert got.relevance.abs().sum() > 0
-    torch.testing.assert_close(got.output, quantized(**ids).logits[:, -1], rtol=1e-12, atol=1e-12)
+    assert_llm_relevance_equals_twin(quantized, twin, output_tolerance=1e-12)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import lrpfx
+from tests.helpers.twins import assert_llm_relevance_equals_twin
 from lrpfx.errors import UnsupportedOpError
 from lrpfx.frontend.quantized import dequantized, is_quantized
 
@@ -107,12 +108,7 @@ def test_tiny_llama_int8_attention_and_int4_mlp_equal_the_dequantized_twin():
     twin = twin_of(model, quantized)
     kinds = {type(m.weight).__name__ for m in quantized.modules() if isinstance(m, nn.Linear)}
     assert kinds == {"Int8Tensor", "IntxUnpackedToInt8Tensor", "Parameter"}  # lm_head stays float
-    ids = {"input_ids": torch.randint(0, 40, (2, 6))}
-    got = lrpfx.Explainer(quantized, "attnlrp", output=lambda o: o.logits[:, -1])(ids, target=3)
-    expected = lrpfx.Explainer(twin, "attnlrp", output=lambda o: o.logits[:, -1])(ids, target=3)
-    torch.testing.assert_close(got.relevance, expected.relevance, rtol=0, atol=0)
-    assert got.relevance.abs().sum() > 0
-    torch.testing.assert_close(got.output, quantized(**ids).logits[:, -1], rtol=1e-5, atol=1e-5)
+    assert_llm_relevance_equals_twin(quantized, twin, output_tolerance=1e-5)
 
 
 @pytest.mark.parametrize("frontend", ["fx", "export"])
