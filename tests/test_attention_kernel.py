@@ -34,7 +34,8 @@ class SpelledMask(nn.Module):
         if self.fused:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:
-            scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~allowed, torch.finfo(torch.float64).min)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~allowed, torch.finfo(torch.float64).min)
             o = torch.softmax(scores, dim=-1) @ v
         return self.head(o[:, 0, -1])
 
