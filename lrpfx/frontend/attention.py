@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .. import meta_keys
 from ..errors import UnsupportedOpError
 from ..graph.nodes import call_arg as _arg
+from ..rules.attention import forbidden_scores
 
 aten = torch.ops.aten
 
@@ -22,13 +23,9 @@ _SDPA = (aten.scaled_dot_product_attention.default, F.scaled_dot_product_attenti
 
 
 def attention_blocked(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], is_causal: bool):
-    """Where a boolean ``mask`` (True: may attend) and the causal pattern forbid attention."""
-    blocked = None if mask is None else ~mask
-    if is_causal:
-        length, source = q.shape[-2], k.shape[-2]
-        causal = torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1)
-        blocked = causal if blocked is None else blocked | causal
-    return blocked
+    """Where a boolean ``mask`` (True: may attend) and the causal pattern forbid attention: the split form's step,
+    which the fused form reads back as SDPA's masks (:mod:`lrpfx.program.emit_attention`)."""
+    return forbidden_scores(q, k, None, mask, is_causal)
 
 
 def decompose_attention(gm: fx.GraphModule) -> bool:
